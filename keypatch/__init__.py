@@ -1,0 +1,32 @@
+"""keypatch: find the key patches of images with a pretrained masked autoencoder (KPP).
+
+Quick start
+-----------
+>>> import keypatch
+>>> result = keypatch.propose("photo.jpg", ratio=0.1)          # doctest: +SKIP
+>>> result.patches, result.loss                                 # doctest: +SKIP
+"""
+
+from keypatch.api import propose, propose_batch, reconstruct, reconstruction_loss
+from keypatch.geometry import PatchGrid, load_image, load_images
+from keypatch.proposers import Proposal, Proposer, available, register
+from keypatch.reconstructors import MAE, MAEConfig, load_mae
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAE",
+    "MAEConfig",
+    "PatchGrid",
+    "Proposal",
+    "Proposer",
+    "available",
+    "load_image",
+    "load_images",
+    "load_mae",
+    "propose",
+    "propose_batch",
+    "reconstruct",
+    "reconstruction_loss",
+    "register",
+]

@@ -1,0 +1,1 @@
+"""The paper's experiments as functions (each has a CLI command)."""

@@ -1,0 +1,79 @@
+"""The patch grid of a square image cut into square patches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """A ``rows x cols`` grid of ``patch_size`` pixel patches, indexed row-major.
+
+    Parameters
+    ----------
+    image_size : int
+        Side of the (square) image in pixels, e.g. 224.
+    patch_size : int
+        Side of one (square) patch in pixels, e.g. 16.
+
+    Examples
+    --------
+    >>> g = PatchGrid(224, 16)
+    >>> g.n, g.rows, g.center, g.rc(105)
+    (196, 14, 105, (7, 7))
+    """
+
+    image_size: int = 224
+    patch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.image_size <= 0 or self.patch_size <= 0:
+            raise ValueError("image_size and patch_size must be positive")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+
+    @property
+    def rows(self) -> int:
+        """Number of patch rows."""
+        return self.image_size // self.patch_size
+
+    @property
+    def cols(self) -> int:
+        """Number of patch columns."""
+        return self.rows
+
+    @property
+    def n(self) -> int:
+        """Number of patches N."""
+        return self.rows * self.cols
+
+    @property
+    def center(self) -> int:
+        """Index of the central patch (row ``rows//2``, col ``cols//2``; 105 on 14x14)."""
+        return self.index(self.rows // 2, self.cols // 2)
+
+    def index(self, row: int, col: int) -> int:
+        """Row-major index of the patch at ``(row, col)``."""
+        if not (0 <= row < self.rows and 0 <= col < self.cols):
+            raise IndexError(f"({row}, {col}) is outside a {self.rows}x{self.cols} grid")
+        return row * self.cols + col
+
+    def rc(self, index: int) -> tuple[int, int]:
+        """``(row, col)`` of patch ``index``."""
+        if not 0 <= index < self.n:
+            raise IndexError(f"patch {index} is outside a grid of {self.n} patches")
+        return divmod(index, self.cols)
+
+    def count(self, ratio: float) -> int:
+        """Number of patches kept at ``ratio``: ``round(ratio * N)``, at least 1.
+
+        Raises
+        ------
+        ValueError
+            If ``ratio`` is not in ``(0, 1]``.
+        """
+        if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) <= 1.0:
+            raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+        return max(1, min(self.n, round(float(ratio) * self.n)))

@@ -1,0 +1,322 @@
+"""A compact ViT masked autoencoder that scores many visible sets in one batched call.
+
+The parameter names follow the official facebookresearch/mae checkpoints (``blocks.N.attn.qkv``,
+``decoder_blocks.N...``, ``decoder_pred``), so those load without renaming. The encoder sees the
+visible tokens only; the decoder sees all ``N + 1`` positions. Attention uses
+:func:`torch.nn.functional.scaled_dot_product_attention`.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from keypatch.geometry import PatchGrid, patchify, unpatchify
+from keypatch.reconstructors.config import MAEConfig
+
+
+def sincos_pos_embed(dim: int, grid_size: int, cls_token: bool = True) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding, ``(1, grid**2 [+1], dim)`` (MAE's)."""
+    if dim % 4:
+        raise ValueError("embedding width must be divisible by 4 for 2-D sin-cos embeddings")
+    gh, gw = np.meshgrid(np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64))
+
+    def one_axis(pos: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    # official order: first half from the w-major meshgrid "x", second from "y"
+    emb = np.concatenate([one_axis(gh), one_axis(gw)], axis=1)
+    if cls_token:
+        emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
+    return torch.from_numpy(emb).float().unsqueeze(0)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    """Two-layer GELU MLP (timm naming: ``fc1``, ``fc2``)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, qkv_bias: bool) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """Conv patch embedding (``patch_embed.proj`` as in timm / official MAE)."""
+
+    def __init__(self, patch_size: int, in_chans: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class MAE(nn.Module):
+    """ViT masked autoencoder that predicts normalised pixels of every patch.
+
+    Parameters
+    ----------
+    config : MAEConfig
+        The architecture.
+
+    Notes
+    -----
+    ``L(S)``, the KPP loss, is the mean over masked patches (and over the values of each patch)
+    of the squared error between prediction and the normalised image: the official MAE loss
+    with ``norm_pix_loss=False``. With no masked patch (all visible) it is 0.
+    """
+
+    def __init__(self, config: MAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        g = c.grid
+        self.patch_embed = PatchEmbed(c.patch_size, c.in_chans, c.embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
+        self.pos_embed = nn.Parameter(sincos_pos_embed(c.embed_dim, g.rows), requires_grad=False)
+        self.blocks = nn.ModuleList(
+            Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.layer_norm_eps, c.qkv_bias) for _ in range(c.depth)
+        )
+        self.norm = nn.LayerNorm(c.embed_dim, eps=c.layer_norm_eps)
+        self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(
+            sincos_pos_embed(c.decoder_embed_dim, g.rows), requires_grad=False
+        )
+        self.decoder_blocks = nn.ModuleList(
+            Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, c.layer_norm_eps, c.qkv_bias)
+            for _ in range(c.decoder_depth)
+        )
+        self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=c.layer_norm_eps)
+        self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_dim)
+        self.model_id = "unnamed"
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ set-up
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """Initialise as the official MAE does (xavier linears, normal(0.02) tokens)."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        with torch.no_grad():
+            w = self.patch_embed.proj.weight
+            bound = (6.0 / (w.shape[0] + w[0].numel())) ** 0.5
+            w.copy_(torch.empty_like(w).uniform_(-bound, bound, generator=gen))
+            self.patch_embed.proj.bias.zero_()
+            self.cls_token.normal_(0, 0.02, generator=gen)
+            self.mask_token.normal_(0, 0.02, generator=gen)
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight, generator=gen)
+                    if m.bias is not None:
+                        m.bias.zero_()
+                elif isinstance(m, nn.LayerNorm):
+                    m.weight.fill_(1.0)
+                    m.bias.zero_()
+
+    @property
+    def grid(self) -> PatchGrid:
+        """The patch grid of this model."""
+        return self.config.grid
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live."""
+        return self.cls_token.device
+
+    # ------------------------------------------------------------------ pieces
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with position embeddings, ``(B, N, D)``; computed once per image."""
+        return self.patch_embed(images) + self.pos_embed[:, 1:]
+
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels per patch, ``(B, N, p*p*3)``: what the decoder must predict."""
+        return patchify(images, self.config.patch_size)
+
+    def predict_tokens(self, tokens: torch.Tensor, visible: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """Predict every patch of many (image, visible set) pairs.
+
+        Parameters
+        ----------
+        tokens : torch.Tensor
+            ``(B, N, D)`` from :meth:`embed`.
+        visible : torch.Tensor
+            ``(M, k)`` long, the visible patch indices of each set (distinct within a row).
+        image_index : torch.Tensor
+            ``(M,)`` long, which image each set belongs to.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(M, N, p*p*3)`` predicted patches (the visible ones included).
+        """
+        m, k = visible.shape
+        n = tokens.shape[1]
+        x = tokens[image_index[:, None], visible]  # (M, k, D)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(m, -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.decoder_embed(self.norm(x))  # (M, k+1, Dd)
+        dd = x.shape[-1]
+        full = self.mask_token.to(x.dtype).expand(m, n + 1, dd).clone()
+        full[:, :1] = x[:, :1]
+        full.scatter_(1, (visible + 1)[..., None].expand(m, k, dd), x[:, 1:])
+        x = full + self.decoder_pos_embed.to(x.dtype)
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+
+    @staticmethod
+    def masked_mse(pred: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """``L`` per set: mean squared error over the patches not in ``visible``, ``(M,)`` float32."""
+        err = (pred.float() - target.float()).pow(2).mean(-1)  # (M, N)
+        masked = torch.ones_like(err).scatter_(1, visible, 0.0)
+        count = masked.sum(1)
+        return (err * masked).sum(1) / count.clamp_min(1.0)
+
+    # ------------------------------------------------------------------ public
+    @torch.no_grad()
+    def losses(
+        self,
+        images: torch.Tensor,
+        visible: torch.Tensor,
+        image_index: torch.Tensor | None = None,
+        *,
+        chunk_size: int = 256,
+        precision: str = "float32",
+    ) -> torch.Tensor:
+        """``L(S)`` for many visible sets of one or more images, in batched passes.
+
+        Parameters
+        ----------
+        images : torch.Tensor
+            ``(B, 3, H, W)`` normalised images (or ``(3, H, W)`` for one).
+        visible : torch.Tensor
+            ``(M, k)`` patch indices: one visible set per row, all of size ``k``.
+        image_index : torch.Tensor, optional
+            ``(M,)`` image of each set; default all 0.
+        chunk_size : int
+            Sets per forward pass (bounds memory).
+        precision : {"float32", "bfloat16"}
+            Compute precision; the loss is always accumulated in float32.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(M,)`` float32 losses, on the model's device.
+        """
+        images, visible, image_index = self._prepare(images, visible, image_index)
+        tokens = self.embed(images)
+        target = self.targets(images)
+        out = torch.empty(visible.shape[0], device=self.device)
+        with autocast(self.device, precision):
+            for s in range(0, visible.shape[0], chunk_size):
+                v, ii = visible[s : s + chunk_size], image_index[s : s + chunk_size]
+                pred = self.predict_tokens(tokens, v, ii)
+                out[s : s + chunk_size] = self.masked_mse(pred, target[ii], v)
+        return out
+
+    @torch.no_grad()
+    def reconstruct(
+        self, image: torch.Tensor, visible: torch.Tensor | list[int], *, paste_visible: bool = True
+    ) -> torch.Tensor:
+        """Rebuild one image from the patches in ``visible``.
+
+        Parameters
+        ----------
+        image : torch.Tensor
+            ``(3, H, W)`` normalised image.
+        visible : sequence of int
+            The visible patch indices.
+        paste_visible : bool
+            Put the true visible patches back into the output (as the MAE demo does).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(3, H, W)`` normalised reconstruction.
+        """
+        images, vis, ii = self._prepare(image[None] if image.dim() == 3 else image, visible, None)
+        pred = self.predict_tokens(self.embed(images), vis, ii)
+        if paste_visible:
+            target = self.targets(images)
+            keep = torch.zeros(pred.shape[:2], dtype=torch.bool, device=pred.device)
+            keep[0, vis[0]] = True
+            pred = torch.where(keep[..., None], target, pred)
+        return unpatchify(pred.float(), self.config.patch_size, self.config.in_chans)[0]
+
+    def forward(self, images: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Training loss: mean ``L`` over a batch, one visible set per image."""
+        ii = torch.arange(images.shape[0], device=images.device)
+        pred = self.predict_tokens(self.embed(images), visible, ii)
+        return self.masked_mse(pred, self.targets(images), visible).mean()
+
+    def _prepare(
+        self, images: torch.Tensor, visible: torch.Tensor | list, image_index: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if images.dim() == 3:
+            images = images[None]
+        c = self.config
+        if images.shape[1:] != (c.in_chans, c.image_size, c.image_size):
+            raise ValueError(
+                f"images must be (B, {c.in_chans}, {c.image_size}, {c.image_size}), got {tuple(images.shape)}"
+            )
+        visible = torch.as_tensor(visible, dtype=torch.long, device=self.device)
+        if visible.dim() == 1:
+            visible = visible[None]
+        if visible.numel() and (visible.min() < 0 or visible.max() >= c.grid.n):
+            raise ValueError(f"patch indices must be in [0, {c.grid.n})")
+        if image_index is None:
+            image_index = torch.zeros(visible.shape[0], dtype=torch.long, device=self.device)
+        image_index = torch.as_tensor(image_index, dtype=torch.long, device=self.device)
+        return images.to(self.device, torch.float32), visible, image_index
+
+
+def autocast(device: torch.device, precision: str):
+    """Context for ``precision`` ("float32": nothing; "bfloat16": autocast on the device)."""
+    if precision in ("float32", "fp32"):
+        return nullcontext()
+    if precision in ("bfloat16", "bf16"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")

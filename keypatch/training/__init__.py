@@ -1,0 +1,1 @@
+"""Training utilities: data preparation and Masked Autoencoder training helpers."""
