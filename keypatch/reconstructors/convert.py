@@ -1,9 +1,10 @@
 """State-dict conversion between the official MAE, Hugging Face ``ViTMAE`` and keypatch layouts.
 
 keypatch's names are the official ones, so an official checkpoint needs no renaming. Hugging Face
-splits q/k/v and names everything differently; both its older (``vit.encoder.layer.N.attention.
-attention.query``, as stored on the hub) and newer (``vit.layers.N.attention.q_proj``) key names
-are understood.
+splits q/k/v and names everything differently; its key spellings are all understood: the hub's
+(``vit.encoder.layer.N.attention.attention.query``, ``decoder.decoder_layers.N...``), transformers 5
+in memory (``vit.layers.N.attention.q_proj``) and transformers 5 ``save_pretrained``
+(``decoder.decoder_encoder.layer.N...``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ _HF_FLAT = {
     "decoder.decoder_pred.weight": "decoder_pred.weight",
     "decoder.decoder_pred.bias": "decoder_pred.bias",
 }
-_HF_LAYER = re.compile(r"^(vit\.layers|vit\.encoder\.layer|decoder\.decoder_layers)\.(\d+)\.(.+)\.(weight|bias)$")
+_HF_LAYER = re.compile(
+    r"^(vit\.layers|vit\.encoder\.layer|decoder\.decoder_layers|decoder\.decoder_encoder\.layer)\.(\d+)\.(.+)\.(weight|bias)$"
+)
 
 
 def is_hf_state_dict(sd: dict[str, torch.Tensor]) -> bool:

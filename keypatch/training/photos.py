@@ -35,17 +35,26 @@ An image is kept only if **all** of these hold:
 
 Licences
 --------
+GCompris ships, next to its photographs, upstream ``README`` files crediting each image
+(author, source URL, licence); they are inside the same ``.rcc`` bundles. When an image is
+listed in the nearest such README, that credit is recorded (``licence_basis`` =
+``"upstream README (<path>)"``) together with what the Debian copyright file says
+(``debian_copyright_licence`` / ``debian_copyright_basis``): the Debian file predates some
+image replacements (e.g. its ``fish1.jpg`` paragraph describes a different photograph), so
+the README is the more precise source. Otherwise, and for the wallpapers, the Debian file
+decides, as follows.
+
 Each package's DEP-5 ``usr/share/doc/<package>/copyright`` is parsed. The image's path
 *in the upstream source tree* (for GCompris the resource path without its leading
 ``gcompris/``, e.g. ``src/activities/erase/resource/calf.webp``; for wallpapers the path below
 ``usr/share/wallpapers/`` or ``usr/share/backgrounds/[mate/]``) is matched against each
 ``Files:`` glob; as in DEP-5 the last matching paragraph wins. Because GCompris converted its
 images to WebP after writing its copyright file, the extension is ignored when comparing
-(``fish1.jpg`` in the copyright file matches ``fish1.webp``). When no specific glob matches,
-a glob whose file-name part is literal and equal to the image's file name is accepted (Lomiri
-lists ``16.04/<name>.jpg`` but installs ``<name>.jpg``). Failing that, the package's default
-``Files: *`` paragraph is used and the manifest says so (``licence_basis``); an image with no
-licence at all is left out.
+(``fish1.jpg`` in the copyright file matches ``fish1.webp``). For the wallpaper packages only,
+when no specific glob matches, a glob whose file-name part is literal and equal to the image's
+file name is accepted (Lomiri lists ``16.04/<name>.jpg`` but installs ``<name>.jpg``).
+Failing that, the package's default ``Files: *`` paragraph is used and the manifest says so
+(``licence_basis``); an image with no licence at all is left out.
 
 Output
 ------
@@ -63,6 +72,7 @@ Run as ``python -m keypatch.training.photos --out DIR --cache DIR``.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import hashlib
 import io
 import json
@@ -147,7 +157,7 @@ MIN_SHORT_SIDE = 200
 MIN_GREY_LEVELS = 64
 MIN_COLOURS_15BIT = 128
 #: Minimum number of large wallpaper photographs in each of train and val.
-MIN_LARGE_PER_SPLIT = 3
+MIN_LARGE_PER_SPLIT = 4
 JPEG_QUALITY = 92
 
 
@@ -371,7 +381,7 @@ def _path_variants(path: str) -> list[str]:
     return variants
 
 
-def resolve_licence(paragraphs: list[Dep5Paragraph], source_path: str) -> LicenceInfo:
+def resolve_licence(paragraphs: list[Dep5Paragraph], source_path: str, match_file_name: bool = False) -> LicenceInfo:
     """Find the licence of a file from a package's DEP-5 paragraphs.
 
     Parameters
@@ -381,6 +391,10 @@ def resolve_licence(paragraphs: list[Dep5Paragraph], source_path: str) -> Licenc
     source_path : str
         The file's path in the upstream source tree (``/``-separated). The extension is
         ignored when comparing (``x.webp`` matches a glob written for ``x.jpg``).
+    match_file_name : bool, optional
+        Also accept a glob whose last component is literal and equal to the file name when no
+        glob matches the whole path (for packages that install files flattened, e.g. Lomiri's
+        ``16.04/x.jpg`` installed as ``x.jpg``). Default False.
 
     Returns
     -------
@@ -408,7 +422,7 @@ def resolve_licence(paragraphs: list[Dep5Paragraph], source_path: str) -> Licenc
         return LicenceInfo(para.licence, para.copyright, para.comment, g, "per-file")
     names = {PurePosixPath(v).name for v in variants}
     by_name: tuple[Dep5Paragraph, str] | None = None
-    for para in paragraphs:
+    for para in paragraphs if match_file_name else []:
         for g in para.globs:
             last = g.rsplit("/", 1)[-1]
             if "/" in g and not any(ch in last for ch in "*?\\") and last in names:
@@ -420,6 +434,91 @@ def resolve_licence(paragraphs: list[Dep5Paragraph], source_path: str) -> Licenc
         para, g = default
         return LicenceInfo(para.licence, para.copyright, para.comment, g, "package default (Files: *)")
     return LicenceInfo("UNKNOWN", "", "", "", "none")
+
+
+def _normalise_licence(text: str) -> str:
+    t = " ".join(text.split())
+    if t.lower() in ("public domain", "public-domain"):
+        return "public-domain"
+    m = re.fullmatch(r"(?i)(CC-BY(?:-(?:SA|ND|NC))*)[ -]?(\d\.\d)", t)
+    if m:
+        return f"{m[1].upper()}-{m[2]}"
+    m = re.fullmatch(r"(?i)(L?GPL)v?-?(\d(?:\.\d)?)(\+?)", t)
+    return f"{m[1].upper()}-{m[2]}{m[3]}" if m else t
+
+
+@dataclass(frozen=True)
+class _ReadmeEntry:
+    pattern: str  # file pattern relative to the README's folder, extension removed
+    info: LicenceInfo
+
+
+def parse_upstream_readme(text: str, readme_path: str) -> list[_ReadmeEntry]:
+    """Parse a GCompris resource ``README`` crediting the images of its folder.
+
+    These files are blank-line separated paragraphs of ``Copyright:``, ``Source:``,
+    ``License:``, ``Comments:`` and ``Files:`` fields whose values may continue on the
+    following (unindented) lines, e.g.::
+
+        Copyright: Kurt Kaiser
+        License: CC0-1.0
+        Source: https://commons.wikimedia.org/wiki/File:American_Bison_9.jpg
+        Files:
+        bison.webp
+
+    Parameters
+    ----------
+    text : str
+        README content.
+    readme_path : str
+        Resource path of the README (recorded in the result).
+
+    Returns
+    -------
+    list of _ReadmeEntry
+        One entry per listed file, in file order; ``pattern`` is the listed path relative to
+        the README's folder with its extension removed.
+    """
+    entries: list[_ReadmeEntry] = []
+    for block in re.split(r"\n[ \t]*\n", text):
+        fields: dict[str, list[str]] = {}
+        current: str | None = None
+        for line in block.splitlines():
+            m = re.match(r"^([A-Za-z][A-Za-z-]*):\s*(.*)$", line)
+            if m and not line.startswith(("http:", "https:")):
+                current = m[1].lower()
+                fields.setdefault(current, []).append(m[2].strip())
+            elif current is not None and line.strip():
+                fields[current].append(line.strip())
+        if "files" not in fields or "license" not in fields:
+            continue
+        licence = _normalise_licence(" ".join(v for v in fields["license"] if v))
+        holder = "; ".join(v for v in fields.get("copyright", []) if v)
+        notes = [f"source: {' '.join(v for v in fields['source'] if v)}"] if fields.get("source") else []
+        comments = fields.get("comments", []) + fields.get("comment", [])
+        if any(comments):
+            notes.append(f"upstream note: {' '.join(v for v in comments if v)}")
+        for item in " ".join(fields["files"]).split():
+            stem = str(PurePosixPath(item).with_suffix("")) if "." in item else item
+            info = LicenceInfo(licence, holder, "; ".join(notes), item, f"upstream README ({readme_path})")
+            entries.append(_ReadmeEntry(stem, info))
+    return entries
+
+
+def _credit_from_readmes(readmes: dict[str, list[_ReadmeEntry]], res_path: str) -> LicenceInfo | None:
+    """Credit of ``res_path`` from the nearest README above it that lists it (last entry wins)."""
+    for folder in sorted(readmes, key=len, reverse=True):
+        if not res_path.startswith(folder + "/"):
+            continue
+        rel = res_path[len(folder) + 1 :]
+        rel_stem = str(PurePosixPath(rel).with_suffix(""))
+        found = None
+        for entry in readmes[folder]:
+            if fnmatch.fnmatchcase(rel_stem, entry.pattern):
+                found = entry.info
+        if found is not None:
+            return found
+    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -493,6 +592,7 @@ class _Candidate:
     data: bytes
     large: bool
     extra: dict[str, str] = field(default_factory=dict)
+    credit: LicenceInfo | None = None  # upstream per-image credit, when the package ships one
 
 
 def _iter_gcompris(root: Path) -> Iterator[_Candidate]:
@@ -503,24 +603,29 @@ def _iter_gcompris(root: Path) -> Iterator[_Candidate]:
         if not rcc_path.is_file():
             print(f"[photos] warning: {rcc_path} not found, skipped", flush=True)
             continue
-        n = 0
         try:
-            for res_path, data in iter_rcc(rcc_path):
-                if PurePosixPath(res_path).suffix.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                n += 1
-                upstream = res_path.split("/", 1)[1] if res_path.startswith("gcompris/") else res_path
-                yield _Candidate(
-                    package=GCOMPRIS,
-                    source_path=f"{GCOMPRIS_RCC_DIR}/{rcc_name}:{res_path}",
-                    upstream_path=upstream,
-                    name=PurePosixPath(res_path).stem,
-                    data=data,
-                    large=False,
-                )
+            entries = list(iter_rcc(rcc_path))
         except RccError as exc:
             print(f"[photos] warning: cannot read {rcc_path}: {exc}", flush=True)
-        print(f"[photos]   {rcc_name}: {n} image resources", flush=True)
+            continue
+        readmes = {
+            str(PurePosixPath(res_path).parent): parse_upstream_readme(data.decode("utf-8", "replace"), res_path)
+            for res_path, data in entries
+            if PurePosixPath(res_path).name == "README"
+        }
+        images = [(r, d) for r, d in entries if PurePosixPath(r).suffix.lower() in IMAGE_EXTENSIONS]
+        print(f"[photos]   {rcc_name}: {len(images)} image resources, {len(readmes)} credit READMEs", flush=True)
+        for res_path, data in images:
+            upstream = res_path.split("/", 1)[1] if res_path.startswith("gcompris/") else res_path
+            yield _Candidate(
+                package=GCOMPRIS,
+                source_path=f"{GCOMPRIS_RCC_DIR}/{rcc_name}:{res_path}",
+                upstream_path=upstream,
+                name=PurePosixPath(res_path).stem,
+                data=data,
+                large=False,
+                credit=_credit_from_readmes(readmes, res_path),
+            )
 
 
 _RES_RE = re.compile(r"^(\d+)x(\d+)")
@@ -587,6 +692,10 @@ def _iter_wallpapers(package: str, root: Path) -> Iterator[_Candidate]:
         )
 
 
+def _basis_kind(basis: str) -> str:
+    return "upstream README" if basis.startswith("upstream README") else basis
+
+
 def _split_fraction(sha: str, seed: int) -> float:
     key = hashlib.sha256(f"{seed}:{sha}".encode()).hexdigest()
     return int(key[:13], 16) / float(16**13)
@@ -602,14 +711,16 @@ def _write_licences_md(path: Path, records: list[dict], versions: dict[str, str]
         "",
         "Every image below was taken from a Debian package (Debian's archive, downloaded with",
         "`apt-get download`, unpacked with `dpkg-deb -x`), converted to RGB JPEG and downscaled.",
-        "Licences come from each package's `/usr/share/doc/<package>/copyright` (DEP-5). Full licence",
-        "texts: `/usr/share/common-licenses/` on Debian, or the package's copyright file.",
+        "Licences come from the upstream per-image credit README shipped inside GCompris's resource",
+        "bundles when there is one, else from the package's `/usr/share/doc/<package>/copyright`",
+        "(DEP-5; 'package default (Files: *)' means the file has no more specific paragraph).",
+        "Full licence texts: `/usr/share/common-licenses/` on Debian, or the package's copyright file.",
         "",
         "| Package | Version |",
         "|---|---|",
     ]
     lines += [f"| {p} | {v} |" for p, v in sorted(versions.items())]
-    counts = Counter((r["source_package"], r["licence"], r["licence_basis"]) for r in records)
+    counts = Counter((r["source_package"], r["licence"], _basis_kind(r["licence_basis"])) for r in records)
     lines += ["", "| Package | Licence | Basis | Images |", "|---|---|---|---|"]
     lines += [f"| {p} | {lic} | {b} | {n} |" for (p, lic, b), n in sorted(counts.items())]
     lines += [
@@ -629,6 +740,8 @@ def _write_licences_md(path: Path, records: list[dict], versions: dict[str, str]
             note += f"; upstream author: {r['upstream_author']}"
         if r.get("upstream_licence"):
             note += f"; upstream metadata licence: {r['upstream_licence']}"
+        if r.get("debian_copyright_licence"):
+            note += f"; Debian copyright file: {r['debian_copyright_licence']} ({r['debian_copyright_basis']})"
         lines.append(
             f"| {cell(r['file'])} | {r['split']} | {r['source_package']} | {cell(r['source_path'])} "
             f"| {cell(r['licence'])} | {cell(r['copyright'])} | {cell(note)} |"
@@ -726,15 +839,21 @@ def prepare_photos(
             else:
                 ok, why = is_photo(im)
                 reason = "" if ok else why
-        lic = resolve_licence(dep5[cand.package], cand.upstream_path) if not reason else None
-        if lic is not None and lic.basis == "none":
-            reason = "no licence found"
+        lic = None
+        if not reason:
+            lic = resolve_licence(
+                dep5[cand.package], cand.upstream_path, match_file_name=cand.package in WALLPAPER_PACKAGES
+            )
+            if cand.credit is not None:
+                cand.extra["debian_copyright_licence"] = lic.licence
+                cand.extra["debian_copyright_basis"] = lic.basis
+                lic = cand.credit
+            if lic.basis == "none":
+                reason = "no licence found"
         if reason:
             key = re.sub(r"\d+", "N", reason)
             rejected[key] += 1
-            rejected_items.append(
-                {"source_package": cand.package, "source_path": cand.source_path, "reason": reason}
-            )
+            rejected_items.append({"source_package": cand.package, "source_path": cand.source_path, "reason": reason})
             continue
         assert lic is not None
         kept.append((cand, sha, lic, _to_output(im, max_side), im.size))
@@ -807,14 +926,12 @@ def prepare_photos(
         "train": sum(r["split"] == "train" for r in records),
         "val": sum(r["split"] == "val" for r in records),
         "large_wallpapers": {
-            "train": sum(
-                r["split"] == "train" and r["source_package"] in WALLPAPER_PACKAGES for r in records
-            ),
+            "train": sum(r["split"] == "train" and r["source_package"] in WALLPAPER_PACKAGES for r in records),
             "val": sum(r["split"] == "val" and r["source_package"] in WALLPAPER_PACKAGES for r in records),
         },
         "per_package": per_pkg,
         "per_licence": dict(sorted(Counter(r["licence"] for r in records).items())),
-        "licence_basis": dict(sorted(Counter(r["licence_basis"] for r in records).items())),
+        "licence_basis": dict(sorted(Counter(_basis_kind(r["licence_basis"]) for r in records).items())),
         "rejected": dict(sorted(rejected.items())),
         "package_versions": versions,
         "params": {
@@ -828,8 +945,7 @@ def prepare_photos(
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     _write_licences_md(out_dir / "LICENCES.md", records, versions)
     print(
-        f"[photos] done: {summary['total']} photos ({summary['train']} train, {summary['val']} val) "
-        f"in {out_dir}",
+        f"[photos] done: {summary['total']} photos ({summary['train']} train, {summary['val']} val) in {out_dir}",
         flush=True,
     )
     return summary

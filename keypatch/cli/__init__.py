@@ -1,0 +1,1 @@
+"""Command-line interface. Each command is a module with ``add_parser(subparsers)``; see ``main.py``."""

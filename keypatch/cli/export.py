@@ -1,0 +1,53 @@
+"""``keypatch export``: stored proposals as the KPP reference ``patch_ids.json`` and PNG pictures."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``export``."""
+    from keypatch.batch import DEFAULT_OUT
+
+    p = sub.add_parser(
+        "export", help="write patch_ids.json and one picture per image from a results folder",
+        description="Write the stored proposals of one setting as the KPP reference code's patch_ids.json "
+                    "({image_stem: {'patch': [...], 'loss': [...]}}) and one PNG per image: original | kept "
+                    "patches | reconstruction. Filter with --strategy/--ratio/--model/--start when the store "
+                    "holds several settings.",
+    )
+    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), metavar="DIR",
+                   help=f"results folder holding results.sqlite (default: {DEFAULT_OUT})")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="default: DIR/patch_ids.json")
+    p.add_argument("--pictures", type=Path, default=None, metavar="DIR", help="default: DIR/pictures")
+    p.add_argument("--no-pictures", action="store_true", help="only write the JSON")
+    p.add_argument("--strategy", default=None, help="only records of this strategy")
+    p.add_argument("--ratio", type=float, default=None, help="only records of this ratio")
+    p.add_argument("--model", default=None, help="only records of this model id (e.g. 'default')")
+    p.add_argument("--start", choices=["center", "none"], default=None, help="only records with this start")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to reconstruct for the pictures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``export`` for parsed ``args``."""
+    from keypatch.cli.propose import show_warnings_as_lines
+    from keypatch.store.export import export_results
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show_warnings_as_lines("export")
+        s = export_results(args.out, args.json, args.pictures, pictures=not args.no_pictures, device=args.device,
+                           progress=not args.no_progress, strategy=args.strategy, ratio=args.ratio,
+                           model_id=args.model, start=args.start)
+    line = f"{s['records']} records -> {s['json']}"
+    if s["pictures_dir"]:
+        line += f"; {s['pictures']} pictures -> {s['pictures_dir']}"
+        if s["skipped"]:
+            line += f" ({s['skipped']} skipped, see the warnings)"
+    print(line)
+    return 0

@@ -1,0 +1,44 @@
+"""``keypatch`` command: one sub-command per module in this package.
+
+To add a command: write ``keypatch/cli/NAME.py`` with ``add_parser(subparsers)`` (which sets
+``func`` on its parser via ``set_defaults``) and add its module name to ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ["propose", "export", "train_mae", "prepare_photos"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    from keypatch import __version__
+
+    parser = argparse.ArgumentParser(prog="keypatch", description="Find the key patches of images with an MAE.")
+    parser.add_argument("--version", action="version", version=f"keypatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"keypatch.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for bad input, with a one-line message)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"keypatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished records are kept", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

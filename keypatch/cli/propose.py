@@ -1,0 +1,66 @@
+"""``keypatch propose``: key patches of image files and folders, stored in a results folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+
+def show_warnings_as_lines(command: str):
+    """A ``warnings.showwarning`` replacement printing ``keypatch COMMAND: warning: MESSAGE`` on stderr
+    (through tqdm, so a progress bar is not broken)."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"keypatch {command}: warning: {message}", file=sys.stderr)
+
+    return show
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``propose``."""
+    from keypatch.batch import DEFAULT_OUT
+
+    p = sub.add_parser(
+        "propose", help="find the key patches of images and store them",
+        description="Find the key patches of image files (and of the images in folders, recursively). One "
+                    "record per image goes into OUT/results.sqlite as soon as it is done; images already "
+                    "stored with the same settings are skipped, so a re-run resumes.",
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and folders")
+    p.add_argument("--ratio", type=float, required=True, help="fraction of patches to keep, in (0, 1]")
+    p.add_argument("--strategy", default="greedy", help="proposal strategy (default: greedy = KPP)")
+    p.add_argument("--start", choices=["center", "none"], default="center",
+                   help="greedy: begin from the central patch (paper) or from nothing")
+    p.add_argument("--model", default="default",
+                   help="MAE: 'default', 'random:NAME', a weights file or folder, or a hub id")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), metavar="DIR",
+                   help=f"results folder (default: {DEFAULT_OUT})")
+    p.add_argument("--batch-size", type=int, default=1, help="images per MAE batch (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed for randomised strategies")
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
+                   help="greedy: arithmetic of the MAE passes (default float32, exact)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``propose`` for parsed ``args``; 1 when no image could be read."""
+    from keypatch.batch import run_propose
+
+    options = {"precision": args.precision} if args.precision else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show_warnings_as_lines("propose")
+        s = run_propose(args.paths, args.ratio, strategy=args.strategy, model=args.model, start=args.start,
+                        device=args.device, out_dir=args.out, batch_size=args.batch_size, seed=args.seed,
+                        progress=not args.no_progress, **options)
+    start = f", start {s['start']}" if s["start"] else ""
+    print(f"{s['done']} new, {s['skipped']} already stored, {s['failed']} unreadable (of {s['found']}) -> "
+          f"{s['store']}  [model {s['model_id']}, {s['strategy']}{start}, ratio {s['ratio']:g} = {s['k']} patches, "
+          f"{s['seconds']:.1f} s]")
+    return 1 if s["failed"] == s["found"] else 0

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny models, real photos from scikit-image, device marks (torchvision style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from keypatch.reconstructors import MAE, MAEConfig, load_mae
+
+TEST_PHOTOS = ["astronaut", "chelsea", "coffee"]
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="session")
+def toy_model() -> MAE:
+    """The ``toy`` preset with seeded random weights: 64x64 images, 4x4 grid of 16x16 patches."""
+    return load_mae("random:toy:0", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny224() -> MAE:
+    """A very narrow MAE on the paper's 224x224 / 14x14 geometry (cheap, random weights)."""
+    m = MAE(MAEConfig(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
+                      decoder_num_heads=2))
+    m.reset_parameters(seed=0)
+    m.model_id = "tiny224"
+    return m.eval()
+
+
+def photo_array(name: str) -> np.ndarray:
+    """A real photo shipped with scikit-image, as HxWx3 uint8."""
+    import skimage.data
+
+    arr = getattr(skimage.data, name)()
+    return arr[..., :3] if arr.ndim == 3 else np.stack([arr] * 3, -1)
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory) -> Path:
+    """A folder of real photos (scikit-image's astronaut, chelsea, coffee) as JPEG files."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("photos")
+    for name in TEST_PHOTOS:
+        Image.fromarray(photo_array(name)).save(d / f"{name}.jpg", quality=95)
+    return d
+
+
+@pytest.fixture
+def toy_image() -> torch.Tensor:
+    """A smooth random 64x64 image, normalised."""
+    from keypatch.geometry import normalize
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=64, mode="bilinear")[0]
+    return normalize(x)

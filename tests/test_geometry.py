@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from keypatch.geometry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PatchGrid,
+    denormalize,
+    load_image,
+    patchify,
+    unpatchify,
+)
+
+
+def test_grid_of_the_paper():
+    g = PatchGrid(224, 16)
+    assert (g.n, g.rows, g.cols) == (196, 14, 14)
+    assert g.center == 105 and g.rc(105) == (7, 7)
+    assert all(g.index(*g.rc(i)) == i for i in range(g.n))
+    with pytest.raises(IndexError):
+        g.rc(196)
+    with pytest.raises(ValueError):
+        PatchGrid(224, 15)
+
+
+@pytest.mark.parametrize("ratio,k", [(0.05, 10), (0.1, 20), (0.25, 49), (0.5, 98), (1.0, 196)])
+def test_count_is_round_r_n(ratio, k):
+    assert PatchGrid().count(ratio) == k == round(ratio * 196)
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, 1.01, float("nan"), "0.1"])
+def test_bad_ratio_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="ratio"):
+        PatchGrid().count(bad)
+
+
+def test_patchify_layout_and_roundtrip():
+    x = torch.randn(2, 3, 64, 64)
+    p = patchify(x, 16)
+    assert p.shape == (2, 16, 768)
+    # patch 5 = row 1, col 1; its value (py=2, px=3, c=1) sits at index (2*16+3)*3+1
+    assert p[1, 5, (2 * 16 + 3) * 3 + 1] == x[1, 1, 16 + 2, 16 + 3]
+    assert torch.equal(unpatchify(p, 16), x)
+
+
+def test_load_image_resizes_and_normalises(tmp_path):
+    arr = np.zeros((100, 150, 3), np.uint8)
+    arr[..., 0] = 255
+    path = tmp_path / "red.png"
+    Image.fromarray(arr).save(path)
+    x = load_image(path)
+    assert x.shape == (3, 224, 224) and x.dtype == torch.float32
+    expected = [(1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0], -IMAGENET_MEAN[1] / IMAGENET_STD[1]]
+    assert x[0].mean().item() == pytest.approx(expected[0], abs=1e-5)
+    assert x[1].mean().item() == pytest.approx(expected[1], abs=1e-5)
+    assert torch.allclose(load_image(Image.open(path)), x)
+    assert torch.allclose(denormalize(x)[0], torch.ones(224, 224), atol=1e-5)
+    gray = load_image(np.full((30, 30), 128, np.uint8), size=64)
+    assert gray.shape == (3, 64, 64)
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="not a readable image"):
+        load_image(bad)
+    with pytest.raises(FileNotFoundError):
+        load_image(tmp_path / "missing.png")
