@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["propose", "export", "train_mae", "prepare_photos"]
+COMMANDS = ["propose", "export", "ablation", "classify", "train_mae", "prepare_photos", "select", "compare", "diversity"]
 
 
 def build_parser() -> argparse.ArgumentParser:

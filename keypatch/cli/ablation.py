@@ -1,0 +1,30 @@
+"""``keypatch ablation``: greedy from the central patch vs from nothing, L vs ratio."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``ablation``."""
+    p = sub.add_parser("ablation", help="initial-patch ablation: start from the centre vs from nothing")
+    p.add_argument("paths", nargs="+", type=Path, help="image files or folders")
+    p.add_argument("--max-ratio", type=float, default=0.25, help="curve from 1/N up to this ratio")
+    p.add_argument("--model", default="default")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, required=True, help="folder for ablation.csv and ablation.png")
+
+    def run(args: argparse.Namespace) -> None:
+        from keypatch.api import _model
+        from keypatch.batch import iter_image_files
+        from keypatch.experiments.ablation import ablation_curves, write_ablation
+
+        files = iter_image_files(args.paths)
+        model = _model(args.model, args.device)
+        model.grid.count(args.max_ratio)  # validate before any work
+        curves = ablation_curves(files, args.max_ratio, model)
+        path = write_ablation(curves, model.grid.n, args.out)
+        print(f"wrote {path} and {args.out / 'ablation.png'}")
+
+    p.set_defaults(func=run)

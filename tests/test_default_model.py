@@ -1,0 +1,56 @@
+"""The embedded default MAE: real, offline, better than trivial, and KPP with it beats random."""
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+import keypatch
+from keypatch.experiments.photos import load_test_photos
+from keypatch.experiments.quality import evaluate_quality
+from keypatch.geometry import load_images
+from keypatch.reconstructors.loading import DEFAULT_WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return keypatch.load_mae("default", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    photos = load_test_photos()
+    assert len(photos) >= 10, "the test photos of scikit-image/scikit-learn/matplotlib should load offline"
+    return load_images(list(photos.values()))
+
+
+def test_loads_with_the_network_unreachable(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = keypatch.load_mae("default", device="cpu")
+    assert model.model_id == "default" and model.grid.n == 196 and model.grid.center == 105
+    assert DEFAULT_WEIGHTS.stat().st_size <= 20 * 1024 * 1024
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_beats_the_mean_colour_predictor_on_the_test_photos(default_model, test_images):
+    report = evaluate_quality(default_model, test_images, visible_ratio=0.25, seed=0)
+    assert report.n_images == test_images.shape[0]
+    assert report.ratio <= 0.6, f"MAE {report.mae_loss:.4f} vs mean colour {report.trivial_loss:.4f}"
+
+
+def test_greedy_beats_random_at_ten_percent(default_model, test_images):
+    greedy = keypatch.propose_batch(test_images, 0.1, "greedy", default_model)
+    g = np.array([r.loss for r in greedy])
+    rnd = np.mean([[r.loss for r in keypatch.propose_batch(test_images, 0.1, "random", default_model, seed=s)]
+                   for s in (0, 100, 200)], axis=0)
+    assert all(len(r.patches) == 20 and r.patches[0] == 105 for r in greedy)
+    wins = (g < rnd).mean()
+    gain = 1 - g.mean() / rnd.mean()
+    assert wins >= 0.9, f"greedy beat random on {wins:.0%} of the photos"
+    assert gain >= 0.10, f"greedy's mean loss is only {gain:.1%} below random's"
