@@ -65,6 +65,8 @@ def propose_batch(
     """
     mae = _model(model, device)
     k = mae.grid.count(ratio)
+    if isinstance(strategy, Proposer) and options:
+        raise ValueError("pass options either to the Proposer instance or as keywords with a strategy name")
     proposer = get_proposer(strategy, **options)
     x = load_images(images, mae.config.image_size).to(mae.device)
     t0 = time.perf_counter()

@@ -33,9 +33,12 @@ def test_loads_with_the_network_unreachable(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = keypatch.load_mae("default", device="cpu")
-    assert model.model_id == "default" and model.grid.n == 196 and model.grid.center == 105
+    assert model.model_id.startswith("default@") and model.grid.n == 196 and model.grid.center == 105
     assert DEFAULT_WEIGHTS.stat().st_size <= 20 * 1024 * 1024
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert keypatch.load_mae(model.model_id, device="cpu").model_id == model.model_id
+    with pytest.raises(ValueError, match="another version"):
+        keypatch.load_mae("default@00000000")
 
 
 def test_beats_the_mean_colour_predictor_on_the_test_photos(default_model, test_images):

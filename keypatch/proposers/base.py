@@ -80,7 +80,9 @@ class Proposer(ABC):
             raise TypeError(f"strategy {self.name!r} got unknown options: {', '.join(sorted(options))}")
 
     @abstractmethod
-    def select(self, model: MAE, images: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    def select(
+        self, model: MAE, images: torch.Tensor, k: int, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Choose ``k`` patches for each image.
 
         Parameters
@@ -122,7 +124,10 @@ def get_proposer(name: str | Proposer, **options) -> Proposer:
         return name
     if name not in _REGISTRY:
         raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**options)
+    try:
+        return _REGISTRY[name](**options)
+    except TypeError as exc:  # unknown or misspelt option
+        raise ValueError(f"strategy {name!r}: {exc}") from exc
 
 
 def available() -> list[str]:

@@ -4,6 +4,8 @@ Specs
 -----
 ``"default"``
     The small MAE shipped inside the package (trained offline on real photos; see its model card).
+    Its ``model_id`` is ``"default@<sha8>"`` (the weights' hash); that spec loads it too, and fails
+    if the package holds other weights.
 ``"random:NAME"`` / ``"random:NAME:SEED"``
     A preset (``toy``, ``small``, ``base``, ``large``, ``huge``) with seeded random weights: for tests
     and speed measurements (the cost does not depend on the weights).
@@ -42,6 +44,16 @@ from keypatch.reconstructors.mae import MAE
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "default.safetensors"
 DEFAULT_CONFIG = WEIGHTS_DIR / "default.json"
+
+
+def default_model_id() -> str:
+    """``"default@"`` + the first 8 hex digits of the embedded weights' sha256.
+
+    Results stored with one version of the embedded model are not reused with another.
+    """
+    import hashlib
+
+    return "default@" + hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()[:8]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -173,10 +185,13 @@ def load_mae(spec: str | Path | MAE = "default", device: str | torch.device = "a
     if isinstance(spec, MAE):
         return spec.to(dev).eval()
     text = str(spec)
-    if text == "default":
+    if text == "default" or text.startswith("default@"):
         if not DEFAULT_WEIGHTS.is_file():
             raise FileNotFoundError(f"the embedded default model is missing from {WEIGHTS_DIR}")
-        model = build_mae(MAEConfig.from_json(DEFAULT_CONFIG), load_file(str(DEFAULT_WEIGHTS)), "default")
+        model_id = default_model_id()
+        if text != "default" and text != model_id:
+            raise ValueError(f"{text!r} names another version of the embedded model than this one ({model_id})")
+        model = build_mae(MAEConfig.from_json(DEFAULT_CONFIG), load_file(str(DEFAULT_WEIGHTS)), model_id)
     elif text.startswith("random:"):
         parts = text.split(":")
         if parts[1] not in PRESETS:
@@ -188,9 +203,9 @@ def load_mae(spec: str | Path | MAE = "default", device: str | torch.device = "a
     else:
         path = Path(text).expanduser()
         if path.is_dir():
-            model = _load_folder(path, text)
+            model = _load_folder(path.resolve(), str(path.resolve()))
         elif path.is_file():
-            model = _load_file(path)
+            model = _load_file(path.resolve())
         elif text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.suffix:
             model = _load_hub(text)
         else:

@@ -1,0 +1,106 @@
+"""Pictures of a proposal: original | kept patches | MAE reconstruction, side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from keypatch.geometry import ImageLike, PatchGrid, load_image, to_pil
+from keypatch.reconstructors import MAE, load_mae
+
+MARGIN = 8
+"""Pixels around and between the panels."""
+TITLE_HEIGHT = 16
+"""Pixels of the title band above the panels."""
+BACKGROUND = (255, 255, 255)
+MASK_GREY = 0.2
+"""Masked patches in the middle panel: this dark grey (in [0, 1]) ..."""
+MASK_SHOW = 0.3
+"""... blended with this fraction of the true pixels, so the context stays faintly visible."""
+OUTLINE = (255, 200, 0)
+"""Colour of the 1-pixel frame drawn inside each kept patch (so dark kept patches still stand out)."""
+
+
+def _font(titles: Sequence[str], width: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """The largest default font (<= 12 px) in which every title fits ``width`` pixels."""
+    for size in range(min(12, TITLE_HEIGHT - 2), 5, -1):
+        try:
+            font = ImageFont.load_default(size=size)
+        except (TypeError, OSError, ImportError):  # pragma: no cover - Pillow without FreeType: one bitmap size
+            return ImageFont.load_default()
+        if all(font.getlength(t) <= width for t in titles):
+            return font
+    return font
+
+
+def kept_panel(image: torch.Tensor, patches: Sequence[int], grid: PatchGrid) -> Image.Image:
+    """``image`` (normalised ``(3, H, W)``) with every patch not in ``patches`` darkened, and a thin
+    frame inside each kept one."""
+    from keypatch.geometry import denormalize, normalize
+
+    keep = torch.zeros(grid.n, dtype=torch.bool)
+    keep[list(patches)] = True
+    keep = keep.view(1, grid.rows, grid.cols)
+    keep = keep.repeat_interleave(grid.patch_size, 1).repeat_interleave(grid.patch_size, 2)
+    rgb = denormalize(image.detach().float().cpu())
+    shown = torch.where(keep, rgb, MASK_SHOW * rgb + (1 - MASK_SHOW) * MASK_GREY)
+    panel = to_pil(normalize(shown))
+    draw = ImageDraw.Draw(panel)
+    p = grid.patch_size
+    for i in set(int(i) for i in patches):
+        r, c = grid.rc(i)
+        draw.rectangle((c * p, r * p, c * p + p - 1, r * p + p - 1), outline=OUTLINE)
+    return panel
+
+
+@torch.no_grad()
+def triptych(image: ImageLike, patches: Sequence[int], model: MAE | str | None = None,
+             grid: PatchGrid | None = None) -> Image.Image:
+    """Three panels with small titles: the original, the kept patches, the MAE's reconstruction.
+
+    Parameters
+    ----------
+    image : image-like
+        A path, PIL image, array, or normalised tensor (see :func:`keypatch.load_image`); shown
+        resized to the model's input size, as the model sees it.
+    patches : sequence of int
+        The kept (visible) patches, e.g. ``Proposal.patches``.
+    model : MAE, str or None
+        The reconstructor or a :func:`keypatch.load_mae` spec (None: the embedded default).
+    grid : PatchGrid, optional
+        The grid ``patches`` refer to (e.g. ``Proposal.grid``); checked against the model's.
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGB, ``3 * S + 4 * MARGIN`` wide and ``S + TITLE_HEIGHT + 2 * MARGIN`` high for an
+        ``S x S`` model input. The reconstruction has the visible patches pasted back.
+    """
+    mae = model if isinstance(model, MAE) else load_mae(model or "default", device="cpu")
+    g = mae.grid
+    if grid is not None and grid != g:
+        raise ValueError(f"the patches refer to a {grid.rows}x{grid.cols} grid on {grid.image_size} px, but the model "
+                         f"works on a {g.rows}x{g.cols} grid on {g.image_size} px")
+    idx = [int(p) for p in patches]
+    if not idx:
+        raise ValueError("at least one patch must be kept")
+    bad = [p for p in idx if not 0 <= p < g.n]
+    if bad:
+        raise ValueError(f"patches {bad} are outside the model's grid of {g.n} patches")
+    x = load_image(image, g.image_size)
+    recon = mae.reconstruct(x.to(mae.device), idx)
+    panels = [to_pil(x), kept_panel(x, idx, g), to_pil(recon.cpu())]
+    titles = ["original", f"kept {len(set(idx))}/{g.n}", "reconstruction"]
+
+    s = g.image_size
+    out = Image.new("RGB", (3 * s + 4 * MARGIN, s + TITLE_HEIGHT + 2 * MARGIN), BACKGROUND)
+    draw = ImageDraw.Draw(out)
+    font = _font(titles, s + MARGIN)
+    for i, (panel, title) in enumerate(zip(panels, titles, strict=True)):
+        left = MARGIN + i * (s + MARGIN)
+        out.paste(panel, (left, MARGIN + TITLE_HEIGHT))
+        width = font.getlength(title)
+        draw.text((left + (s - width) / 2, MARGIN), title, fill=(0, 0, 0), font=font)
+    return out
