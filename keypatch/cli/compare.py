@@ -1,0 +1,54 @@
+"""``keypatch compare``: mean L(S) of patch strategies across keep ratios (CSV + plot)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``compare``."""
+    p = sub.add_parser("compare", help="compare patch strategies (e.g. greedy, attention, random) by mean L(S)",
+                       description="Run each strategy at each ratio on each image and score its set with one MAE "
+                                   "pass. Writes OUT/compare.csv, OUT/summary.csv, OUT/summary.md, OUT/compare.png.")
+    p.add_argument("paths", nargs="*", type=Path, help="image files and/or folders")
+    p.add_argument("--test-photos", action="store_true",
+                   help="add the test photos shipped with scikit-image / scikit-learn / matplotlib")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1, 0.25])
+    p.add_argument("--strategies", nargs="+", default=["greedy", "attention", "random"])
+    p.add_argument("--model", default="default", help="MAE spec for load_mae (default: the embedded model)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8, help="images per batch")
+    p.add_argument("--greedy-start", choices=["center", "none"], default=None, help="greedy's first patch")
+    p.add_argument("--patch-mode", choices=["pixel-mean", "resize"], default=None, help="attention's per-patch scores")
+    p.add_argument("--classifier", default=None, help="attention's classifier (default efficientnet-lite0)")
+    p.add_argument("--quiet", action="store_true")
+
+    def run(args: argparse.Namespace) -> None:
+        from keypatch.experiments.compare import markdown_table, run_compare
+        from keypatch.selection.embed import list_images
+
+        options: dict[str, dict] = {}
+        if args.greedy_start:
+            options.setdefault("greedy", {})["start"] = args.greedy_start
+        if args.patch_mode:
+            options.setdefault("attention", {})["patch_mode"] = args.patch_mode
+        if args.classifier:
+            options.setdefault("attention", {})["classifier"] = args.classifier
+        images = args.paths
+        if args.test_photos:
+            from keypatch.experiments.photos import load_test_photos
+
+            images = {str(f): f for f in list_images(args.paths)} if args.paths else {}
+            images.update(load_test_photos())
+        elif not args.paths:
+            raise ValueError("give image PATHS and/or --test-photos")
+        _, summary = run_compare(images, args.ratios, args.strategies, args.model, args.out, seed=args.seed,
+                                 device=args.device, batch_size=args.batch_size, options=options,
+                                 progress=not args.quiet)
+        print(markdown_table(summary))
+        print(f"wrote {args.out / 'compare.csv'}, {args.out / 'summary.csv'} and {args.out / 'compare.png'}")
+
+    p.set_defaults(func=run)

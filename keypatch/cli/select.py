@@ -1,0 +1,38 @@
+"""``keypatch select``: choose a subset of an image folder with DQ bins, GraphCut or random."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``select``."""
+    p = sub.add_parser("select", help="select a subset of images (Dataset Quantization bins, GraphCut, random)",
+                       description="Embed every image with a pretrained classifier, then keep round(ratio * n) of "
+                                   "them. Writes OUT/selection.json and OUT/contact_sheet.jpg.")
+    p.add_argument("paths", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
+    p.add_argument("--ratio", type=float, required=True, help="keep ratio in (0, 1]")
+    p.add_argument("--method", choices=["dq", "graphcut", "random"], default="dq")
+    p.add_argument("--bins", type=int, default=10, help="DQ's number of bins (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lam", type=float, default=1.0, help="GraphCut lambda (default 1)")
+    p.add_argument("--classifier", default="efficientnet-lite0", help="embedding network: efficientnet-lite0, resnet18")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--cache", type=Path, default=None, help="embeddings .npz to reuse (written if missing or stale)")
+    p.add_argument("--thumb", type=int, default=128, help="contact-sheet thumbnail side")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    def run(args: argparse.Namespace) -> None:
+        from keypatch.selection import select_dataset
+
+        res = select_dataset(args.paths, args.ratio, args.method, n_bins=args.bins, seed=args.seed, lam=args.lam,
+                             classifier=args.classifier, device=args.device, batch_size=args.batch_size,
+                             cache=args.cache, out=args.out, thumb=args.thumb, progress=not args.quiet)
+        sizes = [len(b) for b in res.selection.bins]
+        print(f"{args.method}: kept {len(res.files)} of {len(res.all_files)} images (bins: {sizes})")
+        print(f"wrote {res.json_path} and {res.sheet_path}")
+
+    p.set_defaults(func=run)
