@@ -18,6 +18,11 @@ DEFAULT_RATIOS = (0.05, 0.1, 0.25)
 DEFAULT_STRATEGIES = ("greedy", "attention", "random")
 
 
+def _nanmean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
 def summarize(rows: Sequence[dict], baseline: str = "random") -> list[dict]:
     """Mean, standard deviation and standard error of ``loss`` (and mean seconds) per strategy and ratio.
 
@@ -35,7 +40,7 @@ def summarize(rows: Sequence[dict], baseline: str = "random") -> list[dict]:
         row = {
             "strategy": strategy, "ratio": ratio, "k": rs[0]["k"], "n_images": len(rs),
             "mean_loss": float(losses.mean()), "std_loss": sd, "sem_loss": sd / math.sqrt(len(rs)),
-            "mean_seconds": sum(r["seconds"] for r in rs) / len(rs),
+            "mean_seconds": _nanmean([r["seconds"] for r in rs]),
         }
         paired = [r["loss"] / base[r["image"], ratio] for r in rs if (r["image"], ratio) in base]
         if base:
@@ -119,6 +124,12 @@ def run_compare(paths, ratios: Sequence[float] = DEFAULT_RATIOS, strategies: Seq
     Returns
     -------
     rows, summary : list of dict
+
+    Notes
+    -----
+    A strategy with ``prefix_consistent`` (greedy, lazy, random, attention) runs once per image to
+    the largest ratio; the smaller ratios are its prefixes (identical to separate runs). Their rows
+    then have ``seconds`` NaN and the run's ``evaluations``.
     """
     from tqdm.auto import tqdm
 
@@ -146,12 +157,18 @@ def run_compare(paths, ratios: Sequence[float] = DEFAULT_RATIOS, strategies: Seq
             x = load_images(images[s : s + batch_size], mae.config.image_size).to(mae.device)
             ii = torch.arange(x.shape[0], device=mae.device)
             for name, proposer in proposers.items():
-                for r in ratios:
+                shared = None  # prefix-consistent strategies: one run to the largest k serves all ratios
+                for r in sorted(ratios, reverse=True):
                     t0 = time.perf_counter()
-                    patches, _, evals = proposer.select(mae, x, ks[r], seed + s)
-                    if mae.device.type == "cuda":
-                        torch.cuda.synchronize()
-                    secs = (time.perf_counter() - t0) / x.shape[0]
+                    if shared is not None:
+                        patches, evals, secs = shared[0][:, : ks[r]], shared[1], float("nan")
+                    else:
+                        patches, _, evals = proposer.select(mae, x, ks[r], seed + s)
+                        if mae.device.type == "cuda":
+                            torch.cuda.synchronize()
+                        secs = (time.perf_counter() - t0) / x.shape[0]
+                        if proposer.prefix_consistent:
+                            shared = (patches, evals)
                     with torch.no_grad():
                         losses = mae.losses(x, patches.to(mae.device), ii).tolist()
                     for j, f in enumerate(chunk):

@@ -94,6 +94,7 @@ class AttentionPatches(Proposer):
 
     name = "attention"
     needs_model = False
+    prefix_consistent = True
 
     def __init__(self, classifier="efficientnet-lite0", patch_mode: str = "pixel-mean", batch_size: int = 16,
                  weights: str | None = None) -> None:

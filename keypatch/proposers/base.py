@@ -74,6 +74,9 @@ class Proposer(ABC):
     name: ClassVar[str] = "base"
     needs_model: ClassVar[bool] = True
     """Whether the strategy scores visible sets with the MAE while choosing."""
+    prefix_consistent: ClassVar[bool] = False
+    """Whether the first ``j`` patches of an answer for ``k`` are the answer for ``j`` (same image,
+    seed and options): then one run to the largest ``k`` serves every smaller one."""
 
     def __init__(self, **options) -> None:
         if options:

@@ -18,6 +18,7 @@ class RandomPatches(Proposer):
 
     name = "random"
     needs_model = False
+    prefix_consistent = True
 
     @torch.no_grad()
     def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
