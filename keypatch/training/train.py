@@ -42,8 +42,13 @@ def _load_uint8(path: Path, short_side: int) -> torch.Tensor:
         return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
 
 
-def random_resized_crop(img: torch.Tensor, size: int, gen: torch.Generator,
-                        scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+def random_resized_crop(
+    img: torch.Tensor,
+    size: int,
+    gen: torch.Generator,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
     """A random crop of area ``scale`` and aspect ``ratio``, resized to ``size`` (uint8 in, float [0,1] out)."""
     _, h, w = img.shape
     area = h * w
