@@ -1,21 +1,59 @@
-"""KPP: exact greedy search (eq. 2 of the paper)."""
+"""KPP: exact greedy search (eq. 2 of the paper), and the scoring helpers the faster strategies share."""
 
 from __future__ import annotations
 
 import torch
 
 from keypatch.proposers.base import Proposer, register
-from keypatch.reconstructors.mae import MAE
+from keypatch.reconstructors.mae import MAE, LossContext, autocast
+
+DEFAULT_CHUNK = 64
+"""Visible sets per MAE pass: about ``64 x 196`` decoder tokens, which keeps the decoder's
+activations near the CPU caches (measured fastest on a 2-core AVX2 CPU; see benchmarks/README.md)."""
 
 
-def greedy_step(model: MAE, tokens: torch.Tensor, target: torch.Tensor, chosen: torch.Tensor,
-                candidates: torch.Tensor, *, chunk_size: int, precision: str) -> torch.Tensor:
-    """Score every candidate of every image for one greedy step.
+def score_sets(model: MAE, ctx: LossContext, sets: torch.Tensor, image_index: torch.Tensor, *,
+               chunk_size: int = DEFAULT_CHUNK, precision: str = "float32") -> torch.Tensor:
+    """``L`` of many visible sets of the images behind ``ctx``, in memory-bounded batched passes.
 
     Parameters
     ----------
-    tokens, target : torch.Tensor
-        ``(B, N, D)`` embedded patches and ``(B, N, P)`` normalised pixels per patch.
+    ctx : LossContext
+        From :meth:`MAE.loss_context` (computed once per batch of images, reused by every step).
+    sets : torch.Tensor
+        ``(M, k)`` long visible patch indices (distinct within a row; ``k`` may be 0).
+    image_index : torch.Tensor
+        ``(M,)`` long image of each set.
+    chunk_size : int
+        Sets per pass (bounds memory).
+    precision : {"float32", "bfloat16"}
+        Compute precision (the final loss is accumulated in float32).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(M,)`` float32, on the model's device. No host synchronisation.
+    """
+    m = sets.shape[0]
+    if m <= chunk_size:
+        with autocast(sets.device, precision):
+            return model.context_losses(ctx, sets, image_index)
+    out = torch.empty(m, device=sets.device)
+    with autocast(sets.device, precision):
+        for s in range(0, m, chunk_size):
+            out[s : s + chunk_size] = model.context_losses(ctx, sets[s : s + chunk_size],
+                                                           image_index[s : s + chunk_size])
+    return out
+
+
+def greedy_step(model: MAE, ctx: LossContext, chosen: torch.Tensor, candidates: torch.Tensor, *,
+                chunk_size: int = DEFAULT_CHUNK, precision: str = "float32") -> torch.Tensor:
+    """Score every candidate of every image for one greedy step (images x candidates in one batch).
+
+    Parameters
+    ----------
+    ctx : LossContext
+        From :meth:`MAE.loss_context` for the ``B`` images.
     chosen : torch.Tensor
         ``(B, j)`` patches chosen so far (``j`` may be 0).
     candidates : torch.Tensor
@@ -28,16 +66,36 @@ def greedy_step(model: MAE, tokens: torch.Tensor, target: torch.Tensor, chosen: 
     """
     b, c = candidates.shape
     sets = torch.cat([chosen[:, None, :].expand(b, c, chosen.shape[1]), candidates[..., None]], dim=2)
-    sets = sets.reshape(b * c, -1)
     ii = torch.arange(b, device=sets.device).repeat_interleave(c)
-    out = torch.empty(b * c, device=sets.device)
-    from keypatch.reconstructors.mae import autocast
+    return score_sets(model, ctx, sets.reshape(b * c, -1), ii, chunk_size=chunk_size, precision=precision).view(b, c)
 
-    with autocast(sets.device, precision):
-        for s in range(0, b * c, chunk_size):
-            v, i = sets[s : s + chunk_size], ii[s : s + chunk_size]
-            out[s : s + chunk_size] = model.masked_mse(model.predict_tokens(tokens, v, i), target[i], v)
-    return out.view(b, c)
+
+def remaining_count(remaining: torch.Tensor, count: int) -> torch.Tensor:
+    """``(B, N)`` bool with ``count`` True entries per row -> ``(B, count)`` their indices, ascending.
+
+    A sort instead of boolean indexing, so that it needs no host synchronisation on a GPU.
+    """
+    n = remaining.shape[1]
+    key = (~remaining).long() * n + torch.arange(n, device=remaining.device)
+    return key.sort(dim=1).values[:, :count]
+
+
+def start_state(model: MAE, ctx: LossContext, b: int, start: str, *, chunk_size: int, precision: str):
+    """The set every greedy-like strategy begins from.
+
+    Returns ``(chosen (B, j0), losses (B, j0), remaining (B, N) bool, evaluations)``: the centre and
+    ``L({centre})`` for ``start="center"``, nothing for ``start="none"``.
+    """
+    if start not in ("center", "none"):
+        raise ValueError(f"start must be 'center' or 'none', got {start!r}")
+    n, dev = model.grid.n, model.device
+    remaining = torch.ones(b, n, dtype=torch.bool, device=dev)
+    if start == "none":
+        return (torch.empty(b, 0, dtype=torch.long, device=dev), torch.empty(b, 0, device=dev), remaining, 0)
+    chosen = torch.full((b, 1), model.grid.center, dtype=torch.long, device=dev)
+    remaining[:, model.grid.center] = False
+    first = score_sets(model, ctx, chosen, torch.arange(b, device=dev), chunk_size=chunk_size, precision=precision)
+    return chosen, first[:, None], remaining, 1
 
 
 @register
@@ -52,18 +110,26 @@ class Greedy(Proposer):
     chunk_size : int
         Visible sets per MAE pass (bounds memory; all images x candidates of a step are batched).
     precision : {"float32", "bfloat16"}
-        float32 is exact; bfloat16 is faster on GPUs and bf16-capable CPUs but can change picks.
+        float32 is exact; bfloat16 is faster on GPUs and bf16-capable CPUs but can change picks
+        (on CPUs without native bf16, e.g. AVX2-only, it is several times *slower*).
 
     Notes
     -----
-    Ties go to the lowest patch index. Each step costs one host sync (the argmin).
+    Ties go to the lowest patch index. Every step scores all remaining candidates of all images
+    in memory-bounded batched passes through :meth:`MAE.context_losses` (no predicted pixels are
+    materialised; per-image and mask-token constants are computed once per call), and needs no
+    host synchronisation: the argmin and the bookkeeping stay on the device.
     """
 
     name = "greedy"
+    prefix_consistent = True
 
-    def __init__(self, start: str = "center", chunk_size: int = 256, precision: str = "float32") -> None:
+    def __init__(self, start: str = "center", chunk_size: int = DEFAULT_CHUNK, precision: str = "float32") -> None:
         if start not in ("center", "none"):
             raise ValueError(f"start must be 'center' or 'none', got {start!r}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        autocast(torch.device("cpu"), precision)  # validates
         self.start = start
         self.chunk_size = chunk_size
         self.precision = precision
@@ -71,28 +137,19 @@ class Greedy(Proposer):
     @torch.no_grad()
     def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
         b, n, dev = images.shape[0], model.grid.n, model.device
-        tokens, target = model.embed(images), model.targets(images)
-        chosen = torch.empty(b, 0, dtype=torch.long, device=dev)
-        losses = torch.empty(b, 0, device=dev)
-        remaining = torch.ones(b, n, dtype=torch.bool, device=dev)
-        evals = 0
-        if self.start == "center":
-            chosen = torch.full((b, 1), model.grid.center, dtype=torch.long, device=dev)
-            remaining[:, model.grid.center] = False
-            first = greedy_step(model, tokens, target, chosen[:, :0], chosen, chunk_size=self.chunk_size,
-                                precision=self.precision)
-            losses = first
-            evals += 1
+        opts = {"chunk_size": self.chunk_size, "precision": self.precision}
+        ctx = model.loss_context(images)
+        chosen, losses, remaining, evals = start_state(model, ctx, b, self.start, **opts)
+        picks, step_losses = [chosen], [losses]
         ar = torch.arange(b, device=dev)
-        while chosen.shape[1] < k:
+        for j in range(chosen.shape[1], k):
             # candidates in ascending index order, so argmin's first hit is the lowest index
-            cand = torch.arange(n, device=dev).expand(b, n)[remaining].view(b, -1)
-            scores = greedy_step(model, tokens, target, chosen, cand, chunk_size=self.chunk_size,
-                                 precision=self.precision)
-            evals += cand.shape[1]
+            cand = remaining_count(remaining, n - j)
+            scores = greedy_step(model, ctx, torch.cat(picks, dim=1), cand, **opts)
+            evals += n - j
             best = scores.argmin(dim=1)
             pick = cand[ar, best]
-            chosen = torch.cat([chosen, pick[:, None]], dim=1)
-            losses = torch.cat([losses, scores[ar, best][:, None]], dim=1)
+            picks.append(pick[:, None])
+            step_losses.append(scores[ar, best][:, None])
             remaining[ar, pick] = False
-        return chosen, losses, [evals] * b
+        return torch.cat(picks, dim=1), torch.cat(step_losses, dim=1), [evals] * b

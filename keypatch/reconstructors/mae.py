@@ -9,6 +9,7 @@ visible tokens only; the decoder sees all ``N + 1`` positions. Attention uses
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -82,6 +83,26 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def _mlp(mlp: Mlp, x: torch.Tensor, workspace: dict) -> torch.Tensor:
+    """``mlp(x)`` for inference with its wide hidden layer in a reused buffer and GELU in place.
+
+    Bit-identical to ``mlp(x)``. On CPUs a fresh multi-megabyte activation per call costs page
+    faults (the allocator returns large blocks to the system); reusing one buffer avoids them.
+    Falls back to ``mlp(x)`` under autograd or autocast.
+    """
+    if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type) or x.dtype != mlp.fc1.weight.dtype:
+        return mlp(x)
+    shape = x.shape
+    x = x.reshape(-1, shape[-1])
+    width = mlp.fc1.out_features
+    buf = workspace.get(width)
+    if buf is None or buf.shape[0] < x.shape[0] or buf.dtype != x.dtype or buf.device != x.device:
+        buf = workspace[width] = torch.empty(x.shape[0], width, dtype=x.dtype, device=x.device)
+    hid = torch.addmm(mlp.fc1.bias, x, mlp.fc1.weight.t(), out=buf[: x.shape[0]])
+    torch.ops.aten.gelu_(hid)
+    return mlp.fc2(hid).view(*shape[:-1], -1)
+
+
 class PatchEmbed(nn.Module):
     """Conv patch embedding (``patch_embed.proj`` as in timm / official MAE)."""
 
@@ -132,6 +153,10 @@ class MAE(nn.Module):
         self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=c.layer_norm_eps)
         self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_dim)
         self.model_id = "unnamed"
+        self.decoder_block_sets = 16
+        """Visible sets per decoder attention pass in :meth:`context_losses` (bounds the working set)."""
+        self.decoder_block_rows = 1024
+        """Decoder rows (masked patches) per MLP pass in :meth:`context_losses` (cache-sized)."""
         self.reset_parameters()
 
     # ------------------------------------------------------------------ set-up
@@ -190,14 +215,28 @@ class MAE(nn.Module):
         torch.Tensor
             ``(M, N, p*p*3)`` predicted patches (the visible ones included).
         """
-        m, k = visible.shape
-        n = tokens.shape[1]
+        return self.decoder_pred(self._decoder_hidden(tokens, visible, image_index))[:, 1:]
+
+    def _encode(self, tokens: torch.Tensor, visible: torch.Tensor, image_index: torch.Tensor,
+                workspace: dict | None = None) -> torch.Tensor:
+        """Encoder on ``[cls] + visible`` tokens, projected to the decoder width: ``(M, k+1, Dd)``."""
+        m = visible.shape[0]
         x = tokens[image_index[:, None], visible]  # (M, k, D)
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(m, -1, -1)
+        cls = (self.cls_token + self.pos_embed[:, :1]).to(x.dtype).expand(m, -1, -1)
         x = torch.cat([cls, x], dim=1)
         for blk in self.blocks:
-            x = blk(x)
-        x = self.decoder_embed(self.norm(x))  # (M, k+1, Dd)
+            if workspace is None:
+                x = blk(x)
+            else:
+                x = x + blk.attn(blk.norm1(x))
+                x = x + _mlp(blk.mlp, blk.norm2(x), workspace)
+        return self.decoder_embed(self.norm(x))
+
+    def _decoder_hidden(self, tokens: torch.Tensor, visible: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """Decoder output after ``decoder_norm`` at all ``N + 1`` positions, ``(M, N+1, Dd)``."""
+        m, k = visible.shape
+        n = tokens.shape[1]
+        x = self._encode(tokens, visible, image_index)  # (M, k+1, Dd)
         dd = x.shape[-1]
         full = self.mask_token.to(x.dtype).expand(m, n + 1, dd).clone()
         full[:, :1] = x[:, :1]
@@ -205,7 +244,7 @@ class MAE(nn.Module):
         x = full + self.decoder_pos_embed.to(x.dtype)
         for blk in self.decoder_blocks:
             x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        return self.decoder_norm(x)
 
     @staticmethod
     def masked_mse(pred: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
@@ -214,6 +253,149 @@ class MAE(nn.Module):
         masked = torch.ones_like(err).scatter_(1, visible, 0.0)
         count = masked.sum(1)
         return (err * masked).sum(1) / count.clamp_min(1.0)
+
+    # ------------------------------------------------------------------ fast scoring
+    @torch.no_grad()
+    def loss_context(self, images: torch.Tensor) -> LossContext:
+        """What scoring visible sets of ``images`` needs, computed once per batch of images.
+
+        Parameters
+        ----------
+        images : torch.Tensor
+            ``(B, 3, H, W)`` normalised images on the model's device.
+
+        Returns
+        -------
+        LossContext
+            Patch tokens, the per-patch terms of the loss and, for a one-block decoder, the
+            decoder's mask-token constants (see :meth:`context_losses`).
+        """
+        tokens = self.embed(images)
+        w, b = self.decoder_pred.weight, self.decoder_pred.bias  # (P, Dd), (P,)
+        resid = b - self.targets(images)  # (B, N, P)
+        u = resid @ w  # (B, N, Dd): W^T (b - t)
+        c = resid.pow(2).sum(-1)  # (B, N): ||b - t||^2
+        dec = self._mask_token_attention() if len(self.decoder_blocks) == 1 else None
+        return LossContext(tokens, u, c, w.t() @ w, dec)
+
+    def _mask_token_attention(self) -> tuple[torch.Tensor, ...]:
+        """Constants of the first decoder block that involve mask tokens only.
+
+        A masked position's input ``mask_token + pos`` does not depend on the visible set, so its
+        query, key and value, and the scores of every masked query against every masked key, are
+        computed once: ``x0 (N, Dd)``, ``q0 (h, N, hd)`` (already scaled), ``m0 (h, N, 1)`` (row
+        maxima of the scores), ``e0 = exp(scores - m0)`` ``(h, N, N)`` and ``v0 (h, N, hd)``.
+        """
+        blk = self.decoder_blocks[0]
+        n, dd, h = self.grid.n, self.config.decoder_embed_dim, blk.attn.num_heads
+        x0 = (self.mask_token + self.decoder_pos_embed)[0, 1:]  # (N, Dd)
+        q0, k0, v0 = blk.attn.qkv(blk.norm1(x0)).view(n, 3, h, dd // h).permute(1, 2, 0, 3)
+        q0 = (q0 * (dd // h) ** -0.5).contiguous()
+        s0 = q0 @ k0.transpose(1, 2)  # (h, N, N)
+        m0 = s0.amax(-1, keepdim=True)
+        return x0, q0, m0, torch.exp(s0 - m0), v0.contiguous()
+
+    def context_losses(self, ctx: LossContext, visible: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """``L`` of ``M`` visible sets, without materialising predicted pixels.
+
+        With ``pred = W h + b`` the summed squared error of patch ``n`` is
+        ``h^T (W^T W) h + 2 h^T W^T (b - t_n) + ||b - t_n||^2``, so only the ``Dd``-wide decoder
+        output is needed. For a one-block decoder, a masked position's query, key and value are
+        those of ``mask_token + pos`` (precomputed, see :meth:`_mask_token_attention`); its
+        softmax over the masked keys comes from precomputed totals, merged (stable softmax) with
+        its softmax over the visible tokens; visible positions are not decoded (they are not
+        scored). The encoder runs on all ``M`` sets at once, the decoder's attention on blocks of
+        :attr:`decoder_block_sets` sets and its MLP on blocks of :attr:`decoder_block_rows` rows
+        (cache locality). On CPUs, float32 MLPs use oneDNN's linear with a fused GELU.
+
+        Parameters
+        ----------
+        ctx : LossContext
+            From :meth:`loss_context`.
+        visible : torch.Tensor
+            ``(M, k)`` long visible patch indices, distinct within a row.
+        image_index : torch.Tensor
+            ``(M,)`` long image of each set.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(M,)`` float32 losses. Call it inside :func:`autocast` for reduced precision; the
+            final quadratic form is always evaluated in float32.
+        """
+        m, k = visible.shape
+        n = ctx.tokens.shape[1]
+        if ctx.decoder is None:
+            keep = torch.ones(m, n, device=visible.device).scatter_(1, visible, 0.0)  # (M, N) 1 = masked
+            hid = self._decoder_hidden(ctx.tokens, visible, image_index)[:, 1:]  # (M, N, Dd)
+            err = self._patch_errors(ctx, hid, image_index[:, None], torch.arange(n, device=visible.device))
+            return (err * keep).sum(1) / (keep.sum(1).clamp_min(1.0) * self.config.patch_dim)
+        if k >= n:
+            return torch.zeros(m, device=visible.device)
+        # masked patches of each set, ascending: (M, N-k); a sort, no host synchronisation
+        free = torch.ones(m, n, dtype=torch.bool, device=visible.device).scatter_(1, visible, False)
+        masked = ((~free).long() * n + torch.arange(n, device=visible.device)).sort(dim=1).values[:, : n - k]
+        z = self._encode(ctx.tokens, visible, image_index, ctx.workspace)
+        step = self.decoder_block_sets
+        if m <= step:
+            return self._decode_masked(ctx, z, visible, masked, image_index)
+        return torch.cat([self._decode_masked(ctx, z[s : s + step], visible[s : s + step], masked[s : s + step],
+                                              image_index[s : s + step]) for s in range(0, m, step)])
+
+    def _patch_errors(self, ctx: LossContext, hid: torch.Tensor, img: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Summed squared error of each predicted patch from decoder outputs ``hid (..., Dd)``.
+
+        ``img`` and ``pos`` index (broadcastably) the image and patch of each row of ``hid``.
+        Always float32.
+        """
+        with torch.autocast(hid.device.type, enabled=False):
+            hid = hid.float()
+            return torch.linalg.vecdot(hid, hid @ ctx.gram + 2.0 * ctx.u[img, pos]) + ctx.c[img, pos]
+
+    def _decode_masked(self, ctx: LossContext, z: torch.Tensor, visible: torch.Tensor, masked: torch.Tensor,
+                       image_index: torch.Tensor) -> torch.Tensor:
+        """Losses ``(M,)`` from the encoder output ``z (M, k+1, Dd)`` with a one-block decoder."""
+        x0, q0, m0, e0, v0 = ctx.decoder
+        blk = self.decoder_blocks[0]
+        m, j, dd = z.shape
+        h, n = q0.shape[0], q0.shape[1]
+        hd = dd // h
+        r = masked.shape[1]
+        dt = z.dtype
+        pos = self.decoder_pos_embed[0].to(dt)[F.pad(visible + 1, (1, 0))]  # (M, k+1, Dd), cls at 0
+        kv = F.linear(blk.norm1(z + pos), blk.attn.qkv.weight[dd:], blk.attn.qkv.bias[dd:])
+        kv = kv.view(m, j, 2, h, hd)
+        kvis = kv[:, :, 0].permute(2, 3, 0, 1).reshape(h, hd, m * j)
+        vvis = kv[:, :, 1].permute(2, 0, 1, 3)  # (h, M, j, hd)
+        # every patch position is queried with its mask-token query (rows of visible positions unused)
+        sv = torch.matmul(q0.to(dt), kvis).view(h, n, m, j)  # scores on the visible keys
+        # softmax mass on the masked keys: one product with the shared e0, visible keys' values zeroed
+        keep = torch.ones(n, m, dtype=dt, device=z.device)
+        keep[visible.t(), torch.arange(m, device=z.device)] = 0.0
+        num = torch.matmul(e0.to(dt), (v0.to(dt)[:, :, None, :] * keep[None, :, :, None]).view(h, n, m * hd))
+        num = num.view(h, n, m, hd)
+        den = torch.matmul(e0.to(dt), keep)  # (h, N, M)
+        mx = torch.maximum(sv.amax(-1, keepdim=True), m0[..., None].to(dt))  # (h, N, M, 1)
+        pv = torch.exp(sv - mx)
+        alpha = torch.exp(m0[..., None].to(dt) - mx)
+        vis_num = torch.matmul(pv.transpose(1, 2), vvis).transpose(1, 2)  # (h, N, M, hd)
+        att = (num * alpha + vis_num) / (den[..., None] * alpha + pv.sum(-1, keepdim=True))
+        # keep the masked positions only: (M * R, Dd) rows, decoded in cache-sized row blocks
+        sel = torch.arange(m, device=z.device)[:, None]
+        att = att.permute(2, 1, 0, 3)[sel, masked].reshape(m * r, dd)
+        img = image_index[:, None].expand(m, r).reshape(-1)
+        pos = masked.reshape(-1)
+        rows = self.decoder_block_rows
+        err = torch.cat([self._tail(ctx, att[t : t + rows], img[t : t + rows], pos[t : t + rows])
+                         for t in range(0, m * r, rows)])
+        return err.view(m, r).sum(1) / (r * self.config.patch_dim)
+
+    def _tail(self, ctx: LossContext, att: torch.Tensor, img: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """From attention outputs of masked rows to their summed squared errors (one-block decoder)."""
+        blk = self.decoder_blocks[0]
+        y = ctx.decoder[0].to(att.dtype)[pos] + blk.attn.proj(att)
+        y = y + _mlp(blk.mlp, blk.norm2(y), ctx.workspace)
+        return self._patch_errors(ctx, self.decoder_norm(y), img, pos)
 
     # ------------------------------------------------------------------ public
     @torch.no_grad()
@@ -247,14 +429,12 @@ class MAE(nn.Module):
             ``(M,)`` float32 losses, on the model's device.
         """
         images, visible, image_index = self._prepare(images, visible, image_index)
-        tokens = self.embed(images)
-        target = self.targets(images)
+        ctx = self.loss_context(images)
         out = torch.empty(visible.shape[0], device=self.device)
         with autocast(self.device, precision):
             for s in range(0, visible.shape[0], chunk_size):
-                v, ii = visible[s : s + chunk_size], image_index[s : s + chunk_size]
-                pred = self.predict_tokens(tokens, v, ii)
-                out[s : s + chunk_size] = self.masked_mse(pred, target[ii], v)
+                out[s : s + chunk_size] = self.context_losses(ctx, visible[s : s + chunk_size],
+                                                              image_index[s : s + chunk_size])
         return out
 
     @torch.no_grad()
@@ -311,6 +491,35 @@ class MAE(nn.Module):
             image_index = torch.zeros(visible.shape[0], dtype=torch.long, device=self.device)
         image_index = torch.as_tensor(image_index, dtype=torch.long, device=self.device)
         return images.to(self.device, torch.float32), visible, image_index
+
+
+@dataclass
+class LossContext:
+    """Per-batch constants for scoring visible sets (see :meth:`MAE.loss_context`).
+
+    Attributes
+    ----------
+    tokens : torch.Tensor
+        ``(B, N, D)`` patch tokens with position embeddings.
+    u : torch.Tensor
+        ``(B, N, Dd)``: ``W^T (b - t)`` per patch, ``W, b`` = ``decoder_pred``, ``t`` = target pixels.
+    c : torch.Tensor
+        ``(B, N)``: ``||b - t||^2`` per patch.
+    gram : torch.Tensor
+        ``(Dd, Dd)``: ``W^T W``.
+    decoder : tuple of torch.Tensor or None
+        Mask-token constants of a one-block decoder (None for deeper decoders).
+    workspace : dict
+        Scratch buffers reused from call to call (see :func:`_mlp`).
+    """
+
+    tokens: torch.Tensor
+    u: torch.Tensor
+    c: torch.Tensor
+    gram: torch.Tensor
+    decoder: tuple[torch.Tensor, ...] | None
+    workspace: dict = field(default_factory=dict)
+    """Scratch buffers reused across calls (see :func:`_mlp`)."""
 
 
 def autocast(device: torch.device, precision: str):

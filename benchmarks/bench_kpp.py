@@ -1,0 +1,227 @@
+"""Fast KPP, side by side: exact greedy vs the paper's loop, and the approximate strategies.
+
+One run, the same photos, model and device for every row. For each ratio it prints, per
+strategy: seconds per image, MAE evaluations per image and the final ``L`` relative to exact
+greedy (mean and worst over the photos), and the speed-up of exact greedy over a faithful
+re-implementation of the paper's loop (``reference_loop.py``), checking that both choose the same
+patches.
+
+Run from the repository root::
+
+    python benchmarks/bench_kpp.py                       # default model, CPU, r = 0.1 and 0.25
+    python benchmarks/bench_kpp.py --model random:small --photos 3 --ratios 0.1   # quick look
+
+The photos are the sample photographs shipped with scikit-image, scikit-learn and matplotlib
+(``pip install scikit-image scikit-learn``); see ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reference_loop import reference_kpp  # noqa: E402
+
+from keypatch.geometry import load_images  # noqa: E402
+from keypatch.proposers import get_proposer  # noqa: E402
+from keypatch.reconstructors import load_mae  # noqa: E402
+
+SKIMAGE = ["astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field",
+           "immunohistochemistry", "camera"]
+SKLEARN = ["china.jpg", "flower.jpg"]
+MATPLOTLIB = ["grace_hopper.jpg"]
+
+
+def test_photos() -> tuple[list[str], list[np.ndarray]]:
+    """The sample photos of scikit-image, scikit-learn and matplotlib, as HxWx3 uint8 arrays."""
+    import matplotlib.cbook
+    import skimage.data
+    from PIL import Image
+
+    names, arrays = [], []
+    for name in SKIMAGE:
+        a = skimage.data.stereo_motorcycle()[0] if name == "motorcycle_left" else getattr(skimage.data, name)()
+        names.append(name)
+        arrays.append(np.stack([a] * 3, -1) if a.ndim == 2 else a[..., :3])
+    try:
+        from sklearn.datasets import load_sample_image
+
+        for name in SKLEARN:
+            names.append(name.removesuffix(".jpg"))
+            arrays.append(load_sample_image(name))
+    except ImportError:
+        print("(scikit-learn is not installed: its two photos are left out)", file=sys.stderr)
+    for name in MATPLOTLIB:
+        with matplotlib.cbook.get_sample_data(name) as f:
+            arrays.append(np.asarray(Image.open(f).convert("RGB")))
+        names.append(name.removesuffix(".jpg"))
+    return names, arrays
+
+
+STRATEGIES = {
+    # row label: (registry name, options)
+    "greedy": ("greedy", {}),
+    "lazy": ("lazy", {}),
+    "stochastic": ("stochastic", {"eps": 0.1}),
+    "stochastic eps=0.01": ("stochastic", {"eps": 0.01}),
+    "multi": ("multi", {}),
+}
+
+
+def run_strategy(model, x: torch.Tensor, k: int, name: str, options: dict, batch: int, seed: int = 0):
+    """Patches, evaluations and seconds per image of one strategy on all images ``x``."""
+    proposer = get_proposer(name, **options)
+    patches, evals = [], []
+    t0 = time.perf_counter()
+    for s in range(0, x.shape[0], batch):
+        p, _, e = proposer.select(model, x[s : s + batch], k, seed + s)
+        patches.append(p)
+        evals.extend(e)
+    seconds = (time.perf_counter() - t0) / x.shape[0]
+    return torch.cat(patches), evals, seconds
+
+
+def _worker(args):
+    spec, images, k, threads = args
+    torch.set_num_threads(threads)
+    model = load_mae(spec, device="cpu")
+    proposer = get_proposer("greedy")
+    proposer.select(model, images[:1], 2, 0)  # warm-up (allocator, kernels)
+    t0 = time.perf_counter()
+    patches, _, _ = proposer.select(model, images, k, 0)
+    return patches, time.perf_counter() - t0
+
+
+def run_workers(spec: str, x: torch.Tensor, k: int, workers: int):
+    """Exact greedy split over ``workers`` single-thread processes; seconds per image of the slowest."""
+    parts = [x[i::workers] for i in range(workers)]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        out = pool.map(_worker, [(spec, p, k, 1) for p in parts])
+    patches = torch.empty(x.shape[0], k, dtype=torch.long)
+    for i, (p, _) in enumerate(out):
+        patches[i::workers] = p
+    return patches, max(t for _, t in out) / x.shape[0]
+
+
+def final_losses(model, x: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """float32 ``L`` of each image's whole set (the same formula for every strategy)."""
+    return model.losses(x, patches, torch.arange(x.shape[0]))
+
+
+def add_row(rows: list, model, x: torch.Tensor, g_loss: torch.Tensor, label: str, patches: torch.Tensor,
+            evals: list[int], sec: float, note: str = "") -> None:
+    """One table row: final loss of ``patches`` relative to exact greedy's (mean and worst photo)."""
+    rel = final_losses(model, x[: patches.shape[0]], patches) / g_loss[: patches.shape[0]] - 1.0
+    rows.append([label, f"{sec:.2f}", f"{statistics.mean(evals):.0f}",
+                 f"{100 * rel.mean().item():+.2f}%", f"{100 * rel.max().item():+.2f}%", note])
+
+
+def fmt_row(cells, widths):
+    return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="default", help="load_mae spec (default: the embedded model)")
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.25])
+    ap.add_argument("--photos", type=int, default=0, help="use only the first N photos (0 = all)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--batch", type=int, default=0, help="images per select() call (0 = all at once)")
+    ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    ap.add_argument("--reference-ratios", type=float, nargs="*", default=None,
+                    help="ratios at which to time the paper's loop (default: all)")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="also time exact greedy in this many 1-thread processes (0 or 1: skip)")
+    ap.add_argument("--bf16-photos", type=int, default=2,
+                    help="photos for the bfloat16 greedy row (0: skip; slow on CPUs without bf16)")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names, arrays = test_photos()
+    if args.photos:
+        names, arrays = names[: args.photos], arrays[: args.photos]
+    model = load_mae(args.model, device="cpu")
+    x = load_images(arrays, model.config.image_size)
+    n_img = x.shape[0]
+    batch = args.batch or n_img
+    ref_ratios = args.ratios if args.reference_ratios is None else args.reference_ratios
+    c = model.config
+    print(f"model {model.model_id}: encoder {c.depth}x{c.embed_dim}, decoder {c.decoder_depth}x{c.decoder_embed_dim}, "
+          f"grid {model.grid.rows}x{model.grid.cols}")
+    print(f"device cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{torch.get_num_threads()} torch threads, {torch.backends.cpu.get_cpu_capability()}), "
+          f"torch {torch.__version__}")
+    print(f"photos ({n_img}): {', '.join(names)}")
+    # warm-up: first-call costs (allocator, kernels) are not part of any row
+    get_proposer("greedy").select(model, x[:1], 3, 0)
+
+    for ratio in args.ratios:
+        k = model.grid.count(ratio)
+        print(f"\n## r = {ratio} (k = {k} of {model.grid.n} patches), {n_img} photos, "
+              f"{batch} image(s) per call\n")
+        rows: list[list[str]] = []
+        g_patches, g_evals, g_sec = run_strategy(model, x, k, "greedy", {}, batch)
+        g_loss = final_losses(model, x, g_patches)
+        add = partial(add_row, rows, model, x, g_loss)
+
+        add("greedy (exact, fp32)", g_patches, g_evals, g_sec, "all photos in one batch")
+        if batch > 1:
+            p1, e1, s1 = run_strategy(model, x, k, "greedy", {}, 1)
+            same = bool(torch.equal(p1, g_patches))
+            add("greedy (exact, 1 image/call)", p1, e1, s1, "same picks" if same else "PICKS DIFFER")
+        if args.workers > 1:
+            pw, sw = run_workers(args.model, x, k, args.workers)
+            same = bool(torch.equal(pw, g_patches))
+            add(f"greedy (exact, {args.workers} procs x 1 thread)", pw, g_evals, sw,
+                "same picks" if same else "PICKS DIFFER")
+        ref_sec = None
+        if ratio in ref_ratios:
+            t0 = time.perf_counter()
+            ref = [reference_kpp(model, x[i], k)[0] for i in range(n_img)]
+            ref_sec = (time.perf_counter() - t0) / n_img
+            rp = torch.tensor(ref)
+            same = int((rp == g_patches).all(dim=1).sum())
+            add("paper's loop (re-implemented)", rp, g_evals, ref_sec, f"same picks as greedy: {same}/{n_img}")
+        if args.bf16_photos:
+            nb = min(args.bf16_photos, n_img)
+            pb, eb, sb = run_strategy(model, x[:nb], k, "greedy", {"precision": "bfloat16"}, batch)
+            same = int((pb == g_patches[:nb]).all(dim=1).sum())
+            add("greedy (bfloat16)", pb, eb, sb, f"{nb} photos; same picks {same}/{nb}")
+        for label in args.strategies:
+            if label == "greedy":
+                continue
+            name, opts = STRATEGIES[label]
+            p, e, s = run_strategy(model, x, k, name, opts, batch)
+            add(f"{label}", p, e, s, f"{g_evals[0] / statistics.mean(e):.1f}x fewer evaluations")
+        head = ["strategy", "s / image", "MAE evals / image", "loss vs greedy (mean)", "(worst)", "note"]
+        widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+        print(fmt_row(head, widths))
+        print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        for r in rows:
+            print(fmt_row(r, widths))
+        print(f"\nmean final L of exact greedy: {g_loss.mean().item():.4f}")
+        if ref_sec is not None:
+            print(f"exact greedy vs the paper's loop: {ref_sec / g_sec:.2f}x faster ({batch} image(s) per call)",
+                  end="")
+            if batch > 1:
+                print(f", {ref_sec / s1:.2f}x one image at a time", end="")
+            if args.workers > 1:
+                print(f", {ref_sec / sw:.2f}x with {args.workers} processes", end="")
+            print()
+
+
+if __name__ == "__main__":
+    main()

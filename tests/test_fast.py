@@ -1,0 +1,182 @@
+"""Fast KPP: the optimised scoring is exact, and the approximate strategies behave as documented."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import keypatch
+from keypatch.proposers import available, get_proposer
+from keypatch.proposers.greedy import remaining_count
+from keypatch.proposers.stochastic import sample_size
+from keypatch.reconstructors import MAE, MAEConfig, load_mae
+
+APPROX = ["lazy", "stochastic", "multi"]
+
+
+def _images(n: int, size: int = 64) -> torch.Tensor:
+    from keypatch.geometry import normalize
+
+    g = torch.Generator().manual_seed(5)
+    return torch.stack([
+        normalize(torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=size, mode="bilinear")[0])
+        for _ in range(n)
+    ])
+
+
+def _plain_losses(model: MAE, images: torch.Tensor, sets: torch.Tensor, ii: torch.Tensor) -> torch.Tensor:
+    """The textbook loss: full pixel predictions, then the masked MSE (no algebraic shortcut)."""
+    with torch.no_grad():
+        pred = model.predict_tokens(model.embed(images), sets, ii)
+        return model.masked_mse(pred, model.targets(images)[ii], sets)
+
+
+@pytest.mark.parametrize("decoder_depth", [1, 2])
+def test_fast_losses_equal_full_predictions(decoder_depth):
+    cfg = MAEConfig(image_size=64, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32,
+                    decoder_depth=decoder_depth, decoder_num_heads=4)
+    model = MAE(cfg)
+    model.reset_parameters(seed=3)
+    with torch.no_grad():  # make the mask token and biases matter
+        model.mask_token.normal_(0, 0.5)
+        model.decoder_pred.bias.normal_(0, 0.3)
+    model.eval()
+    x = _images(3)
+    g = torch.Generator().manual_seed(0)
+    for k in (0, 1, 4, 15, 16):
+        sets = torch.stack([torch.randperm(16, generator=g)[:k] for _ in range(7)])
+        ii = torch.arange(7) % 3
+        fast = model.losses(x, sets, ii, chunk_size=3)
+        assert torch.allclose(fast, _plain_losses(model, x, sets, ii), rtol=1e-5, atol=1e-6), k
+        if k == 16:
+            assert (fast == 0).all()
+
+
+def test_exact_greedy_matches_brute_force_on_the_toy_grid(toy_model):
+    """Every step's pick is the argmin of the plain (full-prediction) loss over all candidates."""
+    x = _images(2)
+    for start in ("center", "none"):
+        res = keypatch.propose_batch(x, 0.5, "greedy", toy_model, start=start, chunk_size=5)
+        for i, r in enumerate(res):
+            chosen = [10] if start == "center" else []
+            for step, pick in enumerate(r.patches[len(chosen):], start=len(chosen)):
+                cand = [c for c in range(16) if c not in chosen]
+                sets = torch.tensor([chosen + [c] for c in cand])
+                plain = _plain_losses(toy_model, x, sets, torch.full((len(cand),), i))
+                order = plain.argsort(stable=True)
+                best, second = plain[order[0]].item(), plain[order[1]].item()
+                if second - best > 1e-6:
+                    assert pick == cand[order[0]], (start, i, step)
+                else:
+                    assert plain[cand.index(pick)].item() <= best + 1e-6
+                assert r.losses[step] == pytest.approx(plain[cand.index(pick)].item(), abs=1e-5)
+                chosen.append(pick)
+
+
+def test_greedy_batch_chunking_does_not_change_picks(toy_model):
+    x = _images(3)
+    a = keypatch.propose_batch(x, 0.5, "greedy", toy_model, chunk_size=1000)
+    b = keypatch.propose_batch(x, 0.5, "greedy", toy_model, chunk_size=7)
+    singles = [keypatch.propose(x[i], 0.5, model=toy_model, chunk_size=3) for i in range(3)]
+    for ra, rb, rs in zip(a, b, singles, strict=True):
+        assert ra.patches == rb.patches == rs.patches
+        assert ra.losses == pytest.approx(rs.losses, abs=1e-6)
+
+
+def test_reference_loop_reimplementation_picks_like_greedy():
+    spec = importlib.util.spec_from_file_location(
+        "reference_loop", Path(__file__).resolve().parents[1] / "benchmarks" / "reference_loop.py")
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    model = load_mae("random:toy:1", device="cpu")
+    x = _images(2)
+    for i in range(2):
+        patches, losses = ref.reference_kpp(model, x[i], 8)
+        g = keypatch.propose(x[i], 0.5, model=model)
+        assert patches == g.patches
+        assert losses == pytest.approx(g.losses[1:], abs=1e-5)
+
+
+def test_remaining_count_is_sorted_and_sync_free():
+    rem = torch.ones(2, 6, dtype=torch.bool)
+    rem[0, [1, 4]] = False
+    rem[1, [0, 5]] = False
+    assert remaining_count(rem, 4).tolist() == [[0, 2, 3, 5], [1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize("name", APPROX)
+@pytest.mark.parametrize("start", ["center", "none"])
+def test_approximate_strategies_return_k_distinct_patches_and_count_evaluations(toy_model, name, start):
+    assert name in available()
+    x = _images(3)
+    exact = keypatch.propose_batch(x, 0.5, "greedy", toy_model, start=start)
+    res = keypatch.propose_batch(x, 0.5, name, toy_model, start=start)
+    for i, (r, e) in enumerate(zip(res, exact, strict=True)):
+        assert r.strategy == name and len(r.patches) == len(set(r.patches)) == 8
+        assert all(0 <= p < 16 for p in r.patches)
+        if start == "center":
+            assert r.patches[0] == 10
+        assert 0 < r.evaluations < e.evaluations
+        assert len(r.losses) == 8 and not any(math.isnan(v) for v in r.losses)
+        assert r.loss == pytest.approx(keypatch.reconstruction_loss(x[i], r.patches, model=toy_model),
+                                       abs=1e-5)
+
+
+def test_degenerate_settings_reduce_to_exact_greedy(toy_model):
+    x = _images(2)
+    exact = [r.patches for r in keypatch.propose_batch(x, 0.5, "greedy", toy_model)]
+    for name, opts in [("lazy", {"batch": 16}), ("stochastic", {"eps": 1e-9}), ("multi", {"per_step": 1})]:
+        assert [r.patches for r in keypatch.propose_batch(x, 0.5, name, toy_model, **opts)] == exact, name
+
+
+def test_lazy_evaluations(toy_model):
+    x = _images(2)
+    r = keypatch.propose_batch(x, 0.5, "lazy", toy_model, batch=2)
+    # centre, all 15 candidates once, then at least one round of 2 per later step
+    assert all(r_.evaluations >= 1 + 15 + 2 * 6 for r_ in r)
+
+
+def test_stochastic_is_seeded_and_uses_the_sample_size(toy_model):
+    x = _images(2)
+    a = keypatch.propose_batch(x, 0.5, "stochastic", toy_model, seed=1, eps=0.3)
+    b = keypatch.propose_batch(x, 0.5, "stochastic", toy_model, seed=1, eps=0.3)
+    assert [r.patches for r in a] == [r.patches for r in b]
+    others = [keypatch.propose_batch(x, 0.5, "stochastic", toy_model, seed=s, eps=0.3)[0].patches for s in range(2, 8)]
+    assert any(p != a[0].patches for p in others)
+    s = sample_size(16, 8, 0.3)
+    assert s == math.ceil(16 / 8 * math.log(1 / 0.3)) == 3
+    assert a[0].evaluations == 1 + 7 * s
+    # one image alone with seed s equals the first image of a batch with seed s
+    single = keypatch.propose(x[0], 0.5, "stochastic", toy_model, seed=1, eps=0.3)
+    assert single.patches == a[0].patches
+    with pytest.raises(ValueError, match="eps"):
+        get_proposer("stochastic", eps=1.5)
+
+
+def test_multi_adds_separated_patches(toy_model):
+    x = _images(1)
+    r = keypatch.propose(x[0], 0.5, "multi", toy_model, per_step=3, min_distance=2)
+    assert r.evaluations == 1 + 15 + 12 + 9  # steps after the centre add 3, 3, 1 patches
+    for step in (r.patches[1:4], r.patches[4:7]):
+        for a in step:
+            for b in step:
+                if a != b:
+                    assert max(abs(a // 4 - b // 4), abs(a % 4 - b % 4)) >= 2
+
+
+def test_bfloat16_mode_runs_and_reports_its_gap(toy_model):
+    x = _images(2)
+    fp32 = keypatch.propose_batch(x, 0.5, "greedy", toy_model)
+    bf16 = keypatch.propose_batch(x, 0.5, "greedy", toy_model, precision="bfloat16")
+    for i, (a, b) in enumerate(zip(fp32, bf16, strict=True)):
+        assert len(set(b.patches)) == 8
+        exact_loss_of_bf16_picks = keypatch.reconstruction_loss(x[i], b.patches, model=toy_model)
+        assert abs(exact_loss_of_bf16_picks / a.loss - 1) < 0.05
+        assert b.loss == pytest.approx(exact_loss_of_bf16_picks, rel=0.05)  # bf16 losses are close
+    sets = torch.tensor([[0, 5, 9], [1, 2, 3]])
+    lo = toy_model.losses(x[0], sets, precision="bfloat16")
+    assert lo.dtype == torch.float32 and torch.allclose(lo, toy_model.losses(x[0], sets), rtol=0.05)
+    with pytest.raises(ValueError, match="precision"):
+        get_proposer("lazy", precision="float16")
