@@ -11,8 +11,8 @@ Run from the repository root::
     python benchmarks/bench_kpp.py                       # default model, CPU, r = 0.1 and 0.25
     python benchmarks/bench_kpp.py --model random:small --photos 3 --ratios 0.1   # quick look
 
-The photos are the sample photographs shipped with scikit-image, scikit-learn and matplotlib
-(``pip install scikit-image scikit-learn``); see ``benchmarks/README.md``.
+The photos are the 13 test photographs of ``keypatch.experiments.photos`` (samples shipped with
+scikit-image, scikit-learn and matplotlib); see ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -34,40 +34,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reference_loop import reference_kpp  # noqa: E402
 
+from keypatch.experiments.photos import TEST_PHOTOS, load_test_photos  # noqa: E402
 from keypatch.geometry import load_images  # noqa: E402
 from keypatch.proposers import get_proposer  # noqa: E402
 from keypatch.reconstructors import load_mae  # noqa: E402
 
-SKIMAGE = ["astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field",
-           "immunohistochemistry", "camera"]
-SKLEARN = ["china.jpg", "flower.jpg"]
-MATPLOTLIB = ["grace_hopper.jpg"]
-
 
 def test_photos() -> tuple[list[str], list[np.ndarray]]:
-    """The sample photos of scikit-image, scikit-learn and matplotlib, as HxWx3 uint8 arrays."""
-    import matplotlib.cbook
-    import skimage.data
-    from PIL import Image
-
-    names, arrays = [], []
-    for name in SKIMAGE:
-        a = skimage.data.stereo_motorcycle()[0] if name == "motorcycle_left" else getattr(skimage.data, name)()
-        names.append(name)
-        arrays.append(np.stack([a] * 3, -1) if a.ndim == 2 else a[..., :3])
-    try:
-        from sklearn.datasets import load_sample_image
-
-        for name in SKLEARN:
-            names.append(name.removesuffix(".jpg"))
-            arrays.append(load_sample_image(name))
-    except ImportError:
-        print("(scikit-learn is not installed: its two photos are left out)", file=sys.stderr)
-    for name in MATPLOTLIB:
-        with matplotlib.cbook.get_sample_data(name) as f:
-            arrays.append(np.asarray(Image.open(f).convert("RGB")))
-        names.append(name.removesuffix(".jpg"))
-    return names, arrays
+    """The test photos (scikit-image, scikit-learn, matplotlib samples) available offline."""
+    photos = load_test_photos()
+    if len(photos) < len(TEST_PHOTOS):
+        print(f"(only {len(photos)} of {len(TEST_PHOTOS)} test photos are installed)", file=sys.stderr)
+    return list(photos), list(photos.values())
 
 
 STRATEGIES = {
@@ -77,6 +55,7 @@ STRATEGIES = {
     "stochastic": ("stochastic", {"eps": 0.1}),
     "stochastic eps=0.01": ("stochastic", {"eps": 0.01}),
     "multi": ("multi", {}),
+    "local": ("local", {}),
 }
 
 

@@ -7,71 +7,22 @@
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-"""File suffixes (any case) taken from folders."""
+from keypatch.geometry.files import list_image_files
+
 DEFAULT_OUT = "keypatch-results"
 """Results folder used when none is given."""
 
 
 class ImageWarning(UserWarning):
     """An image file could not be read; it was skipped and nothing was stored for it."""
-
-
-def iter_image_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
-    """The image files named by ``paths``, in order, without repeats.
-
-    Parameters
-    ----------
-    paths : path or iterable of paths
-        Files (taken whatever their suffix: the caller named them) and folders (searched
-        recursively, in sorted order, for files whose suffix is in :data:`IMAGE_SUFFIXES`; hidden
-        files and folders and symbolic links to folders are not followed into).
-
-    Returns
-    -------
-    list of Path
-
-    Raises
-    ------
-    FileNotFoundError
-        If a path does not exist.
-    ValueError
-        If no image file is found.
-    """
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    paths = [Path(p) for p in paths]
-    found: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found.extend(Path(root) / f for f in sorted(files)
-                             if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)
-        elif p.exists():
-            found.append(p)
-        else:
-            raise FileNotFoundError(f"no such file or folder: {p}")
-    seen: set[Path] = set()
-    unique = []
-    for f in found:
-        key = f.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(f)
-    if not unique:
-        listed = ", ".join(str(p) for p in paths) or "(no paths given)"
-        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {listed}")
-    return unique
 
 
 def _check_ratio(ratio: Any) -> float:
@@ -103,7 +54,7 @@ def run_propose(
     Parameters
     ----------
     paths : path or sequence of paths
-        Image files and folders (see :func:`iter_image_files`).
+        Image files and folders (see :func:`keypatch.geometry.list_image_files`).
     ratio : float
         Fraction of patches to keep, in ``(0, 1]`` (checked before anything is loaded).
     strategy : str
@@ -151,7 +102,7 @@ def run_propose(
         proposer = get_proposer(strategy, **({"start": start} if takes_start else {}), **options)
     except TypeError as exc:  # unknown options
         raise ValueError(str(exc)) from exc
-    files = iter_image_files(paths)
+    files = list_image_files(paths)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the results folder {out_dir} is a file")

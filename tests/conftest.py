@@ -20,6 +20,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_cuda)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread (small ops run faster so, and far faster on busy cores).
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def toy_model() -> MAE:
     """The ``toy`` preset with seeded random weights: 64x64 images, 4x4 grid of 16x16 patches."""

@@ -16,14 +16,7 @@ from keypatch.geometry.image import normalize
 from keypatch.proposers import available, get_proposer
 from keypatch.proposers.attention import AttentionPatches, patch_scores, top_patches
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops run faster on one thread, and far faster when the cores are busy (no OpenMP spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 GRID = PatchGrid(224, 16)

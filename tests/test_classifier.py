@@ -11,14 +11,7 @@ from keypatch.cams import GradCAMPlusPlus, classifier_cam, gradcampp_map, gradca
 from keypatch.classifiers import Classifier, available_classifiers, get_classifier
 from keypatch.geometry.image import normalize
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops run faster on one thread, and far faster when the cores are busy (no OpenMP spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -225,3 +225,20 @@ def test_default_size_model_on_a_224_photo(photos, tmp_path):
     assert main(["export", "--out", str(out), "--no-progress"]) == 0
     with Image.open(out / "pictures" / "astronaut.png") as im:
         assert im.size == (3 * 224 + 4 * MARGIN, 224 + TITLE_HEIGHT + 2 * MARGIN)
+
+
+def test_strategy_options_are_passed_and_stored(photos, tmp_path, capsys):
+    out = tmp_path / "res"
+    one = str(photos / "astronaut.jpg")
+    assert main(["propose", one, "--ratio", "0.5", "--strategy", "local", "-o", "radius=0", "-o", "top=2",
+                 "--out", str(out), *TOY]) == 0
+    (rec,) = records(out, strategy="local")
+    stored = json.loads(rec.options_json)
+    assert stored["radius"] == 0 and stored["top"] == 2
+    assert rec.evaluations == 1 + 15 + 2 * 6  # centre, every candidate, then `top` per later step
+    capsys.readouterr()
+    assert main(["propose", one, "--ratio", "0.5", "--strategy", "local", "-o", "depth=3",
+                 "--out", str(tmp_path / "bad"), *TOY]) == 2
+    assert "depth" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit):
+        main(["propose", one, "--ratio", "0.5", "-o", "no-equals-sign", "--out", str(tmp_path / "bad"), *TOY])

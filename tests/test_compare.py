@@ -6,19 +6,11 @@ import csv
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from keypatch.experiments.compare import markdown_table, summarize
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops run faster on one thread, and far faster when the cores are busy (no OpenMP spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

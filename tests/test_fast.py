@@ -13,7 +13,8 @@ from keypatch.proposers.greedy import remaining_count
 from keypatch.proposers.stochastic import sample_size
 from keypatch.reconstructors import MAE, MAEConfig, load_mae
 
-APPROX = ["lazy", "stochastic", "multi"]
+APPROX = ["lazy", "stochastic", "multi", "local"]
+TOY_OPTIONS = {"local": {"radius": 1, "top": 2}}  # the defaults re-score all of a 4x4 grid
 
 
 def _images(n: int, size: int = 64) -> torch.Tensor:
@@ -112,7 +113,7 @@ def test_approximate_strategies_return_k_distinct_patches_and_count_evaluations(
     assert name in available()
     x = _images(3)
     exact = keypatch.propose_batch(x, 0.5, "greedy", toy_model, start=start)
-    res = keypatch.propose_batch(x, 0.5, name, toy_model, start=start)
+    res = keypatch.propose_batch(x, 0.5, name, toy_model, start=start, **TOY_OPTIONS.get(name, {}))
     for i, (r, e) in enumerate(zip(res, exact, strict=True)):
         assert r.strategy == name and len(r.patches) == len(set(r.patches)) == 8
         assert all(0 <= p < 16 for p in r.patches)
@@ -127,8 +128,21 @@ def test_approximate_strategies_return_k_distinct_patches_and_count_evaluations(
 def test_degenerate_settings_reduce_to_exact_greedy(toy_model):
     x = _images(2)
     exact = [r.patches for r in keypatch.propose_batch(x, 0.5, "greedy", toy_model)]
-    for name, opts in [("lazy", {"batch": 16}), ("stochastic", {"eps": 1e-9}), ("multi", {"per_step": 1})]:
+    for name, opts in [("lazy", {"batch": 16}), ("stochastic", {"eps": 1e-9}), ("multi", {"per_step": 1}),
+                       ("local", {"top": 16})]:
         assert [r.patches for r in keypatch.propose_batch(x, 0.5, name, toy_model, **opts)] == exact, name
+
+
+def test_local_rescores_the_neighbourhood_and_the_stale_top(toy_model):
+    x = _images(2)
+    r = keypatch.propose_batch(x, 0.5, "local", toy_model, radius=0, top=3)
+    # centre, all 15 candidates, then exactly `top` per later step but the last
+    assert [r_.evaluations for r_ in r] == [1 + 15 + 3 * 6] * 2
+    r1 = keypatch.propose_batch(x, 0.5, "local", toy_model, radius=1, top=1)
+    for r_ in r1:  # each step: the free neighbours of the last pick (at most 8) plus one
+        assert 1 + 15 + 6 < r_.evaluations <= 1 + 15 + 9 * 6
+    with pytest.raises(ValueError, match="radius"):
+        get_proposer("local", radius=-1)
 
 
 def test_lazy_evaluations(toy_model):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from keypatch.geometry import list_image_files
 from keypatch.selection import (
     cosine_similarity,
     diversity_metrics,
@@ -16,7 +17,6 @@ from keypatch.selection import (
     dq_bins,
     graphcut_greedy,
     graphcut_value,
-    list_images,
     sample_bins,
     select_dataset,
     select_indices,
@@ -149,7 +149,7 @@ def _folder(tmp_path, n=12):
 
 def test_select_dataset_writes_json_and_contact_sheet(tmp_path):
     root = _folder(tmp_path / "data")
-    files = list_images(root)
+    files = list_image_files(root)
     assert len(files) == 12
     emb = _emb(12, seed=8)
     res = select_dataset(root, 0.5, "dq", n_bins=3, seed=0, embeddings=emb, out=tmp_path / "out", progress=False)
@@ -166,7 +166,7 @@ def test_select_command_with_cached_embeddings(tmp_path):
 
     root = _folder(tmp_path / "data")
     cache = tmp_path / "emb.npz"
-    files = list_images(root)
+    files = list_image_files(root)
     save_embeddings(cache, files, _emb(12, seed=9).astype(np.float32), "efficientnet-lite0")
     assert load_embeddings(cache, files, "efficientnet-lite0") is not None
     assert load_embeddings(cache, files[:-1], "efficientnet-lite0") is None  # stale cache is ignored

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keypatch.batch import iter_image_files
 from keypatch.experiments.pictures import MARGIN, TITLE_HEIGHT, triptych
-from keypatch.geometry import PatchGrid, load_image, to_pil
+from keypatch.geometry import PatchGrid, list_image_files, load_image, to_pil
 from keypatch.reconstructors import load_mae
 from keypatch.store import DuplicateRecordError, Record, ResultStore, sha256_file
 from keypatch.store.export import check_one_setting, export_json, unique_stems
@@ -187,16 +186,16 @@ def test_triptych_checks_patches_and_grid(toy):
 # -- file discovery ---------------------------------------------------------------------------------
 
 
-def test_iter_image_files(tmp_path):
+def test_list_image_files(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / ".hidden").mkdir()
     for name in ("a/1.JPG", "a/b/2.png", "a/b/3.webp", "a/notes.txt", ".hidden/4.png", "a/b/5.tiff"):
         (tmp_path / name).write_bytes(b"x")
-    found = iter_image_files([tmp_path / "a", tmp_path / "a" / "b" / "2.png"])
+    found = list_image_files([tmp_path / "a", tmp_path / "a" / "b" / "2.png"])
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/1.JPG", "a/b/2.png", "a/b/3.webp", "a/b/5.tiff"]
-    assert iter_image_files(tmp_path / "a" / "notes.txt") == [tmp_path / "a" / "notes.txt"]  # named: taken
+    assert list_image_files(tmp_path / "a" / "notes.txt") == [tmp_path / "a" / "notes.txt"]  # named: taken
     with pytest.raises(FileNotFoundError, match="missing"):
-        iter_image_files([tmp_path / "a", tmp_path / "missing"])
+        list_image_files([tmp_path / "a", tmp_path / "missing"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no image files"):
-        iter_image_files(tmp_path / "empty")
+        list_image_files(tmp_path / "empty")

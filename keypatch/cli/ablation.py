@@ -17,10 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> None:
         from keypatch.api import _model
-        from keypatch.batch import iter_image_files
         from keypatch.experiments.ablation import ablation_curves, write_ablation
+        from keypatch.geometry import list_image_files
 
-        files = iter_image_files(args.paths)
+        files = list_image_files(args.paths)
         model = _model(args.model, args.device)
         model.grid.count(args.max_ratio)  # validate before any work
         curves = ablation_curves(files, args.max_ratio, model)

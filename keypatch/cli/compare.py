@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> None:
         from keypatch.experiments.compare import markdown_table, run_compare
-        from keypatch.selection.embed import list_images
+        from keypatch.geometry import list_image_files
 
         options: dict[str, dict] = {}
         if args.greedy_start:
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         if args.test_photos:
             from keypatch.experiments.photos import load_test_photos
 
-            images = {str(f): f for f in list_images(args.paths)} if args.paths else {}
+            images = {str(f): f for f in list_image_files(args.paths)} if args.paths else {}
             images.update(load_test_photos())
         elif not args.paths:
             raise ValueError("give image PATHS and/or --test-photos")

@@ -44,15 +44,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for randomised strategies")
     p.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
                    help="greedy: arithmetic of the MAE passes (default float32, exact)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", type=parse_option,
+                   help="strategy option, repeatable (e.g. -o eps=0.01 for stochastic, -o top=24 for local)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def parse_option(text: str) -> tuple[str, int | float | str]:
+    """``"key=value"`` -> ``(key, value)``, the value as int, else float, else the string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``propose`` for parsed ``args``; 1 when no image could be read."""
     from keypatch.batch import run_propose
 
-    options = {"precision": args.precision} if args.precision else {}
+    options = dict(args.option)
+    if args.precision:
+        options["precision"] = args.precision
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = show_warnings_as_lines("propose")

@@ -60,14 +60,14 @@ class ClassifyResult:
 
 def labelled_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
     """Files and labels of a folder with one sub-folder per class (sorted class names)."""
-    from keypatch.training.train import list_images
+    from keypatch.geometry.files import list_image_files
 
-    classes = sorted(d.name for d in Path(root).iterdir() if d.is_dir() and list_images(d))
+    classes = sorted(d.name for d in Path(root).iterdir() if d.is_dir() and list_image_files(d, allow_empty=True))
     if len(classes) < 2:
         raise ValueError(f"{root} needs at least two class sub-folders with images")
     files, labels = [], []
     for i, c in enumerate(classes):
-        for f in list_images(Path(root) / c):
+        for f in list_image_files(Path(root) / c):
             files.append(f)
             labels.append(i)
     return files, labels, classes

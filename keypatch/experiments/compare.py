@@ -133,15 +133,14 @@ def run_compare(paths, ratios: Sequence[float] = DEFAULT_RATIOS, strategies: Seq
     """
     from tqdm.auto import tqdm
 
-    from keypatch.geometry import load_images
+    from keypatch.geometry import list_image_files, load_images
     from keypatch.proposers import get_proposer
     from keypatch.reconstructors import load_mae
-    from keypatch.selection.embed import list_images
 
     if isinstance(paths, dict):
         names, images = list(paths), list(paths.values())
     else:
-        images = list_images(paths)
+        images = list_image_files(paths)
         names = [str(f) for f in images]
     if not images:
         raise ValueError("no images to compare on")

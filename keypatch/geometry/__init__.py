@@ -1,5 +1,6 @@
 """Image geometry: the patch grid, image loading/normalisation and (un)patchify."""
 
+from keypatch.geometry.files import IMAGE_SUFFIXES, list_image_files
 from keypatch.geometry.grid import PatchGrid
 from keypatch.geometry.image import (
     IMAGENET_MEAN,
@@ -15,12 +16,14 @@ from keypatch.geometry.image import (
 )
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageLike",
     "PatchGrid",
     "denormalize",
     "load_image",
+    "list_image_files",
     "load_images",
     "normalize",
     "patchify",

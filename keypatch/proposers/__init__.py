@@ -7,6 +7,7 @@ one import line below.
 from keypatch.proposers import attention as _attention  # noqa: F401  (registers "attention")
 from keypatch.proposers import greedy as _greedy  # noqa: F401  (registers "greedy")
 from keypatch.proposers import lazy as _lazy  # noqa: F401  (registers "lazy")
+from keypatch.proposers import local as _local  # noqa: F401  (registers "local")
 from keypatch.proposers import multi as _multi  # noqa: F401  (registers "multi")
 from keypatch.proposers import random as _random  # noqa: F401  (registers "random")
 from keypatch.proposers import stochastic as _stochastic  # noqa: F401  (registers "stochastic")

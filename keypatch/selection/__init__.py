@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from keypatch.geometry.files import list_image_files
 from keypatch.selection.bins import DatasetSelection, dq_bins, n_keep, sample_bins, select_indices
 from keypatch.selection.contact_sheet import contact_sheet
 from keypatch.selection.diversity import coverage, diversity_metrics, diversity_study, spread
-from keypatch.selection.embed import embed_images, embed_paths, list_images
+from keypatch.selection.embed import embed_images, embed_paths
 from keypatch.selection.graphcut import cosine_similarity, graphcut_greedy, graphcut_select, graphcut_value
 
 METHODS = ("dq", "graphcut", "random")
@@ -101,7 +102,7 @@ def select_dataset(paths, ratio: float, method: str = "dq", *, n_bins: int = 10,
         files, emb = embed_paths(paths, classifier, device=device, batch_size=batch_size, cache=cache,
                                  progress=progress)
     else:
-        files, emb = list_images(paths), np.asarray(embeddings)
+        files, emb = list_image_files(paths), np.asarray(embeddings)
         if emb.shape[0] != len(files):
             raise ValueError(f"{emb.shape[0]} embeddings for {len(files)} images")
     sel = select_indices(emb, ratio, method, n_bins=min(n_bins, len(files)), seed=seed, lam=lam)
@@ -147,7 +148,6 @@ __all__ = [
     "graphcut_greedy",
     "graphcut_select",
     "graphcut_value",
-    "list_images",
     "n_keep",
     "sample_bins",
     "select_dataset",

@@ -9,39 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
-
-
-def list_images(paths: str | Path | Sequence[str | Path], recursive: bool = True) -> list[Path]:
-    """Image files named by ``paths`` (files as given; folders searched, sorted), without duplicates.
-
-    Raises
-    ------
-    FileNotFoundError
-        A path does not exist.
-    ValueError
-        No image was found.
-    """
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    out: list[Path] = []
-    seen: set[Path] = set()
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in (p.rglob("*") if recursive else p.iterdir())
-                           if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.is_file():
-            found = [p]
-        else:
-            raise FileNotFoundError(f"no file or folder at {p}")
-        for f in found:
-            key = f.resolve()
-            if key not in seen:
-                seen.add(key)
-                out.append(f)
-    if not out:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {', '.join(map(str, paths))}")
-    return out
+from keypatch.geometry.files import list_image_files
 
 
 @torch.no_grad()
@@ -100,8 +68,11 @@ def load_embeddings(path: str | Path, files: Sequence[Path], classifier: str) ->
 
 def embed_paths(paths, classifier="efficientnet-lite0", device: str = "cpu", batch_size: int = 16,
                 cache: str | Path | None = None, progress: bool = True) -> tuple[list[Path], np.ndarray]:
-    """:func:`list_images` + :func:`embed_images`, reusing / writing ``cache`` (an ``.npz``) when given."""
-    files = list_images(paths)
+    """:func:`~keypatch.geometry.list_image_files` + :func:`embed_images`.
+
+    Reuses / writes ``cache`` (an ``.npz``) when given.
+    """
+    files = list_image_files(paths)
     name = classifier if isinstance(classifier, str) else classifier.name
     if cache is not None:
         emb = load_embeddings(cache, files, name)

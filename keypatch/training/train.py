@@ -21,16 +21,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from keypatch.experiments.quality import evaluate_quality
-from keypatch.geometry import load_images, normalize
+from keypatch.geometry import list_image_files, load_images, normalize
 from keypatch.reconstructors import MAE, PRESETS, MAEConfig, save_mae
 from keypatch.reconstructors.mae import autocast
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive), sorted."""
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _load_uint8(path: Path, short_side: int) -> torch.Tensor:
@@ -96,12 +89,10 @@ def train(data: Path, out: Path, *, preset: str = "small", steps: int = 3000, ba
         torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     config: MAEConfig = PRESETS[preset]
-    files = list_images(data)
-    if not files:
-        raise FileNotFoundError(f"no images under {data}")
+    files = list_image_files(data)
     short = int(config.image_size * 1.15)
     pool = [_load_uint8(p, short) for p in tqdm(files, desc="loading photos", unit="img")]
-    val_images = load_images(list_images(val), config.image_size) if val else None
+    val_images = load_images(list_image_files(val), config.image_size) if val else None
 
     torch.manual_seed(seed)
     model = MAE(config)

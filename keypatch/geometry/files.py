@@ -1,0 +1,61 @@
+"""Finding image files: the one listing every command and experiment uses."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
+"""File suffixes (any case) taken from folders."""
+
+
+def list_image_files(paths: str | Path | Iterable[str | Path], *, allow_empty: bool = False) -> list[Path]:
+    """The image files named by ``paths``, in order, without repeats.
+
+    Parameters
+    ----------
+    paths : path or iterable of paths
+        Files (taken whatever their suffix: the caller named them) and folders (searched
+        recursively, in sorted order, for files whose suffix is in :data:`IMAGE_SUFFIXES`; hidden
+        files and folders are skipped and symbolic links to folders are not followed).
+    allow_empty : bool
+        Return ``[]`` instead of raising when nothing is found.
+
+    Returns
+    -------
+    list of Path
+        Repeats (the same file reached twice) are dropped, keeping the first.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a path does not exist.
+    ValueError
+        If no image file is found (unless ``allow_empty``).
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    found: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found.extend(Path(root) / f for f in sorted(files)
+                             if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    seen: set[Path] = set()
+    unique = []
+    for f in found:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    if not unique and not allow_empty:
+        listed = ", ".join(str(p) for p in paths) or "(no paths given)"
+        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {listed}")
+    return unique
