@@ -5,6 +5,7 @@ import torch
 
 from keypatch.reconstructors import MAE, MAEConfig, load_mae, save_mae
 from keypatch.reconstructors.convert import config_to_hf, hf_to_keypatch
+from keypatch.reconstructors.mae import SHORT_SEQUENCE, Attention
 
 transformers = pytest.importorskip("transformers")
 
@@ -134,3 +135,16 @@ def test_cuda_matches_cpu(toy_model, toy_image):
     gpu = load_mae(toy_model, device="cuda").losses(toy_image.cuda(), sets.cuda()).cpu()
     toy_model.to("cpu")
     assert torch.allclose(cpu, gpu, atol=1e-4)
+
+
+@pytest.mark.parametrize("tokens", [5, SHORT_SEQUENCE, SHORT_SEQUENCE + 1, 150])
+def test_attention_paths_agree_with_the_textbook_formula(tokens):
+    """Short CPU sequences take the two-matmul path, long ones the fused kernel: both are softmax attention."""
+    torch.manual_seed(0)
+    attn = Attention(32, 4)
+    x = torch.randn(3, tokens, 32)
+    with torch.no_grad():
+        q, k, v = attn.qkv(x).view(3, tokens, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        w = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1)
+        want = attn.proj((w @ v).transpose(1, 2).reshape(3, tokens, 32))
+        assert torch.allclose(attn(x), want, atol=1e-5)

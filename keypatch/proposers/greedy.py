@@ -8,8 +8,8 @@ from keypatch.proposers.base import Proposer, register
 from keypatch.reconstructors.mae import MAE, LossContext, autocast
 
 DEFAULT_CHUNK = 64
-"""Visible sets per MAE pass: about ``64 x 196`` decoder tokens, which keeps the decoder's
-activations near the CPU caches (measured fastest on a 2-core AVX2 CPU; see benchmarks/README.md)."""
+"""Visible sets per MAE pass (about ``64 x 196`` decoder rows). On a 2-core AVX2 CPU the speed is
+flat from 32 to 256 (``benchmarks/bench_chunk.py``, see benchmarks/README.md); 64 keeps memory small."""
 
 
 def score_sets(model: MAE, ctx: LossContext, sets: torch.Tensor, image_index: torch.Tensor, *,

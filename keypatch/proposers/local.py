@@ -8,6 +8,10 @@ remaining patches with the largest stale *relative* gain ``1 - L(S' + c) / L(S')
 set when ``c`` was last scored; relative gains age better than absolute ones because ``L``
 shrinks as patches are added), and adds the best of those. It is the locality-aware cousin of
 lazy greedy without lazy's stopping rule, which the KPP loss (far from submodular) defeats.
+
+Measured with the embedded model on the 13 test photos (``benchmarks/README.md``): final ``L``
++2.8% / +2.6% above exact greedy at r = 0.1 / 0.25 with 4.2x / 4.6x fewer MAE evaluations, the
+best trade-off of the approximate strategies here (lazy: +6.2% / +40%).
 """
 
 from __future__ import annotations
