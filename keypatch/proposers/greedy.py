@@ -98,6 +98,32 @@ def start_state(model: MAE, ctx: LossContext, b: int, start: str, *, chunk_size:
     return chosen, first[:, None], remaining, 1
 
 
+def gain_start(model: MAE, ctx: LossContext, b: int, start: str, k: int, *, chunk_size: int, precision: str):
+    """The start and the first, exhaustive step shared by the gain-based strategies (lazy, local).
+
+    Returns ``(chosen, losses, remaining, evals, current, cand, scores)``: :func:`start_state`'s
+    set, ``evals (B,)`` long MAE evaluations per image so far, ``current (B,)`` ``L`` of the start
+    set (the empty set's is evaluated once for ``start="none"``), and every remaining candidate
+    ``cand (B, C)`` with its ``L(S + c)`` in ``scores (B, C)``. When the start set already has
+    ``k`` patches, ``current``, ``cand`` and ``scores`` are None and nothing more is evaluated.
+    """
+    opts = {"chunk_size": chunk_size, "precision": precision}
+    chosen, losses, remaining, first = start_state(model, ctx, b, start, **opts)
+    evals = torch.full((b,), first, dtype=torch.long, device=model.device)
+    j0 = chosen.shape[1]
+    if j0 >= k:
+        return chosen, losses, remaining, evals, None, None, None
+    if j0:
+        current = losses[:, -1].clone()
+    else:  # L(empty set): the reference for the first gains
+        current = score_sets(model, ctx, chosen, torch.arange(b, device=model.device), **opts)
+        evals += 1
+    cand = remaining_count(remaining, model.grid.n - j0)
+    scores = greedy_step(model, ctx, chosen, cand, **opts)
+    evals += cand.shape[1]
+    return chosen, losses, remaining, evals, current, cand, scores
+
+
 @register
 class Greedy(Proposer):
     """Key Patch Proposer: add, one at a time, the patch whose addition gives the lowest ``L``.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from keypatch.proposers.base import Proposer, register
-from keypatch.proposers.greedy import DEFAULT_CHUNK, greedy_step, remaining_count, score_sets, start_state
+from keypatch.proposers.greedy import DEFAULT_CHUNK, gain_start, score_sets
 from keypatch.reconstructors.mae import MAE, autocast
 
 
@@ -58,20 +58,11 @@ class LazyGreedy(Proposer):
         opts = {"chunk_size": self.chunk_size, "precision": self.precision}
         ctx = model.loss_context(images)
         ar = torch.arange(b, device=dev)
-        chosen, losses, remaining, first = start_state(model, ctx, b, self.start, **opts)
-        evals = torch.full((b,), first, dtype=torch.long, device=dev)
-        j0 = chosen.shape[1]
-        if j0 >= k:
-            return chosen[:, :k], losses[:, :k], evals.tolist()
-        if j0:
-            current = losses[:, -1].clone()
-        else:  # L(empty set): the reference for the first gains
-            current = score_sets(model, ctx, chosen, ar, **opts)
-            evals += 1
         # first step: every candidate, fresh
-        cand = remaining_count(remaining, n - j0)
-        scores = greedy_step(model, ctx, chosen, cand, **opts)
-        evals += cand.shape[1]
+        chosen, losses, remaining, evals, current, cand, scores = gain_start(model, ctx, b, self.start, k, **opts)
+        if current is None:
+            return chosen[:, :k], losses[:, :k], evals.tolist()
+        j0 = chosen.shape[1]
         neg_inf = torch.tensor(float("-inf"), device=dev)
         gain = torch.full((b, n), float("-inf"), device=dev).scatter_(1, cand, current[:, None] - scores)
         fresh = torch.zeros(b, n, dtype=torch.bool, device=dev).scatter_(1, cand, True)

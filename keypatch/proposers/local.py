@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from keypatch.proposers.base import Proposer, register
-from keypatch.proposers.greedy import DEFAULT_CHUNK, greedy_step, remaining_count, score_sets, start_state
+from keypatch.proposers.greedy import DEFAULT_CHUNK, gain_start, score_sets
 from keypatch.reconstructors.mae import MAE, autocast
 
 
@@ -65,19 +65,10 @@ class LocalRefresh(Proposer):
         opts = {"chunk_size": self.chunk_size, "precision": self.precision}
         ctx = model.loss_context(images)
         ar = torch.arange(b, device=dev)
-        chosen, losses, remaining, first = start_state(model, ctx, b, self.start, **opts)
-        evals = torch.full((b,), first, dtype=torch.long, device=dev)
-        j0 = chosen.shape[1]
-        if j0 >= k:
+        chosen, losses, remaining, evals, current, cand, scores = gain_start(model, ctx, b, self.start, k, **opts)
+        if current is None:
             return chosen[:, :k], losses[:, :k], evals.tolist()
-        if j0:
-            current = losses[:, -1].clone()
-        else:  # L(empty set): the reference for the first gains
-            current = score_sets(model, ctx, chosen, ar, **opts)
-            evals += 1
-        cand = remaining_count(remaining, n - j0)
-        scores = greedy_step(model, ctx, chosen, cand, **opts)
-        evals += cand.shape[1]
+        j0 = chosen.shape[1]
         neg_inf = float("-inf")
         gain = torch.full((b, n), neg_inf, device=dev).scatter_(1, cand, 1.0 - scores / current[:, None])
         best = scores.argmin(dim=1)
@@ -98,7 +89,8 @@ class LocalRefresh(Proposer):
             selected = near_all[pick] & remaining
             stale = torch.where(remaining & ~selected, gain, neg_inf)
             top_gain, top = stale.topk(min(self.top, n), dim=1)
-            selected[ar[:, None].expand_as(top)[top_gain > neg_inf], top[top_gain > neg_inf]] = True
+            valid = top_gain > neg_inf  # fewer than `top` stale candidates left
+            selected[ar[:, None].expand_as(top)[valid], top[valid]] = True
             rows, cols = selected.nonzero(as_tuple=True)  # row-major: ascending patch index per image
             fresh = score_sets(model, ctx, torch.cat([chosen[rows], cols[:, None]], dim=1), rows, **opts)
             evals += torch.bincount(rows, minlength=b)
