@@ -98,10 +98,7 @@ def run_propose(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     takes_start = isinstance(strategy, str) and _takes_start(strategy)
-    try:
-        proposer = get_proposer(strategy, **({"start": start} if takes_start else {}), **options)
-    except TypeError as exc:  # unknown options
-        raise ValueError(str(exc)) from exc
+    proposer = get_proposer(strategy, **({"start": start} if takes_start else {}), **options)  # ValueError if bad
     files = list_image_files(paths)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

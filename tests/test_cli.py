@@ -240,5 +240,7 @@ def test_strategy_options_are_passed_and_stored(photos, tmp_path, capsys):
     assert main(["propose", one, "--ratio", "0.5", "--strategy", "local", "-o", "depth=3",
                  "--out", str(tmp_path / "bad"), *TOY]) == 2
     assert "depth" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["propose", one, "--ratio", "0.5", "-o", "start=none", "--out", str(tmp_path / "bad"), *TOY]) == 2
+    assert "start has its own flag" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     with pytest.raises(SystemExit):
         main(["propose", one, "--ratio", "0.5", "-o", "no-equals-sign", "--out", str(tmp_path / "bad"), *TOY])

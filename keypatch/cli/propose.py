@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import warnings
 from pathlib import Path
@@ -68,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     from keypatch.batch import run_propose
 
     options = dict(args.option)
+    # run_propose's own settings (and precision) have flags of their own
+    flagged = sorted(set(options) & ({"precision"} | set(inspect.signature(run_propose).parameters)))
+    if flagged:
+        raise ValueError(f"-o {flagged[0]}=...: {flagged[0]} has its own flag (see keypatch propose --help)")
     if args.precision:
         options["precision"] = args.precision
     with warnings.catch_warnings():
