@@ -194,3 +194,44 @@ def test_bfloat16_mode_runs_and_reports_its_gap(toy_model):
     assert lo.dtype == torch.float32 and torch.allclose(lo, toy_model.losses(x[0], sets), rtol=0.05)
     with pytest.raises(ValueError, match="precision"):
         get_proposer("lazy", precision="float16")
+
+
+def test_swap_never_worse_than_its_base_and_ends_in_a_local_optimum(toy_model):
+    x = _images(3)
+    base = keypatch.propose_batch(x, 0.25, "greedy", toy_model)
+    res = keypatch.propose_batch(x, 0.25, "swap", toy_model, base="greedy", rounds=10)
+    for i, (g, r) in enumerate(zip(base, res, strict=True)):
+        assert sorted(set(r.patches)) == sorted(r.patches) and len(r.patches) == 4
+        assert r.loss <= g.loss + 1e-6
+        assert r.loss == pytest.approx(keypatch.reconstruction_loss(x[i], r.patches, model=toy_model), abs=1e-5)
+        assert r.evaluations > g.evaluations
+        # local optimum: no single move of a patch to a free 8-neighbour lowers the plain loss
+        moves = []
+        for j, p in enumerate(r.patches):
+            for q in range(16):
+                if q not in r.patches and max(abs(q // 4 - p // 4), abs(q % 4 - p % 4)) == 1:
+                    moves.append(r.patches[:j] + [q] + r.patches[j + 1:])
+        plain = _plain_losses(toy_model, x, torch.tensor(moves), torch.full((len(moves),), i))
+        assert plain.min().item() >= r.loss - 1e-5
+    assert any(r.patches != g.patches for g, r in zip(base, res, strict=True))  # it did move something
+
+
+def test_swap_options(toy_model):
+    x = _images(2)
+    local = keypatch.propose_batch(x, 0.5, "local", toy_model)
+    same = keypatch.propose_batch(x, 0.5, "swap", toy_model, base="local", rounds=0)
+    assert [r.patches for r in same] == [r.patches for r in local]
+    assert [r.evaluations for r in same] == [r.evaluations for r in local]
+    # the default base: stochastic greedy, eps=0.2 unless given; deterministic given the seed
+    sto = keypatch.propose_batch(x, 0.5, "stochastic", toy_model, eps=0.2, seed=3)
+    sw = keypatch.propose_batch(x, 0.5, "swap", toy_model, seed=3)
+    assert [r.patches for r in sw] == [r.patches for r in keypatch.propose_batch(x, 0.5, "swap", toy_model, seed=3)]
+    assert all(s.loss <= b.loss + 1e-6 for s, b in zip(sw, sto, strict=True))
+    assert [s.evaluations > b.evaluations for s, b in zip(sw, sto, strict=True)] == [True, True]
+    assert get_proposer("swap", eps=0.05).base.eps == 0.05
+    with pytest.raises(ValueError, match="base"):
+        get_proposer("swap", base="random")
+    with pytest.raises(ValueError, match="stochastic"):  # an option no strategy knows
+        get_proposer("swap", depth=3)
+    with pytest.raises(ValueError, match="rounds"):
+        get_proposer("swap", rounds=-1)

@@ -11,6 +11,7 @@ from keypatch.proposers import local as _local  # noqa: F401  (registers "local"
 from keypatch.proposers import multi as _multi  # noqa: F401  (registers "multi")
 from keypatch.proposers import random as _random  # noqa: F401  (registers "random")
 from keypatch.proposers import stochastic as _stochastic  # noqa: F401  (registers "stochastic")
+from keypatch.proposers import swap as _swap  # noqa: F401  (registers "swap")
 from keypatch.proposers.base import Proposal, Proposer, available, get_proposer, register
 
 __all__ = ["Proposal", "Proposer", "available", "get_proposer", "register"]

@@ -1,0 +1,118 @@
+"""Swap refinement: a fast base answer, then local search that moves patches to better neighbours.
+
+Greedy builds the set one patch at a time and never revisits a choice; with the KPP loss, which
+is far from submodular, early picks are often not where the final set wants them. ``swap`` runs a
+base strategy and then, for each chosen patch in turn, scores moving it to every free patch
+within ``reach`` on the grid (``S - p + q``) and keeps the best move if it lowers ``L``
+(first-improvement 1-swap local search, restricted to grid neighbours). Every move lowers ``L``,
+so the result is never worse than the base answer, and after a round without any move it is a
+local optimum: no single neighbour move improves it.
+
+The default, stochastic greedy (``eps=0.2``) and two rounds, is the fast recipe: measured with the
+embedded model on the 13 test photos (``benchmarks/README.md``) its final ``L`` is 0.5-1.2%
+*below* exact greedy's with 6x (r = 0.1) and 9x (r = 0.25) fewer MAE evaluations.
+``base="greedy"`` refines exact greedy itself (lowest ``L``, about 10% more evaluations than
+greedy).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from keypatch.proposers.base import Proposer, get_proposer, register
+from keypatch.proposers.greedy import DEFAULT_CHUNK, score_sets
+from keypatch.reconstructors.mae import MAE, autocast
+
+BASES = ("greedy", "local", "lazy", "stochastic", "multi")
+"""Strategies ``swap`` can refine (they share ``start``, ``chunk_size`` and ``precision``)."""
+
+BASE_DEFAULTS = {"stochastic": {"eps": 0.2}}
+"""Base options that differ from the base strategy's own defaults unless given."""
+
+
+@register
+class SwapRefine(Proposer):
+    """A base strategy's patches, refined by moving each one to its best free neighbour.
+
+    Parameters
+    ----------
+    base : str
+        Registered strategy that makes the first set, one of :data:`BASES`.
+    rounds : int
+        Passes over the chosen patches (0: the base answer unchanged). Stops early once a pass
+        moves nothing for any image.
+    reach : int
+        Chebyshev radius, in patches, of the moves tried for each patch (1: its 8 neighbours).
+    start : {"center", "none"}
+        Passed to the base strategy. The refinement may move the central patch too.
+    chunk_size, precision
+        As for ``greedy`` (used by the base and by the refinement).
+    **base_options
+        Further options of the base strategy (e.g. ``eps`` for ``stochastic``, default 0.2 here;
+        ``top`` for ``local``).
+
+    Notes
+    -----
+    A moved patch keeps its place in the order of choice. Only the final ``L`` is known (the
+    losses of shorter prefixes are reported as NaN; the public API recomputes them).
+    ``evaluations`` counts the base's and the refinement's scored sets. Ties go to the lowest
+    patch index; a move is kept only if it lowers ``L`` strictly, so the result is deterministic.
+    """
+
+    name = "swap"
+
+    def __init__(self, base: str = "stochastic", rounds: int = 2, reach: int = 1, start: str = "center",
+                 chunk_size: int = DEFAULT_CHUNK, precision: str = "float32", **base_options) -> None:
+        if base not in BASES:
+            raise ValueError(f"base must be one of {', '.join(BASES)}, got {base!r}")
+        if rounds < 0 or reach < 1:
+            raise ValueError(f"rounds must be >= 0 and reach >= 1, got rounds={rounds}, reach={reach}")
+        autocast(torch.device("cpu"), precision)
+        base_options = {**BASE_DEFAULTS.get(base, {}), **base_options}
+        self.base = get_proposer(base, start=start, chunk_size=chunk_size, precision=precision, **base_options)
+        self.rounds, self.reach = int(rounds), int(reach)
+        self.chunk_size, self.precision = chunk_size, precision
+
+    @torch.no_grad()
+    def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
+        patches, losses, base_evals = self.base.select(model, images, k, seed)
+        b, n, dev = images.shape[0], model.grid.n, model.device
+        evals = torch.tensor(base_evals, dtype=torch.long, device=dev)
+        if self.rounds == 0 or k == 0 or k >= n:
+            return patches, losses, evals.tolist()
+        opts = {"chunk_size": self.chunk_size, "precision": self.precision}
+        ctx = model.loss_context(images)
+        ar = torch.arange(b, device=dev)
+        patches = patches.clone()
+        current = score_sets(model, ctx, patches, ar, **opts)  # the base may not know L of its whole set
+        evals += 1
+        cols = model.grid.cols
+        idx = torch.arange(n, device=dev)
+        near = torch.maximum((idx[:, None] // cols - idx[None] // cols).abs(),
+                             (idx[:, None] % cols - idx[None] % cols).abs()) <= self.reach  # (N, N)
+        near.fill_diagonal_(False)
+        for _ in range(self.rounds):
+            moved = torch.zeros(b, dtype=torch.bool, device=dev)
+            for i in range(k):
+                free = torch.ones(b, n, dtype=torch.bool, device=dev).scatter_(1, patches, False)
+                moves = near[patches[:, i]] & free  # (B, N): where patch i may go
+                rows, dest = moves.nonzero(as_tuple=True)  # ascending destination per image
+                if rows.numel() == 0:
+                    continue
+                sets = patches[rows].clone()
+                sets[:, i] = dest
+                scores = torch.full((b, n), math.inf, device=dev)
+                scores[rows, dest] = score_sets(model, ctx, sets, rows, **opts)
+                evals += torch.bincount(rows, minlength=b)
+                best, where = scores.min(dim=1)  # first minimum: lowest index on ties
+                better = best < current
+                patches[better, i] = where[better]
+                current = torch.where(better, best, current)
+                moved |= better
+            if not bool(moved.any()):
+                break
+        out = torch.full((b, k), math.nan, device=dev)
+        out[:, -1] = current
+        return patches, out, evals.tolist()
