@@ -244,3 +244,15 @@ def test_strategy_options_are_passed_and_stored(photos, tmp_path, capsys):
     assert "start has its own flag" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     with pytest.raises(SystemExit):
         main(["propose", one, "--ratio", "0.5", "-o", "no-equals-sign", "--out", str(tmp_path / "bad"), *TOY])
+
+
+def test_swap_takes_its_base_and_the_base_options_from_the_command_line(photos, tmp_path):
+    out = tmp_path / "res"
+    one = str(photos / "astronaut.jpg")
+    assert main(["propose", one, "--ratio", "0.25", "--strategy", "swap", "-o", "base=stochastic", "-o", "eps=0.5",
+                 "-o", "rounds=1", "--out", str(out), *TOY]) == 0
+    (rec,) = records(out, strategy="swap")
+    stored = json.loads(rec.options_json)
+    assert stored == {**stored, "base": "stochastic", "eps": 0.5, "rounds": 1}
+    # stochastic: centre, then ceil((16 / 4) ln 2) = 3 samples for each of 3 steps; then 1 round of moves
+    assert 1 + 3 * 3 < rec.evaluations <= 1 + 3 * 3 + 4 * 8

@@ -68,3 +68,11 @@ def test_unreadable_and_missing_files(tmp_path):
         load_image(bad)
     with pytest.raises(FileNotFoundError):
         load_image(tmp_path / "missing.png")
+
+
+def test_grid_distances_are_chebyshev():
+    g = PatchGrid(224, 16)
+    d = g.distances()
+    assert d.shape == (196, 196) and (d == d.T).all() and (d.diagonal() == 0).all()
+    assert d[g.center, g.index(6, 6)] == 1 and d[g.center, g.index(7, 9)] == 2 and d[0, 195] == 13
+    assert int((d[g.center] == 1).sum()) == 8 and int((d[0] == 1).sum()) == 3  # inside / corner

@@ -77,3 +77,14 @@ class PatchGrid:
         if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) <= 1.0:
             raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
         return max(1, min(self.n, round(float(ratio) * self.n)))
+
+    def distances(self, device=None):
+        """``(N, N)`` long tensor of Chebyshev distances between patches, in patches.
+
+        1 for the 8 neighbours of a patch, 2 for the ring around them, and so on.
+        """
+        import torch
+
+        idx = torch.arange(self.n, device=device)
+        r, c = idx // self.cols, idx % self.cols
+        return torch.maximum((r[:, None] - r[None]).abs(), (c[:, None] - c[None]).abs())

@@ -12,6 +12,37 @@ DEFAULT_CHUNK = 64
 flat from 32 to 256 (``benchmarks/bench_chunk.py``, see benchmarks/README.md); 64 keeps memory small."""
 
 
+STARTS = ("center", "none")
+"""Where the greedy-like strategies begin: the central patch (the paper) or nothing (its ablation)."""
+
+
+class SearchProposer(Proposer):
+    """Base of the strategies that search with the MAE: the options they share, validated once.
+
+    Parameters
+    ----------
+    start : {"center", "none"}
+        Begin from the central patch (the paper's P0) or from the empty set (its ablation).
+    chunk_size : int
+        Visible sets per MAE pass (bounds memory).
+    precision : {"float32", "bfloat16"}
+        Compute precision of the MAE passes (float32 is exact).
+    """
+
+    def __init__(self, start: str = "center", chunk_size: int = DEFAULT_CHUNK, precision: str = "float32") -> None:
+        if start not in STARTS:
+            raise ValueError(f"start must be 'center' or 'none', got {start!r}")
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        autocast(torch.device("cpu"), precision)  # validates the precision
+        self.start, self.chunk_size, self.precision = start, int(chunk_size), precision
+
+    @property
+    def score_options(self) -> dict:
+        """``chunk_size`` and ``precision``, as :func:`score_sets` and friends take them."""
+        return {"chunk_size": self.chunk_size, "precision": self.precision}
+
+
 def score_sets(model: MAE, ctx: LossContext, sets: torch.Tensor, image_index: torch.Tensor, *,
                chunk_size: int = DEFAULT_CHUNK, precision: str = "float32") -> torch.Tensor:
     """``L`` of many visible sets of the images behind ``ctx``, in memory-bounded batched passes.
@@ -86,7 +117,7 @@ def start_state(model: MAE, ctx: LossContext, b: int, start: str, *, chunk_size:
     Returns ``(chosen (B, j0), losses (B, j0), remaining (B, N) bool, evaluations)``: the centre and
     ``L({centre})`` for ``start="center"``, nothing for ``start="none"``.
     """
-    if start not in ("center", "none"):
+    if start not in STARTS:
         raise ValueError(f"start must be 'center' or 'none', got {start!r}")
     n, dev = model.grid.n, model.device
     remaining = torch.ones(b, n, dtype=torch.bool, device=dev)
@@ -125,7 +156,7 @@ def gain_start(model: MAE, ctx: LossContext, b: int, start: str, k: int, *, chun
 
 
 @register
-class Greedy(Proposer):
+class Greedy(SearchProposer):
     """Key Patch Proposer: add, one at a time, the patch whose addition gives the lowest ``L``.
 
     Parameters
@@ -150,20 +181,10 @@ class Greedy(Proposer):
     name = "greedy"
     prefix_consistent = True
 
-    def __init__(self, start: str = "center", chunk_size: int = DEFAULT_CHUNK, precision: str = "float32") -> None:
-        if start not in ("center", "none"):
-            raise ValueError(f"start must be 'center' or 'none', got {start!r}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-        autocast(torch.device("cpu"), precision)  # validates
-        self.start = start
-        self.chunk_size = chunk_size
-        self.precision = precision
-
     @torch.no_grad()
     def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
         b, n, dev = images.shape[0], model.grid.n, model.device
-        opts = {"chunk_size": self.chunk_size, "precision": self.precision}
+        opts = self.score_options
         ctx = model.loss_context(images)
         chosen, losses, remaining, evals = start_state(model, ctx, b, self.start, **opts)
         picks, step_losses = [chosen], [losses]

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from keypatch.proposers.base import Proposer, register
-from keypatch.proposers.greedy import DEFAULT_CHUNK, gain_start, score_sets
-from keypatch.reconstructors.mae import MAE, autocast
+from keypatch.proposers.base import register
+from keypatch.proposers.greedy import DEFAULT_CHUNK, SearchProposer, gain_start, score_sets
+from keypatch.reconstructors.mae import MAE
 
 
 @register
-class LazyGreedy(Proposer):
+class LazyGreedy(SearchProposer):
     """Lazy greedy on stale marginal gains, re-evaluating ``batch`` candidates per round.
 
     Parameters
@@ -45,17 +45,15 @@ class LazyGreedy(Proposer):
 
     def __init__(self, start: str = "center", batch: int = 4, chunk_size: int = DEFAULT_CHUNK,
                  precision: str = "float32") -> None:
-        if start not in ("center", "none"):
-            raise ValueError(f"start must be 'center' or 'none', got {start!r}")
+        super().__init__(start, chunk_size, precision)
         if batch < 1:
             raise ValueError(f"batch must be positive, got {batch}")
-        autocast(torch.device("cpu"), precision)
-        self.start, self.batch, self.chunk_size, self.precision = start, batch, chunk_size, precision
+        self.batch = batch
 
     @torch.no_grad()
     def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
         b, n, dev = images.shape[0], model.grid.n, model.device
-        opts = {"chunk_size": self.chunk_size, "precision": self.precision}
+        opts = self.score_options
         ctx = model.loss_context(images)
         ar = torch.arange(b, device=dev)
         # first step: every candidate, fresh

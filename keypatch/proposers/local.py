@@ -10,21 +10,21 @@ shrinks as patches are added), and adds the best of those. It is the locality-aw
 lazy greedy without lazy's stopping rule, which the KPP loss (far from submodular) defeats.
 
 Measured with the embedded model on the 13 test photos (``benchmarks/README.md``): final ``L``
-+2.8% / +2.6% above exact greedy at r = 0.1 / 0.25 with 4.2x / 4.6x fewer MAE evaluations, the
-best trade-off of the approximate strategies here (lazy: +6.2% / +40%).
++2.8% / +2.6% above exact greedy at r = 0.1 / 0.25 with 4.2x / 4.6x fewer MAE evaluations (lazy:
++6.2% / +40%); ``swap`` (stochastic greedy, then neighbour moves) does better still.
 """
 
 from __future__ import annotations
 
 import torch
 
-from keypatch.proposers.base import Proposer, register
-from keypatch.proposers.greedy import DEFAULT_CHUNK, gain_start, score_sets
-from keypatch.reconstructors.mae import MAE, autocast
+from keypatch.proposers.base import register
+from keypatch.proposers.greedy import DEFAULT_CHUNK, SearchProposer, gain_start, score_sets
+from keypatch.reconstructors.mae import MAE
 
 
 @register
-class LocalRefresh(Proposer):
+class LocalRefresh(SearchProposer):
     """Greedy over the last pick's neighbourhood plus the best stale candidates.
 
     Parameters
@@ -51,18 +51,15 @@ class LocalRefresh(Proposer):
 
     def __init__(self, start: str = "center", radius: int = 2, top: int = 16, chunk_size: int = DEFAULT_CHUNK,
                  precision: str = "float32") -> None:
-        if start not in ("center", "none"):
-            raise ValueError(f"start must be 'center' or 'none', got {start!r}")
+        super().__init__(start, chunk_size, precision)
         if radius < 0 or top < 1:
             raise ValueError(f"radius must be >= 0 and top >= 1, got radius={radius}, top={top}")
-        autocast(torch.device("cpu"), precision)
-        self.start, self.radius, self.top = start, int(radius), int(top)
-        self.chunk_size, self.precision = chunk_size, precision
+        self.radius, self.top = int(radius), int(top)
 
     @torch.no_grad()
     def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
         b, n, dev = images.shape[0], model.grid.n, model.device
-        opts = {"chunk_size": self.chunk_size, "precision": self.precision}
+        opts = self.score_options
         ctx = model.loss_context(images)
         ar = torch.arange(b, device=dev)
         chosen, losses, remaining, evals, current, cand, scores = gain_start(model, ctx, b, self.start, k, **opts)
@@ -73,10 +70,7 @@ class LocalRefresh(Proposer):
         gain = torch.full((b, n), neg_inf, device=dev).scatter_(1, cand, 1.0 - scores / current[:, None])
         best = scores.argmin(dim=1)
         pick, new_loss = cand[ar, best], scores[ar, best]
-        rows_of = torch.arange(n, device=dev) // model.grid.cols
-        cols_of = torch.arange(n, device=dev) % model.grid.cols
-        near_all = torch.maximum((rows_of[:, None] - rows_of[None]).abs(),
-                                 (cols_of[:, None] - cols_of[None]).abs()) <= self.radius  # (N, N)
+        near_all = model.grid.distances(dev) <= self.radius  # (N, N)
         picks, step_losses = [chosen], [losses]
         for j in range(j0 + 1, k + 1):
             picks.append(pick[:, None])

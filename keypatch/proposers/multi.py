@@ -15,13 +15,13 @@ import math
 
 import torch
 
-from keypatch.proposers.base import Proposer, register
-from keypatch.proposers.greedy import DEFAULT_CHUNK, greedy_step, remaining_count, start_state
-from keypatch.reconstructors.mae import MAE, autocast
+from keypatch.proposers.base import register
+from keypatch.proposers.greedy import DEFAULT_CHUNK, SearchProposer, greedy_step, remaining_count, start_state
+from keypatch.reconstructors.mae import MAE
 
 
 @register
-class MultiGreedy(Proposer):
+class MultiGreedy(SearchProposer):
     """Greedy that adds ``per_step`` spatially separated patches per step.
 
     Parameters
@@ -46,18 +46,15 @@ class MultiGreedy(Proposer):
 
     def __init__(self, start: str = "center", per_step: int = 3, min_distance: int = 2,
                  chunk_size: int = DEFAULT_CHUNK, precision: str = "float32") -> None:
-        if start not in ("center", "none"):
-            raise ValueError(f"start must be 'center' or 'none', got {start!r}")
+        super().__init__(start, chunk_size, precision)
         if per_step < 1 or min_distance < 1:
             raise ValueError("per_step and min_distance must be positive")
-        autocast(torch.device("cpu"), precision)
-        self.start, self.per_step, self.min_distance = start, per_step, min_distance
-        self.chunk_size, self.precision = chunk_size, precision
+        self.per_step, self.min_distance = per_step, min_distance
 
     @torch.no_grad()
     def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
         b, n, dev, cols = images.shape[0], model.grid.n, model.device, model.grid.cols
-        opts = {"chunk_size": self.chunk_size, "precision": self.precision}
+        opts = self.score_options
         ctx = model.loss_context(images)
         chosen, losses, remaining, evals = start_state(model, ctx, b, self.start, **opts)
         picks = chosen.tolist()

@@ -13,9 +13,9 @@ import math
 
 import torch
 
-from keypatch.proposers.base import Proposer, register
-from keypatch.proposers.greedy import DEFAULT_CHUNK, greedy_step, start_state
-from keypatch.reconstructors.mae import MAE, autocast
+from keypatch.proposers.base import register
+from keypatch.proposers.greedy import DEFAULT_CHUNK, SearchProposer, greedy_step, start_state
+from keypatch.reconstructors.mae import MAE
 
 
 def sample_size(n: int, k: int, eps: float) -> int:
@@ -24,7 +24,7 @@ def sample_size(n: int, k: int, eps: float) -> int:
 
 
 @register
-class StochasticGreedy(Proposer):
+class StochasticGreedy(SearchProposer):
     """Greedy over a fresh uniform sample of the remaining patches at each step.
 
     Parameters
@@ -47,17 +47,15 @@ class StochasticGreedy(Proposer):
 
     def __init__(self, start: str = "center", eps: float = 0.1, chunk_size: int = DEFAULT_CHUNK,
                  precision: str = "float32") -> None:
-        if start not in ("center", "none"):
-            raise ValueError(f"start must be 'center' or 'none', got {start!r}")
+        super().__init__(start, chunk_size, precision)
         if not 0.0 < float(eps) < 1.0:
             raise ValueError(f"eps must be in (0, 1), got {eps!r}")
-        autocast(torch.device("cpu"), precision)
-        self.start, self.eps, self.chunk_size, self.precision = start, float(eps), chunk_size, precision
+        self.eps = float(eps)
 
     @torch.no_grad()
     def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
         b, n, dev = images.shape[0], model.grid.n, model.device
-        opts = {"chunk_size": self.chunk_size, "precision": self.precision}
+        opts = self.score_options
         ctx = model.loss_context(images)
         chosen, losses, remaining, evals = start_state(model, ctx, b, self.start, **opts)
         gens = [torch.Generator().manual_seed(seed + i) for i in range(b)]
