@@ -229,6 +229,11 @@ def test_swap_options(toy_model):
     assert all(s.loss <= b.loss + 1e-6 for s, b in zip(sw, sto, strict=True))
     assert [s.evaluations > b.evaluations for s, b in zip(sw, sto, strict=True)] == [True, True]
     assert get_proposer("swap", eps=0.05).base.eps == 0.05
+    # a base that does not know L of its whole set (multi reports NaN): scored once, then refined
+    multi = keypatch.propose_batch(x, 0.5, "multi", toy_model)
+    refined = keypatch.propose_batch(x, 0.5, "swap", toy_model, base="multi", rounds=1)
+    for m, r in zip(multi, refined, strict=True):
+        assert r.loss <= m.loss + 1e-6 and r.evaluations > m.evaluations + 1
     with pytest.raises(ValueError, match="base"):
         get_proposer("swap", base="random")
     with pytest.raises(ValueError, match="stochastic"):  # an option no strategy knows
