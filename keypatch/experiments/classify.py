@@ -62,14 +62,14 @@ def labelled_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
     """Files and labels of a folder with one sub-folder per class (sorted class names)."""
     from keypatch.geometry.files import list_image_files
 
-    classes = sorted(d.name for d in Path(root).iterdir() if d.is_dir() and list_image_files(d, allow_empty=True))
+    found = {d.name: list_image_files(d, allow_empty=True) for d in Path(root).iterdir() if d.is_dir()}
+    classes = sorted(c for c, f in found.items() if f)  # each folder is walked once
     if len(classes) < 2:
         raise ValueError(f"{root} needs at least two class sub-folders with images")
     files, labels = [], []
     for i, c in enumerate(classes):
-        for f in list_image_files(Path(root) / c):
-            files.append(f)
-            labels.append(i)
+        files.extend(found[c])
+        labels.extend([i] * len(found[c]))
     return files, labels, classes
 
 
