@@ -58,6 +58,10 @@ class Attention(nn.Module):
 
     def attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """Attention and output projection from the packed ``qkv (B, n, 3 C)`` projections."""
+        return self.proj(self.mix(qkv))
+
+    def mix(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Attention from the packed ``qkv (B, n, 3 C)`` projections, before the output projection."""
         b, n, c3 = qkv.shape
         c = c3 // 3
         qkv = qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
@@ -68,7 +72,7 @@ class Attention(nn.Module):
             x = torch.matmul(torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5).softmax(-1), v)
         else:
             x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+        return x.transpose(1, 2).reshape(b, n, c)
 
 
 class Mlp(nn.Module):
@@ -98,24 +102,61 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def _mlp(mlp: Mlp, x: torch.Tensor, workspace: dict) -> torch.Tensor:
-    """``mlp(x)`` for inference with its wide hidden layer in a reused buffer and GELU in place.
+def _fast_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the in-place inference helpers below apply (no autograd, no autocast, same dtype)."""
+    return not (torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type) or x.dtype != weight.dtype)
 
-    Bit-identical to ``mlp(x)``. On CPUs a fresh multi-megabyte activation per call costs page
-    faults (the allocator returns large blocks to the system); reusing one buffer avoids them.
-    Falls back to ``mlp(x)`` under autograd or autocast.
+
+def _buffer(workspace: dict, key: str, rows: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """A ``(rows, width)`` scratch tensor from ``workspace``, reused from call to call.
+
+    On CPUs a fresh multi-megabyte activation per call costs page faults and cache misses (the
+    allocator returns large blocks to the system); writing into one reused buffer avoids them.
+    The caller must be done with the previous contents.
     """
-    if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type) or x.dtype != mlp.fc1.weight.dtype:
-        return mlp(x)
-    shape = x.shape
-    x = x.reshape(-1, shape[-1])
-    width = mlp.fc1.out_features
-    buf = workspace.get(width)
-    if buf is None or buf.shape[0] < x.shape[0] or buf.dtype != x.dtype or buf.device != x.device:
-        buf = workspace[width] = torch.empty(x.shape[0], width, dtype=x.dtype, device=x.device)
-    hid = torch.addmm(mlp.fc1.bias, x, mlp.fc1.weight.t(), out=buf[: x.shape[0]])
-    torch.ops.aten.gelu_(hid)
-    return mlp.fc2(hid).view(*shape[:-1], -1)
+    buf = workspace.get((key, width))
+    if buf is None or buf.shape[0] < rows or buf.dtype != like.dtype or buf.device != like.device:
+        buf = workspace[(key, width)] = torch.empty(rows, width, dtype=like.dtype, device=like.device)
+    return buf[:rows]
+
+
+def _linear_into(lin: nn.Linear, x: torch.Tensor, workspace: dict, key: str) -> torch.Tensor:
+    """``lin(x)`` for 2-D ``x``, written into the reused buffer ``key`` of ``workspace``."""
+    out = _buffer(workspace, key, x.shape[0], lin.out_features, x)
+    if lin.bias is None:
+        return torch.mm(x, lin.weight.t(), out=out)
+    return torch.addmm(lin.bias, x, lin.weight.t(), out=out)
+
+
+def _add_linear_(x: torch.Tensor, lin: nn.Linear, a: torch.Tensor) -> torch.Tensor:
+    """``x += lin(a)`` in place, for 2-D ``x`` and ``a`` (the residual update as one GEMM)."""
+    if lin.bias is not None:
+        x.add_(lin.bias)
+    return x.addmm_(a, lin.weight.t())
+
+
+def _mlp_(mlp: Mlp, x: torch.Tensor, h: torch.Tensor, workspace: dict) -> torch.Tensor:
+    """``x += mlp(h)`` in place for 2-D ``x, h``, the wide hidden layer in reused buffers."""
+    hid = _linear_into(mlp.fc1, h, workspace, "hidden")
+    # out of place into a second buffer: ATen's in-place GELU runs on one thread, this on all
+    act = torch.ops.aten.gelu.out(hid, out=_buffer(workspace, "activation", hid.shape[0], hid.shape[1], hid))
+    return _add_linear_(x, mlp.fc2, act)
+
+
+def _block_(blk: Block, x: torch.Tensor, workspace: dict, qkv: torch.Tensor | None = None) -> torch.Tensor:
+    """``x = blk(x)`` in place for inference, ``x (M, n, D)`` contiguous; ``qkv`` replaces the first projection.
+
+    The same arithmetic as :meth:`Block.forward` up to float rounding (the residual additions
+    are folded into the GEMMs), with the wide activations in reused buffers.
+    """
+    m, n, d = x.shape
+    x2 = x.view(m * n, d)
+    if qkv is None:
+        qkv = _linear_into(blk.attn.qkv, blk.norm1(x2), workspace, "qkv")
+    att = blk.attn.mix(qkv.view(m, n, -1))
+    _add_linear_(x2, blk.attn.proj, att.view(m * n, d))
+    _mlp_(blk.mlp, x2, blk.norm2(x2), workspace)
+    return x
 
 
 class PatchEmbed(nn.Module):
@@ -233,25 +274,29 @@ class MAE(nn.Module):
         return self.decoder_pred(self._decoder_hidden(tokens, visible, image_index))[:, 1:]
 
     def _encode(self, tokens: torch.Tensor, visible: torch.Tensor, image_index: torch.Tensor,
-                workspace: dict | None = None, qkv0: torch.Tensor | None = None) -> torch.Tensor:
+                ctx: LossContext | None = None) -> torch.Tensor:
         """Encoder on ``[cls] + visible`` tokens, projected to the decoder width: ``(M, k+1, Dd)``.
 
-        ``qkv0`` ``(B, N+1, 3 D)``, from :meth:`loss_context`: the first block's ``qkv(norm1(.))`` of
-        the cls token (row 0) and of every patch token; a token's row does not depend on the set.
+        With ``ctx`` (from :meth:`loss_context`), inference takes the in-place path
+        (:func:`_block_`) and the first block's ``qkv(norm1(.))`` rows are gathered from
+        ``ctx.qkv0``: a token's row does not depend on the set.
         """
         m = visible.shape[0]
-        x = tokens[image_index[:, None], visible]  # (M, k, D)
-        cls = (self.cls_token + self.pos_embed[:, :1]).to(x.dtype).expand(m, -1, -1)
-        x = torch.cat([cls, x], dim=1)
-        for i, blk in enumerate(self.blocks):
-            if workspace is None:
+        if ctx is None or ctx.qkv0 is None or not _fast_path(tokens, self.cls_token):
+            x = tokens[image_index[:, None], visible]  # (M, k, D)
+            cls = (self.cls_token + self.pos_embed[:, :1]).to(x.dtype).expand(m, -1, -1)
+            x = torch.cat([cls, x], dim=1)
+            for blk in self.blocks:
                 x = blk(x)
-                continue
-            if i == 0 and qkv0 is not None:
-                x = x + blk.attn.attend(qkv0[image_index[:, None], F.pad(visible + 1, (1, 0))])
-            else:
-                x = x + blk.attn(blk.norm1(x))
-            x = x + _mlp(blk.mlp, blk.norm2(x), workspace)
+            return self.decoder_embed(self.norm(x))
+        n1, d = ctx.qkv0.shape[1], tokens.shape[-1]
+        # rows of [cls] + tokens (per image) that each set sees, as one flat index
+        rows = (image_index[:, None] * n1 + F.pad(visible + 1, (1, 0))).view(-1)
+        x = ctx.embedded.view(-1, d).index_select(0, rows).view(m, -1, d)
+        qkv0 = ctx.qkv0.view(-1, ctx.qkv0.shape[-1])
+        qkv0 = torch.index_select(qkv0, 0, rows, out=_buffer(ctx.workspace, "qkv", rows.shape[0], qkv0.shape[1], x))
+        for i, blk in enumerate(self.blocks):
+            _block_(blk, x, ctx.workspace, qkv0 if i == 0 else None)
         return self.decoder_embed(self.norm(x))
 
     def _decoder_hidden(self, tokens: torch.Tensor, visible: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
@@ -300,18 +345,21 @@ class MAE(nn.Module):
         dec = self._mask_token_attention() if len(self.decoder_blocks) == 1 else None
         cls = self.cls_token + self.pos_embed[:, :1]  # (1, 1, D)
         blk = self.blocks[0]
-        qkv0 = blk.attn.qkv(blk.norm1(torch.cat([cls.expand(tokens.shape[0], 1, -1), tokens], dim=1)))
-        return LossContext(tokens, u, c, w.t() @ w, dec, qkv0)
+        embedded = torch.cat([cls.expand(tokens.shape[0], 1, -1), tokens], dim=1)
+        qkv0 = blk.attn.qkv(blk.norm1(embedded))
+        return LossContext(tokens, u, c, w.t() @ w, dec, qkv0, embedded)
 
     def _mask_token_attention(self) -> tuple[torch.Tensor, ...]:
         """Constants of the first decoder block that involve mask tokens only.
 
         A masked position's input ``mask_token + pos`` does not depend on the visible set, so its
         query, key and value, and the scores of every masked query against every masked key, are
-        computed once: ``x0 (N, Dd)``, ``q0 (h, N, hd)`` (already scaled), ``m0 (h, N, 1)`` (row
-        maxima of the scores), ``e0 = exp(scores - m0)`` stored transposed (keys first) ``(h, N, N)``,
-        ``v0 (h, N, hd)``, and the totals over *all* keys ``ev0 = e0 @ v0`` ``(h, N, hd)`` and
-        ``es0 = e0.sum(-1)`` ``(h, N)`` (a visible set's masked-key sums are these minus its visible keys' terms).
+        computed once: ``x0 (N, Dd)`` (the input plus the attention's output-projection bias: the
+        residual stream before the projected attention is added), ``q0 (h, N, hd)`` (already
+        scaled), ``m0 (h, N, 1)`` (row maxima of the scores), ``e0 = exp(scores - m0)`` stored
+        transposed (keys first) ``(h, N, N)``, ``v0 (h, N, hd)``, and the totals over *all* keys
+        ``ev0 = e0 @ v0`` ``(h, N, hd)`` and ``es0 = e0.sum(-1)`` ``(h, N)`` (a visible set's
+        masked-key sums are these minus its visible keys' terms).
         """
         blk = self.decoder_blocks[0]
         n, dd, h = self.grid.n, self.config.decoder_embed_dim, blk.attn.num_heads
@@ -321,6 +369,7 @@ class MAE(nn.Module):
         s0 = q0 @ k0.transpose(1, 2)  # (h, N, N)
         m0 = s0.amax(-1, keepdim=True)
         e0, v0 = torch.exp(s0 - m0), v0.contiguous()
+        x0 = x0 + blk.attn.proj.bias if blk.attn.proj.bias is not None else x0
         return x0, q0, m0, e0.transpose(1, 2).contiguous(), v0, e0 @ v0, e0.sum(-1)
 
     def context_losses(self, ctx: LossContext, visible: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
@@ -334,7 +383,9 @@ class MAE(nn.Module):
         its softmax over the visible tokens; visible positions are not decoded (they are not
         scored). The encoder runs on all ``M`` sets at once, the decoder's attention on blocks of
         :attr:`decoder_block_sets` sets and its MLP on blocks of :attr:`decoder_block_rows` rows
-        (cache locality). On CPUs, float32 MLPs use oneDNN's linear with a fused GELU.
+        (cache locality). Without autocast, the blocks update their residual stream in place
+        (bias, then one GEMM that adds to it) and keep the wide activations in buffers reused
+        from call to call (:func:`_block_`).
 
         Parameters
         ----------
@@ -363,7 +414,7 @@ class MAE(nn.Module):
         # masked patches of each set, ascending: (M, N-k); a sort, no host synchronisation
         free = torch.ones(m, n, dtype=torch.bool, device=visible.device).scatter_(1, visible, False)
         masked = ((~free).long() * n + torch.arange(n, device=visible.device)).sort(dim=1).values[:, : n - k]
-        z = self._encode(ctx.tokens, visible, image_index, ctx.workspace, ctx.qkv0)
+        z = self._encode(ctx.tokens, visible, image_index, ctx)
         step = self.decoder_block_sets
         if m <= step:
             return self._decode_masked(ctx, z, visible, masked, image_index)
@@ -376,9 +427,14 @@ class MAE(nn.Module):
         ``img`` and ``pos`` index (broadcastably) the image and patch of each row of ``hid``.
         Always float32.
         """
+        n, dd = ctx.u.shape[1], ctx.u.shape[2]
+        flat = (img * n + pos).expand(hid.shape[:-1]).reshape(-1)  # row of each patch in (B N)
+        u = ctx.u.view(-1, dd).index_select(0, flat)
+        c = ctx.c.view(-1).index_select(0, flat).view(hid.shape[:-1])
         with torch.autocast(hid.device.type, enabled=False):
-            hid = hid.float()
-            return torch.linalg.vecdot(hid, hid @ ctx.gram + 2.0 * ctx.u[img, pos]) + ctx.c[img, pos]
+            hid = hid.float().reshape(-1, dd)
+            # h^T G h + 2 h^T u + c, with "G h + 2 u" as one GEMM
+            return (torch.linalg.vecdot(hid, torch.addmm(u, hid, ctx.gram, beta=2.0)).view(c.shape) + c)
 
     def _decode_masked(self, ctx: LossContext, z: torch.Tensor, visible: torch.Tensor, masked: torch.Tensor,
                        image_index: torch.Tensor) -> torch.Tensor:
@@ -393,22 +449,25 @@ class MAE(nn.Module):
         pos = self.decoder_pos_embed[0].to(dt)[F.pad(visible + 1, (1, 0))]  # (M, k+1, Dd), cls at 0
         kv = F.linear(blk.norm1(z + pos), blk.attn.qkv.weight[dd:], blk.attn.qkv.bias[dd:])
         kv = kv.view(m, j, 2, h, hd)
-        kvis = kv[:, :, 0].permute(2, 0, 3, 1)  # (h, M, hd, j)
+        kvis = kv[:, :, 0].permute(2, 3, 0, 1).reshape(h, hd, m * j)  # (h, hd, M j)
         vvis = kv[:, :, 1].permute(2, 0, 1, 3)  # (h, M, j, hd)
         # all in (h, M, N, .) layout; every patch position is queried with its mask-token query
-        # (rows of visible positions are computed but not used)
-        sv = torch.matmul(q0.to(dt)[:, None], kvis)  # (h, M, N, j): scores on the visible keys
+        # (rows of visible positions are computed but not used). The queries are shared by all
+        # sets: one product per head, (N, hd) x (hd, M j), rather than M small ones
+        sv = torch.bmm(q0.to(dt), kvis).view(h, -1, m, j).transpose(1, 2)  # (h, M, N, j): scores on the visible keys
         # softmax mass on the masked keys: the precomputed totals over all keys minus the visible keys'
         # terms (k columns per set instead of a product with all N)
-        ev = e0t.to(dt)[:, visible]  # (h, M, k, N)
-        num = ev0.to(dt)[:, None] - torch.matmul(ev.transpose(-1, -2), v0.to(dt)[:, visible])  # (h, M, N, hd)
-        den = es0.to(dt)[:, None] - ev.sum(2)  # (h, M, N)
+        ev = e0t.to(dt)[:, visible].transpose(-1, -2)  # (h, M, N, k): exp-scores on the visible patches
         m0 = m0[:, None, :, 0].to(dt)  # (h, 1, N)
-        mx = torch.maximum(sv.amax(-1), m0)  # (h, M, N)
+        mx = torch.maximum(sv.amax(-1), m0)  # (h, M, N): the stable softmax's row maxima
         pv = torch.exp(sv - mx[..., None])
         alpha = torch.exp(m0 - mx)
-        den = den * alpha + pv.sum(-1)
-        num.mul_(alpha[..., None]).add_(torch.matmul(pv, vvis)).div_(den[..., None])  # attention output
+        den = (es0.to(dt)[:, None] - ev.sum(-1)).mul_(alpha).add_(pv.sum(-1))  # (h, M, N)
+        # one product for both corrections: + visible tokens' values, - visible patches' mask-token
+        # values; the totals ev0 come in with one fused multiply-add (few passes over (h, M, N, hd))
+        coef = torch.cat([pv, ev.mul(alpha[..., None]).neg_()], dim=-1).div_(den[..., None])
+        vals = torch.cat([vvis, v0.to(dt)[:, visible]], dim=2)  # (h, M, j + k, hd)
+        num = torch.matmul(coef, vals).addcmul_(ev0.to(dt)[:, None], alpha.div_(den)[..., None])  # (h, M, N, hd)
         # keep the masked positions only: (M * R, Dd) rows, decoded in cache-sized row blocks
         sel = torch.arange(m, device=z.device)[:, None]
         att = num.permute(1, 2, 0, 3)[sel, masked].reshape(m * r, dd)
@@ -422,8 +481,13 @@ class MAE(nn.Module):
     def _tail(self, ctx: LossContext, att: torch.Tensor, img: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """From attention outputs of masked rows to their summed squared errors (one-block decoder)."""
         blk = self.decoder_blocks[0]
-        y = ctx.decoder[0].to(att.dtype)[pos] + blk.attn.proj(att)
-        y = y + _mlp(blk.mlp, blk.norm2(y), ctx.workspace)
+        # ctx.decoder[0] already holds the projection's bias
+        if not _fast_path(att, blk.mlp.fc1.weight):
+            y = ctx.decoder[0].to(att.dtype)[pos] + F.linear(att, blk.attn.proj.weight)
+            y = y + blk.mlp(blk.norm2(y))
+        else:
+            y = ctx.decoder[0].index_select(0, pos).addmm_(att, blk.attn.proj.weight.t())
+            _mlp_(blk.mlp, y, blk.norm2(y), ctx.workspace)
         return self._patch_errors(ctx, self.decoder_norm(y), img, pos)
 
     # ------------------------------------------------------------------ public
@@ -541,8 +605,10 @@ class LossContext:
     qkv0 : torch.Tensor or None
         ``(B, N+1, 3 D)``: the first encoder block's ``qkv(norm1(.))`` of the cls token and of
         every patch token (a token's projection does not depend on the visible set).
+    embedded : torch.Tensor or None
+        ``(B, N+1, D)``: the encoder's input rows, the cls token (row 0) and the patch tokens.
     workspace : dict
-        Scratch buffers reused from call to call (see :func:`_mlp`).
+        Scratch buffers reused from call to call (see :func:`_buffer`).
     """
 
     tokens: torch.Tensor
@@ -551,8 +617,9 @@ class LossContext:
     gram: torch.Tensor
     decoder: tuple[torch.Tensor, ...] | None
     qkv0: torch.Tensor | None = None
+    embedded: torch.Tensor | None = None
     workspace: dict = field(default_factory=dict)
-    """Scratch buffers reused across calls (see :func:`_mlp`)."""
+    """Scratch buffers reused across calls (see :func:`_buffer`)."""
 
 
 def autocast(device: torch.device, precision: str):
