@@ -1,7 +1,9 @@
 """Proposers: patch-selection strategies behind one registry.
 
 A new strategy is one file with a :class:`Proposer` subclass decorated with :func:`register`, and
-one import line below.
+one import line below. A strategy that searches with the MAE subclasses
+:class:`keypatch.proposers.greedy.SearchProposer` and implements ``search(model, ctx, k, seed)``
+on the scoring context (``start``, ``chunk_size`` and ``precision`` come with it).
 """
 
 from keypatch.proposers import attention as _attention  # noqa: F401  (registers "attention")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 
 from keypatch.proposers.base import Proposer, register
@@ -41,6 +43,18 @@ class SearchProposer(Proposer):
     def score_options(self) -> dict:
         """``chunk_size`` and ``precision``, as :func:`score_sets` and friends take them."""
         return {"chunk_size": self.chunk_size, "precision": self.precision}
+
+    @torch.no_grad()
+    def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
+        return self.search(model, model.loss_context(images), k, seed)
+
+    @abstractmethod
+    def search(self, model: MAE, ctx: LossContext, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """:meth:`select` on the images behind ``ctx`` (from :meth:`MAE.loss_context`).
+
+        Strategies that refine another's answer (``swap``) call it with the context they score
+        with, so that it is computed once.
+        """
 
 
 def score_sets(model: MAE, ctx: LossContext, sets: torch.Tensor, image_index: torch.Tensor, *,
@@ -181,11 +195,9 @@ class Greedy(SearchProposer):
     name = "greedy"
     prefix_consistent = True
 
-    @torch.no_grad()
-    def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
-        b, n, dev = images.shape[0], model.grid.n, model.device
+    def search(self, model: MAE, ctx: LossContext, k: int, seed: int):
+        b, n, dev = ctx.tokens.shape[0], model.grid.n, model.device
         opts = self.score_options
-        ctx = model.loss_context(images)
         chosen, losses, remaining, evals = start_state(model, ctx, b, self.start, **opts)
         picks, step_losses = [chosen], [losses]
         ar = torch.arange(b, device=dev)

@@ -15,7 +15,7 @@ import torch
 
 from keypatch.proposers.base import register
 from keypatch.proposers.greedy import DEFAULT_CHUNK, SearchProposer, gain_start, score_sets
-from keypatch.reconstructors.mae import MAE
+from keypatch.reconstructors.mae import MAE, LossContext
 
 
 @register
@@ -50,11 +50,9 @@ class LazyGreedy(SearchProposer):
             raise ValueError(f"batch must be positive, got {batch}")
         self.batch = batch
 
-    @torch.no_grad()
-    def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
-        b, n, dev = images.shape[0], model.grid.n, model.device
+    def search(self, model: MAE, ctx: LossContext, k: int, seed: int):
+        b, n, dev = ctx.tokens.shape[0], model.grid.n, model.device
         opts = self.score_options
-        ctx = model.loss_context(images)
         ar = torch.arange(b, device=dev)
         # first step: every candidate, fresh
         chosen, losses, remaining, evals, current, cand, scores = gain_start(model, ctx, b, self.start, k, **opts)

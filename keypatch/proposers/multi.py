@@ -17,7 +17,7 @@ import torch
 
 from keypatch.proposers.base import register
 from keypatch.proposers.greedy import DEFAULT_CHUNK, SearchProposer, greedy_step, remaining_count, start_state
-from keypatch.reconstructors.mae import MAE
+from keypatch.reconstructors.mae import MAE, LossContext
 
 
 @register
@@ -51,11 +51,9 @@ class MultiGreedy(SearchProposer):
             raise ValueError("per_step and min_distance must be positive")
         self.per_step, self.min_distance = per_step, min_distance
 
-    @torch.no_grad()
-    def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
-        b, n, dev, cols = images.shape[0], model.grid.n, model.device, model.grid.cols
+    def search(self, model: MAE, ctx: LossContext, k: int, seed: int):
+        b, n, dev, cols = ctx.tokens.shape[0], model.grid.n, model.device, model.grid.cols
         opts = self.score_options
-        ctx = model.loss_context(images)
         chosen, losses, remaining, evals = start_state(model, ctx, b, self.start, **opts)
         picks = chosen.tolist()
         out_losses = losses.tolist()

@@ -15,7 +15,7 @@ import torch
 
 from keypatch.proposers.base import register
 from keypatch.proposers.greedy import DEFAULT_CHUNK, SearchProposer, greedy_step, start_state
-from keypatch.reconstructors.mae import MAE
+from keypatch.reconstructors.mae import MAE, LossContext
 
 
 def sample_size(n: int, k: int, eps: float) -> int:
@@ -52,11 +52,9 @@ class StochasticGreedy(SearchProposer):
             raise ValueError(f"eps must be in (0, 1), got {eps!r}")
         self.eps = float(eps)
 
-    @torch.no_grad()
-    def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
-        b, n, dev = images.shape[0], model.grid.n, model.device
+    def search(self, model: MAE, ctx: LossContext, k: int, seed: int):
+        b, n, dev = ctx.tokens.shape[0], model.grid.n, model.device
         opts = self.score_options
-        ctx = model.loss_context(images)
         chosen, losses, remaining, evals = start_state(model, ctx, b, self.start, **opts)
         gens = [torch.Generator().manual_seed(seed + i) for i in range(b)]
         s = sample_size(n, k, self.eps)

@@ -76,13 +76,13 @@ class SwapRefine(Proposer):
 
     @torch.no_grad()
     def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
-        patches, losses, base_evals = self.base.select(model, images, k, seed)
+        ctx = model.loss_context(images)
+        patches, losses, base_evals = self.base.search(model, ctx, k, seed)
         b, n, dev = images.shape[0], model.grid.n, model.device
         evals = torch.tensor(base_evals, dtype=torch.long, device=dev)
         if self.rounds == 0 or k == 0 or k >= n:
             return patches, losses, evals.tolist()
         opts = self.score_options
-        ctx = model.loss_context(images)
         ar = torch.arange(b, device=dev)
         patches = patches.clone()
         current = losses[:, -1].to(dev, torch.float32)
