@@ -195,6 +195,7 @@ class Greedy(SearchProposer):
     name = "greedy"
     prefix_consistent = True
 
+    @torch.no_grad()
     def search(self, model: MAE, ctx: LossContext, k: int, seed: int):
         b, n, dev = ctx.tokens.shape[0], model.grid.n, model.device
         opts = self.score_options

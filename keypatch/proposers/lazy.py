@@ -50,6 +50,7 @@ class LazyGreedy(SearchProposer):
             raise ValueError(f"batch must be positive, got {batch}")
         self.batch = batch
 
+    @torch.no_grad()
     def search(self, model: MAE, ctx: LossContext, k: int, seed: int):
         b, n, dev = ctx.tokens.shape[0], model.grid.n, model.device
         opts = self.score_options

@@ -56,6 +56,7 @@ class LocalRefresh(SearchProposer):
             raise ValueError(f"radius must be >= 0 and top >= 1, got radius={radius}, top={top}")
         self.radius, self.top = int(radius), int(top)
 
+    @torch.no_grad()
     def search(self, model: MAE, ctx: LossContext, k: int, seed: int):
         b, n, dev = ctx.tokens.shape[0], model.grid.n, model.device
         opts = self.score_options

@@ -51,6 +51,7 @@ class MultiGreedy(SearchProposer):
             raise ValueError("per_step and min_distance must be positive")
         self.per_step, self.min_distance = per_step, min_distance
 
+    @torch.no_grad()
     def search(self, model: MAE, ctx: LossContext, k: int, seed: int):
         b, n, dev, cols = ctx.tokens.shape[0], model.grid.n, model.device, model.grid.cols
         opts = self.score_options

@@ -52,6 +52,7 @@ class StochasticGreedy(SearchProposer):
             raise ValueError(f"eps must be in (0, 1), got {eps!r}")
         self.eps = float(eps)
 
+    @torch.no_grad()
     def search(self, model: MAE, ctx: LossContext, k: int, seed: int):
         b, n, dev = ctx.tokens.shape[0], model.grid.n, model.device
         opts = self.score_options
