@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from keypatch.geometry import PatchGrid, patchify, unpatchify
+from keypatch.reconstructors import native
 from keypatch.reconstructors.config import MAEConfig
 
 
@@ -144,18 +145,23 @@ def _mlp_(mlp: Mlp, x: torch.Tensor, h: torch.Tensor, workspace: dict) -> torch.
     return _add_linear_(x, mlp.fc2, hid)
 
 
-def _block_(blk: Block, x: torch.Tensor, workspace: dict, qkv: torch.Tensor | None = None) -> torch.Tensor:
+def _block_(blk: Block, x: torch.Tensor, workspace: dict, qkv: torch.Tensor | None = None,
+            native_attention: bool = False) -> torch.Tensor:
     """``x = blk(x)`` in place for inference, ``x (M, n, D)`` contiguous; ``qkv`` replaces the first projection.
 
     The same arithmetic as :meth:`Block.forward` up to float rounding (the residual additions
-    are folded into the GEMMs), with the wide activations in reused buffers.
+    are folded into the GEMMs), with the wide activations in reused buffers. With
+    ``native_attention`` the attention runs in :func:`keypatch.reconstructors.native.encoder_attention`.
     """
     m, n, d = x.shape
     x2 = x.view(m * n, d)
     if qkv is None:
         qkv = _linear_into(blk.attn.qkv, blk.norm1(x2), workspace, "qkv")
-    att = blk.attn.mix(qkv.view(m, n, -1))
-    _add_linear_(x2, blk.attn.proj, att.view(m * n, d))
+    if native_attention:
+        att = native.encoder_attention(qkv.view(m, n, -1), blk.attn.num_heads, _buffer(workspace, "att", m * n, d, x))
+    else:
+        att = blk.attn.mix(qkv.view(m, n, -1)).view(m * n, d)
+    _add_linear_(x2, blk.attn.proj, att)
     _mlp_(blk.mlp, x2, blk.norm2(x2), workspace)
     return x
 
@@ -214,6 +220,9 @@ class MAE(nn.Module):
         """Visible sets per decoder attention pass in :meth:`context_losses` (bounds the working set)."""
         self.decoder_block_rows = 1024
         """Decoder rows (masked patches) per MLP pass in :meth:`context_losses` (cache-sized)."""
+        self.native_kernels = True
+        """Use the native CPU attention kernels in :meth:`context_losses` where they are available
+        (:mod:`keypatch.reconstructors.native`); False: always the torch code."""
         self.reset_parameters()
 
     # ------------------------------------------------------------------ set-up
@@ -296,8 +305,9 @@ class MAE(nn.Module):
         x = ctx.embedded.view(-1, d).index_select(0, rows).view(m, -1, d)
         qkv0 = ctx.qkv0.view(-1, ctx.qkv0.shape[-1])
         qkv0 = torch.index_select(qkv0, 0, rows, out=_buffer(ctx.workspace, "qkv", rows.shape[0], qkv0.shape[1], x))
+        nat = ctx.native and (d // self.blocks[0].attn.num_heads) % 32 == 0
         for i, blk in enumerate(self.blocks):
-            _block_(blk, x, ctx.workspace, qkv0 if i == 0 else None)
+            _block_(blk, x, ctx.workspace, qkv0 if i == 0 else None, native_attention=nat)
         return self.decoder_embed(self.norm(x))
 
     def _decoder_hidden(self, tokens: torch.Tensor, visible: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
@@ -348,7 +358,14 @@ class MAE(nn.Module):
         blk = self.blocks[0]
         embedded = torch.cat([cls.expand(tokens.shape[0], 1, -1), tokens], dim=1)
         qkv0 = blk.attn.qkv(blk.norm1(embedded))
-        return LossContext(tokens, u, c, w.t() @ w, dec, qkv0, embedded)
+        use_native = (self.native_kernels and images.device.type == "cpu" and self.cls_token.dtype == torch.float32
+                      and native.available())
+        packed = None
+        dec_head = self.config.decoder_embed_dim // self.config.decoder_num_heads
+        if use_native and dec is not None and dec_head % 8 == 0:
+            _, q0, m0, e0t, _, ev0, es0 = dec
+            packed = native.pack_decoder_constants(q0, m0, e0t, ev0, es0)
+        return LossContext(tokens, u, c, w.t() @ w, dec, qkv0, embedded, native=use_native, native_decoder=packed)
 
     def _mask_token_attention(self) -> tuple[torch.Tensor, ...]:
         """Constants of the first decoder block that involve mask tokens only.
@@ -386,7 +403,9 @@ class MAE(nn.Module):
         :attr:`decoder_block_sets` sets and its MLP on blocks of :attr:`decoder_block_rows` rows
         (cache locality). Without autocast, the blocks update their residual stream in place
         (bias, then one GEMM that adds to it) and keep the wide activations in buffers reused
-        from call to call (:func:`_block_`).
+        from call to call (:func:`_block_`). On a CPU with AVX2 and a C compiler, the encoder's
+        and the decoder's attention run in native kernels (:mod:`keypatch.reconstructors.native`;
+        same arithmetic, float rounding aside) unless :attr:`native_kernels` is False.
 
         Parameters
         ----------
@@ -449,6 +468,10 @@ class MAE(nn.Module):
         dt = z.dtype
         pos = self.decoder_pos_embed[0].to(dt)[F.pad(visible + 1, (1, 0))]  # (M, k+1, Dd), cls at 0
         kv = F.linear(blk.norm1(z + pos), blk.attn.qkv.weight[dd:], blk.attn.qkv.bias[dd:])
+        if ctx.native_decoder is not None and _fast_path(kv, blk.attn.qkv.weight):
+            # the same attention in one native kernel, masked rows only (keypatch.reconstructors.native)
+            att = native.decoder_attention(ctx.native_decoder, v0, kv, visible, masked)
+            return self._masked_errors(ctx, att, masked, image_index)
         kv = kv.view(m, j, 2, h, hd)
         kvis = kv[:, :, 0].permute(2, 3, 0, 1).reshape(h, hd, m * j)  # (h, hd, M j)
         vvis = kv[:, :, 1].permute(2, 0, 1, 3)  # (h, M, j, hd)
@@ -472,6 +495,12 @@ class MAE(nn.Module):
         # keep the masked positions only: (M * R, Dd) rows, decoded in cache-sized row blocks
         sel = torch.arange(m, device=z.device)[:, None]
         att = num.permute(1, 2, 0, 3)[sel, masked].reshape(m * r, dd)
+        return self._masked_errors(ctx, att, masked, image_index)
+
+    def _masked_errors(self, ctx: LossContext, att: torch.Tensor, masked: torch.Tensor,
+                       image_index: torch.Tensor) -> torch.Tensor:
+        """Losses ``(M,)`` from the attention outputs ``att (M * R, Dd)`` of the masked positions."""
+        m, r = masked.shape
         img = image_index[:, None].expand(m, r).reshape(-1)
         pos = masked.reshape(-1)
         rows = self.decoder_block_rows
@@ -608,6 +637,11 @@ class LossContext:
         every patch token (a token's projection does not depend on the visible set).
     embedded : torch.Tensor or None
         ``(B, N+1, D)``: the encoder's input rows, the cls token (row 0) and the patch tokens.
+    native : bool
+        Whether the inference path uses the native CPU attention kernels
+        (:mod:`keypatch.reconstructors.native`).
+    native_decoder : tuple of torch.Tensor or None
+        The decoder constants in the native decoder kernel's layout, when that kernel is used.
     workspace : dict
         Scratch buffers reused from call to call (see :func:`_buffer`).
     """
@@ -619,6 +653,8 @@ class LossContext:
     decoder: tuple[torch.Tensor, ...] | None
     qkv0: torch.Tensor | None = None
     embedded: torch.Tensor | None = None
+    native: bool = False
+    native_decoder: tuple[torch.Tensor, ...] | None = None
     workspace: dict = field(default_factory=dict)
     """Scratch buffers reused across calls (see :func:`_buffer`)."""
 
