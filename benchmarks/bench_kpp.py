@@ -153,6 +153,17 @@ def fmt_row(cells, widths):
     return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
 
+def _native_bf16() -> str:
+    """The CPU's bf16 instruction sets ("no" without any): bf16 greedy is fast only with them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    have = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return "+".join(have) if have else "no"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default", help="load_mae spec (default: the embedded model)")
@@ -185,8 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model {model.model_id}: encoder {c.depth}x{c.embed_dim}, decoder {c.decoder_depth}x{c.decoder_embed_dim}, "
           f"grid {model.grid.rows}x{model.grid.cols}")
     print(f"device cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{torch.get_num_threads()} torch threads, {torch.backends.cpu.get_cpu_capability()}), "
-          f"torch {torch.__version__}")
+          f"{torch.get_num_threads()} torch threads, {torch.backends.cpu.get_cpu_capability()}, "
+          f"native bf16: {_native_bf16()}), torch {torch.__version__}")
     print(f"native attention kernels: {native.status()}")
     print(f"photos ({n_img}): {', '.join(names)}")
     # warm-up: first-call costs (allocator, kernels) are not part of any row
@@ -234,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
             nb = min(args.bf16_photos, n_img)
             pb, eb, sb = run_strategy(model, x[:nb], k, "greedy", {"precision": "bfloat16"}, batch)
             same = int((pb == g_patches[:nb]).all(dim=1).sum())
-            add("greedy (bfloat16)", pb, eb, sb, f"{nb} photos; same picks {same}/{nb}")
+            same_set = int((pb.sort(dim=1).values == g_patches[:nb].sort(dim=1).values).all(dim=1).sum())
+            add("greedy (bfloat16)", pb, eb, sb, f"{nb} photos; same picks {same}/{nb}, same set {same_set}/{nb}")
         for label in args.strategies:
             if label == "greedy":
                 continue
