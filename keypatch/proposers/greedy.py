@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import NamedTuple
 
 import torch
 
@@ -143,21 +144,37 @@ def start_state(model: MAE, ctx: LossContext, b: int, start: str, *, chunk_size:
     return chosen, first[:, None], remaining, 1
 
 
-def gain_start(model: MAE, ctx: LossContext, b: int, start: str, k: int, *, chunk_size: int, precision: str):
+class GainStart(NamedTuple):
+    """Where the gain-based strategies (lazy, local) stand after their exhaustive first step.
+
+    ``chosen (B, j0)`` and ``losses (B, j0)``: :func:`start_state`'s set and its ``L``;
+    ``remaining (B, N)`` bool; ``evals (B,)`` long MAE evaluations per image so far; ``current (B,)``
+    ``L`` of the start set (the empty set's is evaluated once for ``start="none"``); every remaining
+    candidate ``cand (B, C)`` with its ``L(S + c)`` in ``scores (B, C)``.
+    """
+
+    chosen: torch.Tensor
+    losses: torch.Tensor
+    remaining: torch.Tensor
+    evals: torch.Tensor
+    current: torch.Tensor
+    cand: torch.Tensor
+    scores: torch.Tensor
+
+
+def gain_start(model: MAE, ctx: LossContext, b: int, start: str, k: int, *, chunk_size: int,
+               precision: str) -> GainStart | tuple[torch.Tensor, torch.Tensor, list[int]]:
     """The start and the first, exhaustive step shared by the gain-based strategies (lazy, local).
 
-    Returns ``(chosen, losses, remaining, evals, current, cand, scores)``: :func:`start_state`'s
-    set, ``evals (B,)`` long MAE evaluations per image so far, ``current (B,)`` ``L`` of the start
-    set (the empty set's is evaluated once for ``start="none"``), and every remaining candidate
-    ``cand (B, C)`` with its ``L(S + c)`` in ``scores (B, C)``. When the start set already has
-    ``k`` patches, ``current``, ``cand`` and ``scores`` are None and nothing more is evaluated.
+    Returns a :class:`GainStart`, or, when the start set already has ``k`` patches, the finished
+    ``(patches, losses, evaluations)`` (nothing more is evaluated).
     """
     opts = {"chunk_size": chunk_size, "precision": precision}
     chosen, losses, remaining, first = start_state(model, ctx, b, start, **opts)
     evals = torch.full((b,), first, dtype=torch.long, device=model.device)
     j0 = chosen.shape[1]
     if j0 >= k:
-        return chosen, losses, remaining, evals, None, None, None
+        return chosen[:, :k], losses[:, :k], evals.tolist()
     if j0:
         current = losses[:, -1].clone()
     else:  # L(empty set): the reference for the first gains
@@ -166,7 +183,21 @@ def gain_start(model: MAE, ctx: LossContext, b: int, start: str, k: int, *, chun
     cand = remaining_count(remaining, model.grid.n - j0)
     scores = greedy_step(model, ctx, chosen, cand, **opts)
     evals += cand.shape[1]
-    return chosen, losses, remaining, evals, current, cand, scores
+    return GainStart(chosen, losses, remaining, evals, current, cand, scores)
+
+
+class GainSearchProposer(SearchProposer):
+    """Base of the strategies that score every candidate once, then re-score a few per step."""
+
+    @torch.no_grad()
+    def search(self, model: MAE, ctx: LossContext, k: int, seed: int):
+        state = gain_start(model, ctx, ctx.tokens.shape[0], self.start, k, **self.score_options)
+        return self.extend(model, ctx, k, state) if isinstance(state, GainStart) else state
+
+    @abstractmethod
+    def extend(self, model: MAE, ctx: LossContext, k: int,
+               state: GainStart) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """The search after the exhaustive first step (``state``), up to ``k`` patches."""
 
 
 @register

@@ -14,12 +14,12 @@ from __future__ import annotations
 import torch
 
 from keypatch.proposers.base import register
-from keypatch.proposers.greedy import DEFAULT_CHUNK, SearchProposer, gain_start, score_sets
+from keypatch.proposers.greedy import DEFAULT_CHUNK, GainSearchProposer, GainStart, score_sets
 from keypatch.reconstructors.mae import MAE, LossContext
 
 
 @register
-class LazyGreedy(SearchProposer):
+class LazyGreedy(GainSearchProposer):
     """Lazy greedy on stale marginal gains, re-evaluating ``batch`` candidates per round.
 
     Parameters
@@ -51,14 +51,11 @@ class LazyGreedy(SearchProposer):
         self.batch = batch
 
     @torch.no_grad()
-    def search(self, model: MAE, ctx: LossContext, k: int, seed: int):
-        b, n, dev = ctx.tokens.shape[0], model.grid.n, model.device
+    def extend(self, model: MAE, ctx: LossContext, k: int, state: GainStart):
+        chosen, losses, remaining, evals, current, cand, scores = state
+        b, n, dev = chosen.shape[0], model.grid.n, model.device
         opts = self.score_options
         ar = torch.arange(b, device=dev)
-        # first step: every candidate, fresh
-        chosen, losses, remaining, evals, current, cand, scores = gain_start(model, ctx, b, self.start, k, **opts)
-        if current is None:
-            return chosen[:, :k], losses[:, :k], evals.tolist()
         j0 = chosen.shape[1]
         neg_inf = torch.tensor(float("-inf"), device=dev)
         gain = torch.full((b, n), float("-inf"), device=dev).scatter_(1, cand, current[:, None] - scores)

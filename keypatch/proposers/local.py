@@ -19,12 +19,12 @@ from __future__ import annotations
 import torch
 
 from keypatch.proposers.base import register
-from keypatch.proposers.greedy import DEFAULT_CHUNK, SearchProposer, gain_start, score_sets
+from keypatch.proposers.greedy import DEFAULT_CHUNK, GainSearchProposer, GainStart, score_sets
 from keypatch.reconstructors.mae import MAE, LossContext
 
 
 @register
-class LocalRefresh(SearchProposer):
+class LocalRefresh(GainSearchProposer):
     """Greedy over the last pick's neighbourhood plus the best stale candidates.
 
     Parameters
@@ -57,13 +57,11 @@ class LocalRefresh(SearchProposer):
         self.radius, self.top = int(radius), int(top)
 
     @torch.no_grad()
-    def search(self, model: MAE, ctx: LossContext, k: int, seed: int):
-        b, n, dev = ctx.tokens.shape[0], model.grid.n, model.device
+    def extend(self, model: MAE, ctx: LossContext, k: int, state: GainStart):
+        chosen, losses, remaining, evals, current, cand, scores = state
+        b, n, dev = chosen.shape[0], model.grid.n, model.device
         opts = self.score_options
         ar = torch.arange(b, device=dev)
-        chosen, losses, remaining, evals, current, cand, scores = gain_start(model, ctx, b, self.start, k, **opts)
-        if current is None:
-            return chosen[:, :k], losses[:, :k], evals.tolist()
         j0 = chosen.shape[1]
         neg_inf = float("-inf")
         gain = torch.full((b, n), neg_inf, device=dev).scatter_(1, cand, 1.0 - scores / current[:, None])
