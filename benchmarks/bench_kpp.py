@@ -155,12 +155,7 @@ def fmt_row(cells, widths):
 
 def _native_bf16() -> str:
     """The CPU's bf16 instruction sets ("no" without any): bf16 greedy is fast only with them."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return "unknown"
-    have = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    have = sorted(native.cpu_flags() & {"avx512_bf16", "amx_bf16"})
     return "+".join(have) if have else "no"
 
 

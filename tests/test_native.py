@@ -149,3 +149,10 @@ def test_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
         assert built[0].stat().st_mtime_ns == mtime  # loaded, not rebuilt
     finally:
         native.library.cache_clear()
+
+
+def test_cpu_flags_parse_the_kernel_line(monkeypatch):
+    monkeypatch.setattr(native, "_cpu_signature", lambda: "flags\t\t: fpu sse2 avx2 avx512_bf16")
+    assert native.cpu_flags() == frozenset({"fpu", "sse2", "avx2", "avx512_bf16"})
+    monkeypatch.setattr(native, "_cpu_signature", lambda: "x86_64")  # no /proc/cpuinfo
+    assert native.cpu_flags() == frozenset()

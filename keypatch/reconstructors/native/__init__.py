@@ -54,6 +54,16 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's instruction-set flags as the kernel lists them (empty where it does not).
+
+    For example ``"avx2"``, ``"avx512_bf16"``: what decides whether these kernels build and whether
+    bf16 arithmetic is native.
+    """
+    line = _cpu_signature()
+    return frozenset(line.split(":", 1)[1].split()) if ":" in line else frozenset()
+
+
 def _build(cc: str, target: Path) -> None:
     """Compile :data:`SOURCE` into ``target`` (atomically: a temporary file, then a rename)."""
     target.parent.mkdir(parents=True, exist_ok=True)
