@@ -57,8 +57,9 @@ def _cpu_signature() -> str:
 def cpu_flags() -> frozenset[str]:
     """The CPU's instruction-set flags as the kernel lists them (empty where it does not).
 
-    For example ``"avx2"``, ``"avx512_bf16"``: what decides whether these kernels build and whether
-    bf16 arithmetic is native.
+    Parsed from the line that goes into the kernels' cache key, e.g. ``"avx2"``, ``"avx512_bf16"``
+    (whether bf16 arithmetic is native; the kernels themselves are built if the compiler accepts
+    them, not by these flags).
     """
     line = _cpu_signature()
     return frozenset(line.split(":", 1)[1].split()) if ":" in line else frozenset()
