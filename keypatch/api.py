@@ -4,21 +4,57 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from keypatch.geometry import ImageLike, load_images
 from keypatch.proposers import Proposal, Proposer, get_proposer
+from keypatch.proposers.base import check_seed, takes_option
 from keypatch.reconstructors import MAE, load_mae, resolve_device
 
 ModelLike = MAE | str | None
 
 
-def _model(model: ModelLike, device: str | torch.device) -> MAE:
+def resolve_model(model: ModelLike, device: str | torch.device = "auto") -> MAE:
+    """An MAE in eval mode on ``device``: ``model`` itself, or :func:`keypatch.load_mae` of its spec
+    (``None`` = the embedded default)."""
     if isinstance(model, MAE):
         dev = resolve_device(device) if str(device) != "auto" else model.device
         return model.to(dev).eval()
     return load_mae(model or "default", device=device)
+
+
+def check_patches(patches: Sequence[int] | torch.Tensor, n: int) -> list[int]:
+    """``patches`` as a list of distinct ints in ``[0, n)``.
+
+    Raises
+    ------
+    TypeError
+        If an entry is not an integer (a float such as 1.5, a bool, a string).
+    ValueError
+        If the set is empty, or has a repeated or out-of-range index (the message names it).
+    """
+    if isinstance(patches, torch.Tensor):
+        if patches.is_floating_point() or patches.dtype == torch.bool:
+            raise TypeError(f"patch indices must be integers, got a {patches.dtype} tensor")
+        patches = patches.flatten().tolist()
+    out = []
+    for p in patches:
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, np.integer)):
+            raise TypeError(f"patch indices must be integers, got {p!r}")
+        out.append(int(p))
+    if not out:
+        raise ValueError("at least one patch must be visible")
+    bad = [p for p in out if not 0 <= p < n]
+    if bad:
+        raise ValueError(f"patch index {bad[0]} is outside the grid's {n} patches [0, {n - 1}]")
+    seen: set[int] = set()
+    dup = next((p for p in out if p in seen or seen.add(p)), None)
+    if dup is not None:
+        raise ValueError(f"patch {dup} is given twice; patches must be distinct")
+    return out
 
 
 @torch.no_grad()
@@ -27,6 +63,25 @@ def prefix_losses(model: MAE, images: torch.Tensor, patches: torch.Tensor) -> to
     b, k = patches.shape
     ii = torch.arange(b, device=model.device)
     return torch.stack([model.losses(images, patches[:, : j + 1], ii) for j in range(k)], dim=1)
+
+
+def propose_normalised(images: torch.Tensor, ratio: float, proposer: Proposer, model: MAE,
+                       seed: int = 0) -> list[Proposal]:
+    """:func:`propose_batch` on images already loaded by :func:`keypatch.load_images` (on the model's
+    device), with a constructed proposer: what the engines call."""
+    k = model.grid.count(ratio)
+    t0 = time.perf_counter()
+    patches, losses, evals = proposer.select(model, images, k, check_seed(seed))
+    if torch.isnan(losses).any():
+        losses = prefix_losses(model, images, patches)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - t0) / images.shape[0]
+    pl, ll = patches.tolist(), losses.tolist()
+    return [
+        Proposal(pl[i], ll[i], float(ratio), model.grid, proposer.name, evals[i], seconds)
+        for i in range(images.shape[0])
+    ]
 
 
 def propose_batch(
@@ -44,15 +99,18 @@ def propose_batch(
     Parameters
     ----------
     images : sequence of image-like, or a ``(B, 3, H, W)`` normalised tensor
-        Paths, PIL images or arrays are loaded, resized to the model's size and normalised.
+        Paths, PIL images or arrays, read by the rules of :func:`keypatch.load_image` (resized to
+        the model's size and normalised).
     ratio : float
-        Fraction of patches to keep, in ``(0, 1]``; ``round(ratio * N)`` patches are chosen.
+        Fraction of patches to keep, in ``(0, 1]``; ``round(ratio * N)`` patches are chosen, and a
+        ratio that keeps less than one patch is a ValueError.
     strategy : str or Proposer
         A registered strategy name (see :func:`keypatch.proposers.available`) or an instance.
     model : MAE, str or None
         An MAE, or a spec for :func:`keypatch.load_mae` (default: the embedded model).
     seed : int
-        Seed for randomised strategies (image ``i`` of the batch uses ``seed + i``).
+        Seed for randomised strategies. Each image's randomness comes from the seed and its own
+        pixels, so an image gets the same answer alone or in any batch.
     device : {"auto", "cpu", "cuda"}
         Where to compute.
     **options
@@ -62,25 +120,23 @@ def propose_batch(
     -------
     list of Proposal
         One per image, in input order.
+
+    Raises
+    ------
+    ValueError
+        For no images, a bad ratio, an unknown strategy or option, or an image that breaks the
+        loading rules. TypeError for a seed that is not an integer.
     """
-    mae = _model(model, device)
-    k = mae.grid.count(ratio)
+    check_seed(seed)
     if isinstance(strategy, Proposer) and options:
         raise ValueError("pass options either to the Proposer instance or as keywords with a strategy name")
     proposer = get_proposer(strategy, **options)
+    if not isinstance(images, torch.Tensor) and not isinstance(images, (str, Path)) and len(images) == 0:
+        raise ValueError("no images given (an empty batch)")
+    mae = resolve_model(model, device)
+    mae.grid.count(ratio)  # a bad ratio fails before any image is read
     x = load_images(images, mae.config.image_size).to(mae.device)
-    t0 = time.perf_counter()
-    patches, losses, evals = proposer.select(mae, x, k, seed)
-    if torch.isnan(losses).any():
-        losses = prefix_losses(mae, x, patches)
-    if mae.device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - t0) / x.shape[0]
-    pl, ll = patches.tolist(), losses.tolist()
-    return [
-        Proposal(pl[i], ll[i], float(ratio), mae.grid, proposer.name, evals[i], seconds)
-        for i in range(x.shape[0])
-    ]
+    return propose_normalised(x, ratio, proposer, mae, seed)
 
 
 def propose(
@@ -126,18 +182,10 @@ def propose(
     >>> r.patches[:3], round(r.loss, 3)                      # doctest: +SKIP
     ([105, 92, 18], 0.412)
     """
-    proposer = strategy if isinstance(strategy, Proposer) else get_proposer(
-        strategy, **({"start": start} if _takes_start(strategy) else {}), **options)
+    if not isinstance(strategy, Proposer) and (start != "center" or takes_option(strategy, "start")):
+        options["start"] = start  # a non-default start given to a strategy without one is an error
+    proposer = get_proposer(strategy, **options)
     return propose_batch([image], ratio, proposer, model, seed=seed, device=device)[0]
-
-
-def _takes_start(strategy: str) -> bool:
-    import inspect
-
-    from keypatch.proposers.base import _REGISTRY
-
-    cls = _REGISTRY.get(strategy)
-    return cls is not None and "start" in inspect.signature(cls.__init__).parameters
 
 
 @torch.no_grad()
@@ -152,7 +200,8 @@ def reconstruction_loss(image: ImageLike, patches: Sequence[int], model: ModelLi
     image : image-like
         The image.
     patches : sequence of int
-        The visible set ``S`` (distinct indices in ``[0, N)``).
+        The visible set ``S``: distinct integer indices in ``[0, N)`` (anything else is a
+        TypeError or ValueError naming the offending index).
     model : MAE, str or None
         The reconstructor (default: the embedded model).
 
@@ -161,12 +210,8 @@ def reconstruction_loss(image: ImageLike, patches: Sequence[int], model: ModelLi
     float
         ``L(S)``; 0.0 when every patch is visible.
     """
-    mae = _model(model, device)
-    idx = list(patches)
-    if len(set(idx)) != len(idx):
-        raise ValueError("patches must be distinct")
-    if not idx:
-        raise ValueError("at least one patch must be visible")
+    mae = resolve_model(model, device)
+    idx = check_patches(patches, mae.grid.n)
     x = load_images([image], mae.config.image_size).to(mae.device)
     return float(mae.losses(x, torch.tensor([idx]))[0])
 
@@ -176,6 +221,7 @@ def reconstruct(image: ImageLike, patches: Sequence[int], model: ModelLike = Non
                 device: str = "auto") -> torch.Tensor:
     """The MAE's reconstruction of ``image`` from ``patches``, a normalised ``(3, H, W)`` tensor
     (visible patches pasted back); see :func:`keypatch.geometry.to_pil` to view it."""
-    mae = _model(model, device)
+    mae = resolve_model(model, device)
+    idx = check_patches(patches, mae.grid.n)
     x = load_images([image], mae.config.image_size)[0].to(mae.device)
-    return mae.reconstruct(x, list(patches))
+    return mae.reconstruct(x, idx)

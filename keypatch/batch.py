@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from keypatch.geometry.files import list_image_files
+from keypatch.proposers.base import Proposer
 
 DEFAULT_OUT = "keypatch-results"
 """Results folder used when none is given."""
@@ -31,10 +33,63 @@ def _check_ratio(ratio: Any) -> float:
     return float(ratio)
 
 
+def make_proposer(strategy: str | Proposer, start: str = "center", options: dict[str, Any] | None = None) -> Proposer:
+    """The proposer for a run: ``start`` goes to strategies that take one; a non-default ``start``
+    for one that does not is an error (it would be silently ignored)."""
+    from keypatch.proposers import get_proposer
+    from keypatch.proposers.base import takes_option
+
+    options = dict(options or {})
+    if isinstance(strategy, Proposer):
+        if options:
+            raise ValueError("pass options either to the Proposer instance or with a strategy name")
+        return strategy
+    if takes_option(strategy, "start") or start != "center":
+        options["start"] = start
+    return get_proposer(strategy, **options)
+
+
+def stored_settings(proposer: Proposer, seed: int) -> tuple[str, dict[str, Any]]:
+    """``(start, options)`` a record of ``proposer`` is stored under: its :meth:`~Proposer.settings`,
+    with the ``seed`` only where the answer depends on it, and ``start`` (``""`` if it takes none)."""
+    start = getattr(proposer, "start", "") if "start" in proposer.options else ""
+    options = proposer.settings()
+    if proposer.uses_seed:
+        options["seed"] = int(seed)
+    return start, options
+
+
+class Heartbeat:
+    """Renews a run's claims every quarter of the lease in a background thread (own connection)."""
+
+    def __init__(self, path: Path, run: Any, lease: float) -> None:
+        self.path, self.run, self.lease = path, run, lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="keypatch-claims", daemon=True)
+
+    def _beat(self) -> None:
+        from keypatch.store import ResultStore
+
+        try:
+            with ResultStore(self.path, create=False, check=False) as store:
+                while not self._stop.wait(self.lease / 4):
+                    store.renew(self.run, self.lease)
+        except (ValueError, OSError):  # the main thread reports store problems itself
+            return
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 def run_propose(
     paths: str | Path | Sequence[str | Path],
     ratio: float,
-    strategy: str = "greedy",
+    strategy: str | Proposer = "greedy",
     model: Any = "default",
     start: str = "center",
     device: str = "auto",
@@ -42,14 +97,22 @@ def run_propose(
     batch_size: int = 1,
     seed: int = 0,
     progress: bool = True,
+    lease: float | None = None,
+    poll: float = 1.0,
     **options: Any,
 ) -> dict[str, Any]:
     """Propose key patches for every image under ``paths`` and store one record per image.
 
     Images already stored with the same settings (same file content by sha256, model id, strategy,
-    ratio, start and options) are skipped, so an interrupted run resumes where it stopped. Each
-    record is committed as soon as its image is done. Unreadable images are reported with an
-    :class:`ImageWarning`, counted in the summary and skipped; the others are processed.
+    ratio, start and the strategy's settings, the seed only for strategies that use one) are
+    skipped, so an interrupted run resumes where it stopped. Each record is committed as soon as
+    its image is done. Runs on the same store share the work: each image is claimed before it is
+    computed, images claimed by another live run are left to it, and a run ends only once every
+    image is stored (it waits for the others' images, and takes over those of a run that died).
+    Unreadable images are reported with an :class:`ImageWarning`, counted in the summary and
+    skipped; the others are processed. Deliberate changes made while loading (alpha dropped, first
+    frame of an animation, squashed to a square, EXIF rotation) are reported once per run as
+    :class:`~keypatch.geometry.InputNote` warnings, one line per kind.
 
     Parameters
     ----------
@@ -57,61 +120,65 @@ def run_propose(
         Image files and folders (see :func:`keypatch.geometry.list_image_files`).
     ratio : float
         Fraction of patches to keep, in ``(0, 1]`` (checked before anything is loaded).
-    strategy : str
+    strategy : str or Proposer
         A registered strategy (:func:`keypatch.available`).
     model : str or MAE
         A :func:`keypatch.load_mae` spec (``"default"``, ``"random:toy"``, a file...) or a model.
     start : {"center", "none"}
-        For strategies that take a start (greedy); ignored (stored as ``""``) for the others.
+        For strategies that take a start (greedy); stored as ``""`` for the others.
     device : {"auto", "cpu", "cuda"}
         Where to compute.
     out_dir : str or Path
         Results folder; the store is ``out_dir / "results.sqlite"``.
     batch_size : int
-        Images per :func:`keypatch.propose_batch` call (they share MAE passes). Strategies that do
-        not use the MAE to choose (``random``) run one image at a time, so every image is seeded
-        with ``seed`` exactly as ``keypatch.propose(image, seed=seed)`` would be.
+        Images per MAE batch (they share MAE passes); the answers do not depend on it.
     seed : int
-        Seed for randomised strategies (stored with the options).
+        Seed for randomised strategies (stored with the record only for them).
     progress : bool
         Show a tqdm progress bar (on stderr).
+    lease : float, optional
+        Seconds a claim lives without renewal (default
+        :data:`keypatch.store.sqlite.DEFAULT_LEASE`); this run renews its claims while it lives.
+    poll : float
+        Seconds between looks at images held by another run.
     **options
-        Further strategy options (e.g. ``precision="bfloat16"``); stored with the record.
+        Further strategy options (e.g. ``precision="bfloat16"``).
 
     Returns
     -------
     dict
-        ``found``, ``done`` (new records), ``skipped`` (already stored, or the same content twice in
-        this run), ``failed`` and ``failed_paths`` (unreadable), ``store``, ``model_id``,
-        ``strategy``, ``ratio``, ``k``, ``start``, ``options``, ``seconds`` (wall time).
+        ``found``, ``done`` (new records), ``skipped`` (already stored, stored meanwhile by another
+        run, or the same content twice in this run), ``failed`` and ``failed_paths`` (unreadable),
+        ``notes`` (the deliberate-change lines), ``store``, ``model_id``, ``strategy``, ``ratio``,
+        ``k``, ``start``, ``options``, ``seconds`` (wall time).
     """
     from tqdm.auto import tqdm
 
-    from keypatch.api import _takes_start, propose_batch
-    from keypatch.geometry import load_image
-    from keypatch.proposers import get_proposer
+    from keypatch.api import propose_normalised
+    from keypatch.geometry import InputNote, InputNotes, load_image
+    from keypatch.proposers.base import check_seed
     from keypatch.reconstructors import load_mae, resolve_device
     from keypatch.store import STORE_NAME, DuplicateRecordError, Record, ResultStore, sha256_file
+    from keypatch.store.sqlite import DEFAULT_LEASE, RunId, claim_key
 
     t0 = time.perf_counter()
     ratio = _check_ratio(ratio)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    takes_start = isinstance(strategy, str) and _takes_start(strategy)
-    proposer = get_proposer(strategy, **({"start": start} if takes_start else {}), **options)  # ValueError if bad
+    seed = check_seed(seed)
+    lease = DEFAULT_LEASE if lease is None else float(lease)
+    proposer = make_proposer(strategy, start, options)  # ValueError if bad
     files = list_image_files(paths)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the results folder {out_dir} is a file")
     mae = load_mae(model, device=resolve_device(device))
     k = mae.grid.count(ratio)
-    stored_start = start if takes_start else ""
-    stored_options = {"seed": int(seed), **options}
-    if not proposer.needs_model:
-        batch_size = 1
+    stored_start, stored_options = stored_settings(proposer, seed)
+    notes, run = InputNotes(), RunId()
 
     summary: dict[str, Any] = {
-        "found": len(files), "done": 0, "skipped": 0, "failed": 0, "failed_paths": [], "store": "",
+        "found": len(files), "done": 0, "skipped": 0, "failed": 0, "failed_paths": [], "notes": [], "store": "",
         "model_id": mae.model_id, "strategy": proposer.name, "ratio": ratio, "k": k, "start": stored_start,
         "options": stored_options, "seconds": 0.0,
     }
@@ -122,40 +189,81 @@ def run_propose(
         summary["failed"] += 1
         summary["failed_paths"].append(str(path))
 
-    with ResultStore(out_dir / STORE_NAME) as store, tqdm(total=len(files), desc="propose", unit="img",
-                                                   disable=not progress) as bar:
+    def key_of(digest: str) -> str:
+        return claim_key(digest, mae.model_id, proposer.name, ratio, stored_start, stored_options)
+
+    with ResultStore(out_dir / STORE_NAME) as store, Heartbeat(store.path, run, lease), \
+            tqdm(total=len(files), desc="propose", unit="img", disable=not progress) as bar:
         summary["store"] = str(store.path)
+        digests: dict[Path, str] = {}
         seen: set[str] = set()
-        for s in range(0, len(files), batch_size):
-            todo: list[tuple[Path, str, torch.Tensor]] = []
-            for path in files[s : s + batch_size]:
+
+        def process(batch: list[Path]) -> list[Path]:
+            """Claim, load and compute ``batch``; returns the paths held by another run."""
+            items = []
+            for path in batch:
                 try:
-                    digest = sha256_file(path)
-                    if digest in seen or store.has(digest, mae.model_id, proposer.name, ratio, stored_start,
-                                                   stored_options):
-                        summary["skipped"] += 1
-                        bar.update(1)
-                        continue
-                    todo.append((path, digest, load_image(path, mae.config.image_size)))
-                    seen.add(digest)
-                except (OSError, ValueError) as exc:
+                    digest = digests.get(path) or sha256_file(path)
+                except OSError as exc:
                     fail(path, exc)
                     bar.update(1)
-            if not todo:
-                continue
-            images = torch.stack([x for _, _, x in todo])
-            results = propose_batch(images, ratio, proposer, mae, seed=seed, device=str(mae.device))
-            for (path, digest, _), res in zip(todo, results, strict=True):
-                record = Record(
-                    image_path=str(path.absolute()), sha256=digest, model_id=mae.model_id, strategy=proposer.name,
-                    ratio=ratio, start=stored_start, options=stored_options, patches=res.patches, losses=res.losses,
-                    evaluations=res.evaluations, seconds=res.seconds,
-                )
-                try:
-                    store.add(record)
-                    summary["done"] += 1
-                except DuplicateRecordError:  # stored meanwhile by another run on the same folder
+                    continue
+                digests[path] = digest
+                if digest in seen:
                     summary["skipped"] += 1
-                bar.update(1)
+                    bar.update(1)
+                    continue
+                items.append((path, digest))
+            busy = []
+            todo: list[tuple[Path, str, torch.Tensor]] = []
+            for (path, digest), status in zip(items, store.claim([key_of(d) for _, d in items], run, lease),
+                                              strict=True):
+                if status == "busy":
+                    busy.append(path)
+                    continue
+                seen.add(digest)
+                if status == "stored":
+                    summary["skipped"] += 1
+                    bar.update(1)
+                    continue
+                try:
+                    todo.append((path, digest, load_image(path, mae.config.image_size, notes)))
+                except (OSError, ValueError) as exc:
+                    store.release(run, [key_of(digest)])
+                    fail(path, exc)
+                    bar.update(1)
+            if todo:
+                images = torch.stack([x for _, _, x in todo]).to(mae.device)
+                results = propose_normalised(images, ratio, proposer, mae, seed)
+                for (path, digest, _), res in zip(todo, results, strict=True):
+                    record = Record(
+                        image_path=str(path.absolute()), sha256=digest, model_id=mae.model_id,
+                        strategy=proposer.name, ratio=ratio, start=stored_start, options=stored_options,
+                        patches=res.patches, losses=res.losses, evaluations=res.evaluations, seconds=res.seconds,
+                    )
+                    try:
+                        store.add(record)
+                        summary["done"] += 1
+                    except DuplicateRecordError:  # stored meanwhile by a run whose claim had expired
+                        summary["skipped"] += 1
+                    bar.update(1)
+            return busy
+
+        try:
+            waiting: list[Path] = []
+            for s in range(0, len(files), batch_size):
+                waiting += process(files[s : s + batch_size])
+            while waiting:  # images another run holds: wait until stored, or take them over
+                bar.set_postfix_str(f"{len(waiting)} held by another run")
+                time.sleep(poll)
+                still: list[Path] = []
+                for s in range(0, len(waiting), batch_size):
+                    still += process(waiting[s : s + batch_size])
+                waiting = still
+        finally:
+            store.release(run)
+    summary["notes"] = notes.lines()
+    for line in summary["notes"]:
+        warnings.warn(line, InputNote, stacklevel=2)
     summary["seconds"] = time.perf_counter() - t0
     return summary

@@ -98,10 +98,11 @@ def test_modes_agree_when_the_grid_doubles_the_map_and_differ_otherwise():
 
 def test_ties_are_seeded_not_top_left():
     flat = torch.zeros(2, GRID.n)
-    a, b = top_patches(flat, 5, seed=3), top_patches(flat, 5, seed=3)
+    a, b = top_patches(flat, 5, seeds=3), top_patches(flat, 5, seeds=3)
     assert torch.equal(a, b)
     assert a[0].tolist() != [0, 1, 2, 3, 4]
-    assert not torch.equal(a[0], a[1])  # image i uses seed + i
+    assert not torch.equal(a[0], a[1])  # an int seed: row i uses seed + i
+    assert torch.equal(top_patches(flat, 5, seeds=[4, 3])[0], a[1])
 
 
 def _red_classifier() -> Classifier:

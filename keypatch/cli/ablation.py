@@ -16,12 +16,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for ablation.csv and ablation.png")
 
     def run(args: argparse.Namespace) -> None:
-        from keypatch.api import _model
+        from keypatch.api import resolve_model
         from keypatch.experiments.ablation import ablation_curves, write_ablation
         from keypatch.geometry import list_image_files
 
         files = list_image_files(args.paths)
-        model = _model(args.model, args.device)
+        model = resolve_model(args.model, args.device)
         model.grid.count(args.max_ratio)  # validate before any work
         curves = ablation_curves(files, args.max_ratio, model)
         path = write_ablation(curves, model.grid.n, args.out)

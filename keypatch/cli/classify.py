@@ -23,10 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for classify.csv")
 
     def run(args: argparse.Namespace) -> None:
-        from keypatch.api import _model
+        from keypatch.api import resolve_model
         from keypatch.experiments.classify import classification_experiment, labelled_from_manifest
 
-        model = _model(args.model, args.device)
+        model = resolve_model(args.model, args.device)
         for r in args.ratios:
             model.grid.count(r)
         if args.from_manifest:

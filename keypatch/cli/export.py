@@ -6,6 +6,8 @@ import argparse
 import warnings
 from pathlib import Path
 
+from keypatch.cli.propose import parse_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``export``."""
@@ -15,8 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "export", help="write patch_ids.json and one picture per image from a results folder",
         description="Write the stored proposals of one setting as the KPP reference code's patch_ids.json "
                     "({image_stem: {'patch': [...], 'loss': [...]}}) and one PNG per image: original | kept "
-                    "patches | reconstruction. Filter with --strategy/--ratio/--model/--start when the store "
-                    "holds several settings.",
+                    "patches | reconstruction. When the store holds several settings, select one with "
+                    "--model/--strategy/--ratio/--start/--seed/-o, or write each into its own folder with "
+                    "--each-setting; `keypatch store info` lists them.",
     )
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), metavar="DIR",
                    help=f"results folder holding results.sqlite (default: {DEFAULT_OUT})")
@@ -27,10 +30,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ratio", type=float, default=None, help="only records of this ratio")
     p.add_argument("--model", default=None, help="only records of this model id (e.g. 'default')")
     p.add_argument("--start", choices=["center", "none"], default=None, help="only records with this start")
+    p.add_argument("--seed", type=int, default=None, help="only records stored with this seed")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", type=parse_option,
+                   help="only records stored with this option value, repeatable (e.g. -o eps=0.2)")
+    p.add_argument("--each-setting", action="store_true",
+                   help="write one export per setting into DIR/exports/STRATEGY-rRATIO-...-HASH/ (with setting.json)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where to reconstruct for the pictures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _line(s: dict) -> str:
+    line = f"{s['records']} records -> {s['json']}"
+    if s["pictures_dir"]:
+        line += f"; {s['pictures']} pictures -> {s['pictures_dir']}"
+        if s["skipped"]:
+            line += f" ({s['skipped']} skipped, see the warnings)"
+    return line
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,12 +59,13 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         warnings.showwarning = show_warnings_as_lines("export")
         s = export_results(args.out, args.json, args.pictures, pictures=not args.no_pictures, device=args.device,
-                           progress=not args.no_progress, strategy=args.strategy, ratio=args.ratio,
+                           progress=not args.no_progress, each_setting=args.each_setting,
+                           options=dict(args.option), seed=args.seed, strategy=args.strategy, ratio=args.ratio,
                            model_id=args.model, start=args.start)
-    line = f"{s['records']} records -> {s['json']}"
-    if s["pictures_dir"]:
-        line += f"; {s['pictures']} pictures -> {s['pictures_dir']}"
-        if s["skipped"]:
-            line += f" ({s['skipped']} skipped, see the warnings)"
-    print(line)
+    if "exports" in s:
+        for e in s["exports"]:
+            print(f"[{e['setting']}] {_line(e)}")
+        print(f"{len(s['exports'])} settings, {s['records']} records")
+    else:
+        print(_line(s))
     return 0

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sqlite3
 import sys
 
-COMMANDS = ["propose", "export", "ablation", "classify", "train_mae", "prepare_photos",
+COMMANDS = ["propose", "export", "store", "ablation", "classify", "train_mae", "prepare_photos",
             "select", "compare", "diversity"]
 
 
@@ -32,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"keypatch {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError, sqlite3.Error) as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"keypatch {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished records are kept", file=sys.stderr)

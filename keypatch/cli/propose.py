@@ -16,7 +16,10 @@ def show_warnings_as_lines(command: str):
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         from tqdm.auto import tqdm
 
-        tqdm.write(f"keypatch {command}: warning: {message}", file=sys.stderr)
+        from keypatch.geometry import InputNote
+
+        kind = "note" if issubclass(category, InputNote) else "warning"
+        tqdm.write(f"keypatch {command}: {kind}: {message}", file=sys.stderr)
 
     return show
 
@@ -38,14 +41,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"proposal strategy: {', '.join(available())} (default: greedy = KPP, exact; "
                         "swap = stochastic greedy + neighbour moves, lower loss in 1/6 of the evaluations)")
     p.add_argument("--start", choices=["center", "none"], default="center",
-                   help="greedy: begin from the central patch (paper) or from nothing")
+                   help="greedy-like strategies: begin from the central patch (paper) or from nothing")
     p.add_argument("--model", default="default",
                    help="MAE: 'default', 'random:NAME', a weights file or folder, or a hub id")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), metavar="DIR",
                    help=f"results folder (default: {DEFAULT_OUT})")
     p.add_argument("--batch-size", type=int, default=1, help="images per MAE batch (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed for randomised strategies")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for randomised strategies (random, stochastic, swap, attention's ties); each image "
+                        "draws from the seed and its own pixels")
     p.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
                    help="greedy: arithmetic of the MAE passes (default float32, exact)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", type=parse_option,

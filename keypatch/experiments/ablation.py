@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from keypatch.api import _model, propose_batch
+from keypatch.api import propose_batch, resolve_model
 from keypatch.geometry import ImageLike
 
 
@@ -27,7 +27,7 @@ def ablation_curves(images: Sequence[ImageLike], max_ratio: float = 0.25, model=
     dict
         ``{"center": (n_images, k), "none": (n_images, k)}``: ``L`` after 1..k patches.
     """
-    mae = _model(model, device)
+    mae = resolve_model(model, device)
     out: dict[str, list[list[float]]] = {"center": [], "none": []}
     for img in tqdm(images, desc="ablation", unit="img", disable=not progress):
         for start in out:

@@ -1,5 +1,6 @@
 """Image geometry: the patch grid, image loading/normalisation and (un)patchify."""
 
+from keypatch.geometry.decode import InputNote, InputNotes, to_rgb8
 from keypatch.geometry.files import IMAGE_SUFFIXES, list_image_files
 from keypatch.geometry.grid import PatchGrid
 from keypatch.geometry.image import (
@@ -20,6 +21,8 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageLike",
+    "InputNote",
+    "InputNotes",
     "PatchGrid",
     "denormalize",
     "load_image",
@@ -28,5 +31,6 @@ __all__ = [
     "normalize",
     "patchify",
     "to_pil",
+    "to_rgb8",
     "unpatchify",
 ]

@@ -18,7 +18,8 @@ def list_image_files(paths: str | Path | Iterable[str | Path], *, allow_empty: b
     paths : path or iterable of paths
         Files (taken whatever their suffix: the caller named them) and folders (searched
         recursively, in sorted order, for files whose suffix is in :data:`IMAGE_SUFFIXES`; hidden
-        files and folders are skipped and symbolic links to folders are not followed).
+        files and folders are skipped). Symbolic links to folders are followed, each real folder
+        is walked once (so a link loop ends), and a file reached by several paths is listed once.
     allow_empty : bool
         Return ``[]`` instead of raising when nothing is found.
 
@@ -40,7 +41,13 @@ def list_image_files(paths: str | Path | Iterable[str | Path], *, allow_empty: b
     found: list[Path] = []
     for p in paths:
         if p.is_dir():
-            for root, dirs, files in os.walk(p):
+            walked: set[str] = set()
+            for root, dirs, files in os.walk(p, followlinks=True):
+                real = os.path.realpath(root)
+                if real in walked:  # reached again through a link (or a loop): walked already
+                    dirs[:] = []
+                    continue
+                walked.add(real)
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 found.extend(Path(root) / f for f in sorted(files)
                              if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)

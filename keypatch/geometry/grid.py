@@ -67,16 +67,22 @@ class PatchGrid:
         return divmod(index, self.cols)
 
     def count(self, ratio: float) -> int:
-        """Number of patches kept at ``ratio``: ``round(ratio * N)``, at least 1.
+        """Number of patches kept at ``ratio``: ``round(ratio * N)``.
 
         Raises
         ------
         ValueError
-            If ``ratio`` is not in ``(0, 1]``.
+            If ``ratio`` is not a number in ``(0, 1]``, or keeps less than one patch
+            (``round(ratio * N) == 0``: below ``0.5 / N``).
         """
-        if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) <= 1.0:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) <= 1.0:
             raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
-        return max(1, min(self.n, round(float(ratio) * self.n)))
+        k = min(self.n, round(float(ratio) * self.n))
+        if k < 1:
+            smallest = 0.5 / self.n
+            raise ValueError(f"ratio {ratio:g} keeps round({ratio:g} x {self.n}) = 0 patches; the smallest ratio "
+                             f"that keeps one of the {self.n} patches is above {smallest:.4g} (e.g. {1 / self.n:.4g})")
+        return k
 
     def distances(self, device=None):
         """``(N, N)`` long tensor of Chebyshev distances between patches, in patches.

@@ -6,12 +6,15 @@ channel)`` order, so a 16x16 RGB patch is a vector of 768 values.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from keypatch.geometry.decode import InputNote, InputNotes, note_text, to_rgb8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,41 +41,52 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
     return (x * std + mean).clamp(0.0, 1.0)
 
 
-def _to_pil(image: ImageLike) -> Image.Image:
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"no image file at {path}")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                return im.convert("RGB")
-        except Exception as exc:  # PIL raises several types for bad files
-            raise ValueError(f"{path} is not a readable image: {exc}") from exc
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 2:
-            arr = np.stack([arr] * 3, axis=-1)
-        if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-            raise ValueError(f"expected an HxWx3 array, got shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
-        return Image.fromarray(arr[..., :3])
-    raise TypeError(f"cannot load an image from {type(image).__name__}")
+def _check_tensor(image: torch.Tensor, size: int) -> torch.Tensor:
+    if image.dim() == 4 and image.shape[0] == 1:
+        image = image[0]
+    if image.shape != (3, size, size):
+        raise ValueError(f"tensor images must be normalised (3, {size}, {size}), got shape {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise ValueError(f"a {str(image.dtype).replace('torch.', '')} tensor looks like raw pixels; tensors must be "
+                         "ImageNet-normalised floats (keypatch.geometry.normalize(x / 255)), or pass the pixels as "
+                         "a numpy HxWx3 array")
+    x = image.detach().float()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("the tensor holds NaN or inf")
+    mean, std = _stats(x.device)
+    lo, hi = (0 - mean) / std, (1 - mean) / std
+    tol = 1e-3
+    if bool((x < lo - tol).any()) or bool((x > hi + tol).any()):
+        raise ValueError(f"the tensor's values [{float(x.min()):.3g}, {float(x.max()):.3g}] are outside the "
+                         "ImageNet-normalised range of [0, 1] pixels (about [-2.12, 2.64]): it looks like raw "
+                         "pixels; normalise it with keypatch.geometry.normalize(x / 255) or pass a numpy array")
+    if float(x.min()) >= 0.0 and float(x.max()) <= 1.0:
+        raise ValueError("the tensor's values all lie in [0, 1]: it looks like raw pixels, not normalised ones; "
+                         "normalise it with keypatch.geometry.normalize(x), or pass it as a numpy HxWx3 float "
+                         "array in [0, 1]")
+    return x
 
 
-def load_image(image: ImageLike, size: int = 224) -> torch.Tensor:
+def load_image(image: ImageLike, size: int = 224, notes: InputNotes | None = None,
+               name: str | None = None) -> torch.Tensor:
     """Load one image as a normalised ``(3, size, size)`` float32 tensor.
 
     Parameters
     ----------
     image : str, Path, PIL.Image, numpy array or torch.Tensor
-        A file path (any format PIL reads), a PIL image, an ``HxWx3`` array (uint8, or float in
-        ``[0, 1]``), or a tensor that is already normalised, of shape ``(3, size, size)``.
+        A file path, a PIL image or a numpy array, read by the rules of :mod:`keypatch.geometry.decode`
+        (8-bit RGB first: EXIF orientation applied, alpha dropped, first frame, integer dtypes scaled
+        by their range, floats in ``[0, 1]``); or a tensor that is already ImageNet-normalised, of
+        shape ``(3, size, size)`` (an integer tensor, or one whose values look like raw pixels, is
+        refused with a ValueError).
     size : int
-        Output side; the image is resized (bicubic, no crop, as the KPP reference code does).
+        Output side; the image is resized with PIL bicubic, without cropping (a non-square image is
+        squashed, as the KPP reference code does).
+    notes : InputNotes, optional
+        Collects the deliberate changes (alpha dropped, first frame, squashed, rotated); without it
+        each kind is warned once per process as an :class:`~keypatch.geometry.decode.InputNote`.
+    name : str, optional
+        The image's name in notes (default: its path).
 
     Returns
     -------
@@ -80,21 +94,37 @@ def load_image(image: ImageLike, size: int = 224) -> torch.Tensor:
         ``(3, size, size)``, normalised with the ImageNet mean and std.
     """
     if isinstance(image, torch.Tensor):
-        if image.shape != (3, size, size):
-            raise ValueError(f"tensor images must be normalised (3, {size}, {size}), got {tuple(image.shape)}")
-        return image.float()
-    pil = _to_pil(image).resize((size, size), Image.Resampling.BICUBIC)
+        return _check_tensor(image, size)
+    name = name or (str(image) if isinstance(image, (str, Path)) else "image")
+    rgb = to_rgb8(image, notes, name)
+    if rgb.shape[0] != rgb.shape[1]:
+        if notes is not None:
+            notes.add("squashed", name)
+        else:
+            warnings.warn(note_text("squashed"), InputNote, stacklevel=2)
+    pil = Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC)
     x = torch.from_numpy(np.asarray(pil, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
     return normalize(x)
 
 
-def load_images(images: Sequence[ImageLike] | ImageLike, size: int = 224) -> torch.Tensor:
-    """Load one or many images into a ``(B, 3, size, size)`` normalised batch."""
+def load_images(images: Sequence[ImageLike] | ImageLike, size: int = 224,
+                notes: InputNotes | None = None) -> torch.Tensor:
+    """Load one or many images into a ``(B, 3, size, size)`` normalised batch (see :func:`load_image`).
+
+    Raises
+    ------
+    ValueError
+        If no image is given, or an image breaks :func:`load_image`'s rules.
+    """
     if isinstance(images, torch.Tensor) and images.dim() == 4:
-        return torch.stack([load_image(x, size) for x in images])
-    if isinstance(images, (str, Path, Image.Image, np.ndarray, torch.Tensor)):
+        images = list(images)
+    elif isinstance(images, (str, Path, Image.Image, np.ndarray, torch.Tensor)):
         images = [images]
-    return torch.stack([load_image(x, size) for x in images])
+    else:
+        images = list(images)
+    if not images:
+        raise ValueError("no images given (an empty batch)")
+    return torch.stack([load_image(x, size, notes) for x in images])
 
 
 def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:

@@ -7,11 +7,13 @@ first. The MAE then reconstructs the rest, so ``L(S)`` is comparable with KPP's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
 from keypatch.geometry import PatchGrid
-from keypatch.proposers.base import Proposer, register
+from keypatch.proposers.base import Proposer, image_seeds, register
 from keypatch.reconstructors.mae import MAE
 
 PATCH_MODES = ("pixel-mean", "resize")
@@ -51,18 +53,22 @@ def patch_scores(maps: torch.Tensor, grid: PatchGrid, mode: str = "pixel-mean") 
     return out.flatten(1)
 
 
-def top_patches(scores: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+def top_patches(scores: torch.Tensor, k: int, seeds: Sequence[int] | int = 0) -> torch.Tensor:
     """The ``k`` highest-scoring patches of each row of ``scores`` ``(B, N)``, highest first, ``(B, k)``.
 
-    Exact ties are broken by a random order drawn from ``seed + i`` for row ``i`` (reproducible), so
-    a flat map does not fall back to the top-left corner.
+    Exact ties are broken by a random order drawn from ``seeds[i]`` for row ``i`` (an int ``seed``
+    means ``seed + i``; :meth:`AttentionPatches.select` passes
+    :func:`~keypatch.proposers.base.image_seeds`), so a flat map does not fall back to the top-left
+    corner.
     """
     b, n = scores.shape
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
+    if isinstance(seeds, int):
+        seeds = [seeds + i for i in range(b)]
     out = []
     for i in range(b):
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + i)).to(scores.device)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seeds[i])).to(scores.device)
         order = torch.sort(scores[i, perm], descending=True, stable=True).indices[:k]
         out.append(perm[order])
     return torch.stack(out)
@@ -95,6 +101,8 @@ class AttentionPatches(Proposer):
     name = "attention"
     needs_model = False
     prefix_consistent = True
+    uses_seed = True  # exact ties of the map are broken at random
+    options = {"classifier": object, "patch_mode": str, "batch_size": int, "weights": (str, type(None))}
 
     def __init__(self, classifier="efficientnet-lite0", patch_mode: str = "pixel-mean", batch_size: int = 16,
                  weights: str | None = None) -> None:
@@ -106,6 +114,12 @@ class AttentionPatches(Proposer):
         self.patch_mode = patch_mode
         self.batch_size = batch_size
         self.weights = weights
+
+    def settings(self) -> dict:
+        """``classifier`` (by name), ``patch_mode`` and ``weights``."""
+        name = self.classifier if isinstance(self.classifier, str) else getattr(self.classifier, "name",
+                                                                                type(self.classifier).__name__)
+        return {"classifier": name, "patch_mode": self.patch_mode, "weights": self.weights}
 
     def _classifier(self, device: torch.device):
         from keypatch.classifiers import get_classifier
@@ -137,6 +151,6 @@ class AttentionPatches(Proposer):
 
     def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
         scores, _, _ = self.attention(images, model.grid)
-        patches = top_patches(scores, k, seed).to(model.device)
+        patches = top_patches(scores, k, image_seeds(images, seed)).to(model.device)
         b = images.shape[0]
         return patches, torch.full((b, k), float("nan"), device=model.device), [0] * b

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from keypatch.geometry import PatchGrid
@@ -44,7 +45,6 @@ class Proposal:
     strategy: str
     evaluations: int = 0
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def loss(self) -> float:
@@ -77,10 +77,20 @@ class Proposer(ABC):
     prefix_consistent: ClassVar[bool] = False
     """Whether the first ``j`` patches of an answer for ``k`` are the answer for ``j`` (same image,
     seed and options): then one run to the largest ``k`` serves every smaller one."""
+    uses_seed: ClassVar[bool] = False
+    """Whether the answer depends on the seed (then the seed is part of a stored record's key)."""
+    options: ClassVar[dict[str, type | tuple[type, ...]]] = {}
+    """The keyword options the strategy takes and their types, checked by :func:`get_proposer`."""
+    run_options: ClassVar[frozenset[str]] = frozenset({"start", "chunk_size", "batch_size"})
+    """Options that do not change the answer (memory, batching) or are stored apart (``start``)."""
 
-    def __init__(self, **options) -> None:
-        if options:
-            raise TypeError(f"strategy {self.name!r} got unknown options: {', '.join(sorted(options))}")
+    def settings(self) -> dict[str, Any]:
+        """The options that determine this strategy's answer, with defaults filled in.
+
+        What a stored record is keyed by (with the ``seed`` where :attr:`uses_seed`): two
+        instances with equal settings give the same answer on the same image.
+        """
+        return {name: getattr(self, name) for name in sorted(self.options) if name not in self.run_options}
 
     @abstractmethod
     def select(
@@ -121,21 +131,79 @@ def register(cls: type[Proposer]) -> type[Proposer]:
     return cls
 
 
+def _coerce(strategy: str, key: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        value = None
+    elif isinstance(value, kinds):
+        return value
+    elif float in kinds and isinstance(value, int):
+        return float(value)
+    elif int in kinds and isinstance(value, float) and value.is_integer():
+        return int(value)
+    names = " or ".join({int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(k, k.__name__)
+                        for k in kinds)
+    raise ValueError(f"strategy {strategy!r}: option {key} must be {names}, got {value!r}")
+
+
+def check_options(cls: type[Proposer], options: dict[str, Any], strategy: str | None = None) -> dict[str, Any]:
+    """``options`` checked against ``cls.options``: unknown names and wrong types are a ValueError
+    naming the option (and the strategy as ``strategy``, default ``cls.name``); numbers are coerced
+    (``1`` to ``1.0`` for a float option, ``2.0`` to ``2`` for an integer one)."""
+    strategy = strategy or cls.name
+    unknown = sorted(set(options) - set(cls.options))
+    if unknown and not getattr(cls, "options_pass_through", False):
+        takes = ", ".join(sorted(cls.options)) or "none"
+        raise ValueError(f"strategy {strategy!r} has no option {', '.join(unknown)} (its options: {takes})")
+    return {k: _coerce(strategy, k, v, cls.options[k]) if k in cls.options else v for k, v in options.items()}
+
+
 def get_proposer(name: str | Proposer, **options) -> Proposer:
-    """Instantiate the strategy registered as ``name`` with ``options``."""
+    """Instantiate the strategy registered as ``name`` with ``options``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown strategy, an unknown option, or an option of the wrong type or value; the
+        message names the strategy and the option.
+    """
     if isinstance(name, Proposer):
         return name
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
-    try:
-        return _REGISTRY[name](**options)
-    except TypeError as exc:  # unknown or misspelt option
-        raise ValueError(f"strategy {name!r}: {exc}") from exc
+    cls = _REGISTRY[name]
+    return cls(**check_options(cls, options))
+
+
+def takes_option(strategy: str | Proposer, option: str) -> bool:
+    """Whether ``strategy`` (a name or an instance) declares ``option`` (e.g. ``"start"``)."""
+    cls = type(strategy) if isinstance(strategy, Proposer) else _REGISTRY.get(strategy)
+    return cls is not None and option in cls.options
+
+
+def image_seeds(images: torch.Tensor, seed: int) -> list[int]:
+    """One seed per image, from ``seed`` and the image's own pixels.
+
+    Randomised strategies draw image ``i``'s randomness from ``image_seeds(images, seed)[i]``, so
+    the same image with the same seed gets the same answer whatever the batch, its place in it, the
+    order of the run or the machine; different images get independent draws.
+    """
+    check_seed(seed)
+    out = []
+    for x in images.detach().to("cpu", torch.float32):
+        h = hashlib.blake2b(x.contiguous().numpy().tobytes(), digest_size=8, key=str(int(seed)).encode())
+        out.append(int.from_bytes(h.digest(), "little") & ((1 << 63) - 1))
+    return out
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int; TypeError for anything that is not an integer (None, 1.5, "0", True)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    return int(seed)
 
 
 def available() -> list[str]:
     """Names of the registered strategies."""
     return sorted(_REGISTRY)
 
-
-StepCallback = Callable[[int, int], None]

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from keypatch.proposers.base import Proposer, register
+from keypatch.proposers.base import Proposer, image_seeds, register
 from keypatch.reconstructors.mae import MAE, LossContext, autocast
 
 DEFAULT_CHUNK = 64
@@ -32,10 +32,12 @@ class SearchProposer(Proposer):
         Compute precision of the MAE passes (float32 is exact).
     """
 
+    options = {"start": str, "chunk_size": int, "precision": str}
+
     def __init__(self, start: str = "center", chunk_size: int = DEFAULT_CHUNK, precision: str = "float32") -> None:
         if start not in STARTS:
             raise ValueError(f"start must be 'center' or 'none', got {start!r}")
-        if int(chunk_size) < 1:
+        if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         autocast(torch.device("cpu"), precision)  # validates the precision
         self.start, self.chunk_size, self.precision = start, int(chunk_size), precision
@@ -47,12 +49,15 @@ class SearchProposer(Proposer):
 
     @torch.no_grad()
     def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
-        return self.search(model, model.loss_context(images), k, seed)
+        seeds = image_seeds(images, seed) if self.uses_seed else [int(seed)] * images.shape[0]
+        return self.search(model, model.loss_context(images), k, seeds)
 
     @abstractmethod
-    def search(self, model: MAE, ctx: LossContext, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    def search(self, model: MAE, ctx: LossContext, k: int,
+               seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """:meth:`select` on the images behind ``ctx`` (from :meth:`MAE.loss_context`).
 
+        ``seeds`` holds one seed per image (:func:`~keypatch.proposers.base.image_seeds`).
         Strategies that refine another's answer (``swap``) call it with the context they score
         with, so that it is computed once.
         """
@@ -190,7 +195,7 @@ class GainSearchProposer(SearchProposer):
     """Base of the strategies that score every candidate once, then re-score a few per step."""
 
     @torch.no_grad()
-    def search(self, model: MAE, ctx: LossContext, k: int, seed: int):
+    def search(self, model: MAE, ctx: LossContext, k: int, seeds: list[int]):
         state = gain_start(model, ctx, ctx.tokens.shape[0], self.start, k, **self.score_options)
         return self.extend(model, ctx, k, state) if isinstance(state, GainStart) else state
 
@@ -227,7 +232,7 @@ class Greedy(SearchProposer):
     prefix_consistent = True
 
     @torch.no_grad()
-    def search(self, model: MAE, ctx: LossContext, k: int, seed: int):
+    def search(self, model: MAE, ctx: LossContext, k: int, seeds: list[int]):
         b, n, dev = ctx.tokens.shape[0], model.grid.n, model.device
         opts = self.score_options
         chosen, losses, remaining, evals = start_state(model, ctx, b, self.start, **opts)

@@ -44,6 +44,7 @@ class LazyGreedy(GainSearchProposer):
     """
 
     name = "lazy"
+    options = {**GainSearchProposer.options, "batch": int}
 
     def __init__(self, start: str = "center", batch: int = 4, chunk_size: int = DEFAULT_CHUNK,
                  precision: str = "float32") -> None:

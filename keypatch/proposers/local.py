@@ -48,6 +48,7 @@ class LocalRefresh(GainSearchProposer):
     """
 
     name = "local"
+    options = {**GainSearchProposer.options, "radius": int, "top": int}
 
     def __init__(self, start: str = "center", radius: int = 2, top: int = 16, chunk_size: int = DEFAULT_CHUNK,
                  precision: str = "float32") -> None:

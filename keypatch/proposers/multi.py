@@ -43,6 +43,7 @@ class MultiGreedy(SearchProposer):
     """
 
     name = "multi"
+    options = {**SearchProposer.options, "per_step": int, "min_distance": int}
 
     def __init__(self, start: str = "center", per_step: int = 3, min_distance: int = 2,
                  chunk_size: int = DEFAULT_CHUNK, precision: str = "float32") -> None:
@@ -52,7 +53,7 @@ class MultiGreedy(SearchProposer):
         self.per_step, self.min_distance = per_step, min_distance
 
     @torch.no_grad()
-    def search(self, model: MAE, ctx: LossContext, k: int, seed: int):
+    def search(self, model: MAE, ctx: LossContext, k: int, seeds: list[int]):
         b, n, dev, cols = ctx.tokens.shape[0], model.grid.n, model.device, model.grid.cols
         opts = self.score_options
         chosen, losses, remaining, evals = start_state(model, ctx, b, self.start, **opts)

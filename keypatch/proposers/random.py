@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import torch
 
-from keypatch.proposers.base import Proposer, register
+from keypatch.proposers.base import Proposer, image_seeds, register
 from keypatch.reconstructors.mae import MAE
 
 
 @register
 class RandomPatches(Proposer):
-    """``k`` patches drawn uniformly without replacement, reproducible from the seed.
+    """``k`` patches drawn uniformly without replacement, a mask of its own for every image.
 
-    Image ``i`` of a batch draws from a generator seeded with ``seed + i``, so one image alone with
-    ``seed`` gets the same patches as the first image of a batch with ``seed``.
+    Each image draws from a generator seeded from ``seed`` and the image's own pixels
+    (:func:`~keypatch.proposers.base.image_seeds`): different images get independent masks, and the
+    same image with the same seed gets the same mask whatever the batch, its place in it or the run.
     """
 
     name = "random"
     needs_model = False
     prefix_consistent = True
+    uses_seed = True
 
     @torch.no_grad()
     def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
         b, n = images.shape[0], model.grid.n
         patches = torch.stack(
-            [torch.randperm(n, generator=torch.Generator().manual_seed(seed + i))[:k] for i in range(b)]
+            [torch.randperm(n, generator=torch.Generator().manual_seed(s))[:k] for s in image_seeds(images, seed)]
         ).to(model.device)
         return patches, torch.full((b, k), float("nan"), device=model.device), [0] * b

@@ -38,26 +38,29 @@ class StochasticGreedy(SearchProposer):
 
     Notes
     -----
-    Image ``i`` of a batch draws its samples from a CPU generator seeded with ``seed + i``, so a
-    result depends only on the image, ``seed`` and its place in the batch. A sample is sorted by
+    Each image draws its samples from a CPU generator seeded from ``seed`` and the image's pixels
+    (:func:`~keypatch.proposers.base.image_seeds`), so a result depends only on the image and
+    ``seed``, not on the batch. A sample is sorted by
     patch index, so ties go to the lowest index as in greedy.
     """
 
     name = "stochastic"
+    uses_seed = True
+    options = {**SearchProposer.options, "eps": float}
 
     def __init__(self, start: str = "center", eps: float = 0.1, chunk_size: int = DEFAULT_CHUNK,
                  precision: str = "float32") -> None:
         super().__init__(start, chunk_size, precision)
-        if not 0.0 < float(eps) < 1.0:
+        if not 0.0 < eps < 1.0:
             raise ValueError(f"eps must be in (0, 1), got {eps!r}")
         self.eps = float(eps)
 
     @torch.no_grad()
-    def search(self, model: MAE, ctx: LossContext, k: int, seed: int):
+    def search(self, model: MAE, ctx: LossContext, k: int, seeds: list[int]):
         b, n, dev = ctx.tokens.shape[0], model.grid.n, model.device
         opts = self.score_options
         chosen, losses, remaining, evals = start_state(model, ctx, b, self.start, **opts)
-        gens = [torch.Generator().manual_seed(seed + i) for i in range(b)]
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
         s = sample_size(n, k, self.eps)
         ar = torch.arange(b, device=dev)
         picks, step_losses = [chosen], [losses]

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from keypatch.proposers.base import Proposer, get_proposer, register
+from keypatch.proposers.base import Proposer, get_proposer, image_seeds, register
 from keypatch.proposers.greedy import DEFAULT_CHUNK, score_sets
 from keypatch.reconstructors.mae import MAE
 
@@ -62,6 +62,8 @@ class SwapRefine(Proposer):
     """
 
     name = "swap"
+    options = {"base": str, "rounds": int, "reach": int, "start": str, "chunk_size": int, "precision": str}
+    options_pass_through = True  # the base strategy's own options; the base checks them
 
     def __init__(self, base: str = "stochastic", rounds: int = 2, reach: int = 1, start: str = "center",
                  chunk_size: int = DEFAULT_CHUNK, precision: str = "float32", **base_options) -> None:
@@ -70,14 +72,27 @@ class SwapRefine(Proposer):
         if rounds < 0 or reach < 1:
             raise ValueError(f"rounds must be >= 0 and reach >= 1, got rounds={rounds}, reach={reach}")
         base_options = {**BASE_DEFAULTS.get(base, {}), **base_options}
-        self.base = get_proposer(base, start=start, chunk_size=chunk_size, precision=precision, **base_options)
+        try:
+            self.base = get_proposer(base, start=start, chunk_size=chunk_size, precision=precision, **base_options)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace(f"strategy {base!r}", f"strategy 'swap' (base {base!r})")) from None
         self.rounds, self.reach = int(rounds), int(reach)
         self.score_options = self.base.score_options
+
+    @property
+    def uses_seed(self) -> bool:  # type: ignore[override]
+        """As the base strategy."""
+        return self.base.uses_seed
+
+    def settings(self) -> dict:
+        """``base``, ``rounds``, ``reach`` and the base strategy's settings."""
+        return {"base": self.base.name, "rounds": self.rounds, "reach": self.reach, **self.base.settings()}
 
     @torch.no_grad()
     def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
         ctx = model.loss_context(images)
-        patches, losses, base_evals = self.base.search(model, ctx, k, seed)
+        seeds = image_seeds(images, seed) if self.uses_seed else [int(seed)] * images.shape[0]
+        patches, losses, base_evals = self.base.search(model, ctx, k, seeds)
         b, n, dev = images.shape[0], model.grid.n, model.device
         evals = torch.tensor(base_evals, dtype=torch.long, device=dev)
         if self.rounds == 0 or k == 0 or k >= n:

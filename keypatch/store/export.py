@@ -5,11 +5,13 @@
     {"ILSVRC2012_val_00000001": {"patch": [105, 92, 18], "loss": [0.61, 0.52, 0.47]}, ...}
 
 The format holds one setting (model, strategy, ratio, start, options) per file, so the records
-exported together must share one: filter them (e.g. by strategy and ratio) when a store holds several.
+exported together must share one: select one by any stored setting (model, strategy, ratio, start,
+seed, options), or write one export per setting (``each_setting``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from collections import defaultdict
@@ -21,23 +23,50 @@ from keypatch.store.sqlite import Record, ResultStore, sha256_file
 
 JSON_NAME = "patch_ids.json"
 PICTURES_NAME = "pictures"
+EXPORTS_NAME = "exports"
 
 
 class ExportWarning(UserWarning):
     """A record could not be exported (e.g. its image file is gone or changed)."""
 
 
+def setting_flags(settings: tuple[str, str, float, str, str]) -> str:
+    """The ``keypatch export`` flags that select exactly one setting."""
+    model_id, strategy, ratio, start, options_json = settings
+    flags = [f"--model {model_id}", f"--strategy {strategy}", f"--ratio {ratio:g}"]
+    if start:
+        flags.append(f"--start {start}")
+    flags += [f"-o {k}={v}" for k, v in sorted(json.loads(options_json).items())]
+    return " ".join(flags)
+
+
+def setting_slug(settings: tuple[str, str, float, str, str]) -> str:
+    """A folder name for one setting: ``STRATEGY-rRATIO[-START]-HASH8`` (the hash covers it all)."""
+    model_id, strategy, ratio, start, _ = settings
+    digest = hashlib.sha1(json.dumps(list(settings)).encode()).hexdigest()[:8]
+    return f"{strategy}-r{ratio:g}" + (f"-{start}" if start else "") + f"-{digest}"
+
+
 def check_one_setting(records: Sequence[Record]) -> None:
-    """Raise ValueError unless every record has the same settings (the format holds one)."""
+    """Raise ValueError unless every record has the same settings (the format holds one); the
+    message lists each setting with the flags that select it."""
     settings = sorted({r.settings for r in records})
     if len(settings) > 1:
-        listed = "; ".join(
-            f"model={m} strategy={s} ratio={r:g}" + (f" start={st}" if st else "") + (f" options={o}" if o != "{}"
-                                                                                  else "")
-            for m, s, r, st, o in settings
-        )
-        raise ValueError(f"the records have {len(settings)} different settings ({listed}); "
-                         "filter them to one (by model, strategy, ratio, start)")
+        listed = "; ".join(setting_flags(st) for st in settings)
+        raise ValueError(f"the records have {len(settings)} different settings; select one ({listed}) or export "
+                         "each into its own folder with --each-setting")
+
+
+def match_options(records: Sequence[Record], options: dict[str, Any] | None) -> list[Record]:
+    """The records whose stored options include every ``key: value`` of ``options`` (numbers
+    compare by value: ``1`` matches ``1.0``; a string matches a stored value with the same text)."""
+    if not options:
+        return list(records)
+
+    def same(stored: Any, wanted: Any) -> bool:
+        return stored == wanted or (isinstance(wanted, str) and str(stored) == wanted)
+
+    return [r for r in records if all(k in r.options and same(r.options[k], v) for k, v in options.items())]
 
 
 def unique_stems(records: Sequence[Record]) -> list[str]:
@@ -115,12 +144,14 @@ def export_pictures(records: Sequence[Record], model: Any = None, out_dir: str |
     from tqdm.auto import tqdm
 
     from keypatch.experiments.pictures import triptych
+    from keypatch.geometry import InputNotes
     from keypatch.reconstructors import load_mae
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models: dict[str, Any] = {}
     written = []
+    notes = InputNotes()
     for name, r in tqdm(list(zip(unique_stems(records), records, strict=True)), desc="pictures", unit="img",
                         disable=not progress):
         path = Path(r.image_path)
@@ -139,7 +170,7 @@ def export_pictures(records: Sequence[Record], model: Any = None, out_dir: str |
                 models[r.model_id] = load_mae(r.model_id, device=device)
             mae = models[r.model_id]
         try:
-            picture = triptych(path, r.patches, mae)
+            picture = triptych(path, r.patches, mae, notes=notes)  # propose has reported them
         except ValueError as exc:  # unreadable image, or patches outside the model's grid
             warnings.warn(f"{path}: {exc}; no picture for it", ExportWarning, stacklevel=2)
             continue
@@ -149,9 +180,20 @@ def export_pictures(records: Sequence[Record], model: Any = None, out_dir: str |
     return written
 
 
+def _export_one(records: Sequence[Record], json_file: Path, pic_dir: Path | None, device: str,
+                progress: bool) -> dict[str, Any]:
+    json_file = export_json(records, json_file)
+    out: dict[str, Any] = {"records": len(records), "json": str(json_file), "pictures": 0, "pictures_dir": None,
+                           "skipped": 0, "setting": setting_flags(records[0].settings)}
+    if pic_dir is not None:
+        written = export_pictures(records, None, pic_dir, device=device, progress=progress)
+        out.update(pictures=len(written), pictures_dir=str(pic_dir), skipped=len(records) - len(written))
+    return out
+
+
 def export_results(out_dir: str | Path, json_path: str | Path | None = None, pictures_dir: str | Path | None = None,
-                   *, pictures: bool = True, device: str = "auto", progress: bool = True,
-                   **filters: Any) -> dict[str, Any]:
+                   *, pictures: bool = True, device: str = "auto", progress: bool = True, each_setting: bool = False,
+                   options: dict[str, Any] | None = None, seed: int | None = None, **filters: Any) -> dict[str, Any]:
     """Export the records of the store in ``out_dir`` (what ``keypatch export`` does).
 
     Parameters
@@ -159,13 +201,21 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
     out_dir : str or Path
         The results folder (holding ``results.sqlite``), or the store file itself.
     json_path : str or Path, optional
-        Default ``out_dir / "patch_ids.json"``.
+        Default ``out_dir / "patch_ids.json"`` (not with ``each_setting``).
     pictures_dir : str or Path, optional
-        Default ``out_dir / "pictures"``.
+        Default ``out_dir / "pictures"`` (not with ``each_setting``).
     pictures : bool
         Also write the PNG triptychs (needs the records' models and image files).
     device : str
         Where to reconstruct for the pictures.
+    each_setting : bool
+        Write one export per setting of the matching records, into
+        ``out_dir / "exports" / SLUG /`` (``patch_ids.json``, ``pictures/`` and ``setting.json``;
+        see :func:`setting_slug`), instead of requiring a single setting.
+    options : dict, optional
+        Only records whose stored options include these ``key: value`` pairs (e.g. ``{"eps": 0.2}``).
+    seed : int, optional
+        Only records stored with this seed (the same as ``options={"seed": seed}``).
     **filters
         Passed to :meth:`ResultStore.records` (``strategy``, ``ratio``, ``model_id``, ``start``...);
         None values are ignored.
@@ -174,33 +224,51 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
     -------
     dict
         ``records``, ``json`` (path), ``pictures`` (number written), ``pictures_dir``, ``skipped``
-        (pictures not written).
+        (pictures not written), ``setting`` (its flags); with ``each_setting``, ``exports``: one
+        such dict per setting, and ``records`` in all.
 
     Raises
     ------
     FileNotFoundError
         If there is no store.
     ValueError
-        If no record matches, or the matching records have more than one setting.
+        If no record matches, or (without ``each_setting``) the matching records have more than
+        one setting: the message lists the flags that select each.
     """
     if filters.get("model_id") == "default":
         from keypatch.reconstructors.loading import default_model_id
 
         filters["model_id"] = default_model_id()
+    options = dict(options or {})
+    if seed is not None:
+        options["seed"] = seed
     with ResultStore(out_dir, create=False) as store:
         folder = store.path.parent
-        records = store.records(**filters)
+        records = match_options(store.records(**filters), options)
     if not records:
-        given = ", ".join(f"{k}={v}" for k, v in filters.items() if v is not None)
-        raise ValueError(f"no records in {folder}" + (f" match {given}" if given else ""))
-    check_one_setting(records)
-    json_file = export_json(records, Path(json_path) if json_path else folder / JSON_NAME)
-    summary: dict[str, Any] = {"records": len(records), "json": str(json_file), "pictures": 0,
-                               "pictures_dir": None, "skipped": 0}
-    if pictures:
-        pic_dir = Path(pictures_dir) if pictures_dir else folder / PICTURES_NAME
-        from keypatch.reconstructors import resolve_device
+        given = [f"{k}={v}" for k, v in filters.items() if v is not None] + [f"{k}={v}" for k, v in options.items()]
+        raise ValueError(f"no records in {folder}" + (f" match {', '.join(given)}" if given else ""))
+    from keypatch.reconstructors import resolve_device
 
-        written = export_pictures(records, None, pic_dir, device=str(resolve_device(device)), progress=progress)
-        summary.update(pictures=len(written), pictures_dir=str(pic_dir), skipped=len(records) - len(written))
-    return summary
+    dev = str(resolve_device(device))
+    if not each_setting:
+        check_one_setting(records)
+        pic_dir = (Path(pictures_dir) if pictures_dir else folder / PICTURES_NAME) if pictures else None
+        return _export_one(records, Path(json_path) if json_path else folder / JSON_NAME, pic_dir, dev, progress)
+    if json_path or pictures_dir:
+        raise ValueError("--json and --pictures name one export; with --each-setting every setting gets its own "
+                         "folder under OUT/exports/")
+    groups: dict[tuple, list[Record]] = defaultdict(list)
+    for r in records:
+        groups[r.settings].append(r)
+    exports = []
+    for settings, group in groups.items():
+        target = folder / EXPORTS_NAME / setting_slug(settings)
+        target.mkdir(parents=True, exist_ok=True)
+        model_id, strategy, ratio, start, options_json = settings
+        (target / "setting.json").write_text(json.dumps(
+            {"model_id": model_id, "strategy": strategy, "ratio": ratio, "start": start,
+             "options": json.loads(options_json), "records": len(group)}, indent=1) + "\n")
+        exports.append(_export_one(group, target / JSON_NAME, target / PICTURES_NAME if pictures else None, dev,
+                                   progress))
+    return {"records": len(records), "exports": exports}

@@ -5,13 +5,28 @@ that determine the result: model id, strategy, ratio, start and the remaining op
 JSON). Re-running with the same settings therefore finds the image already done, even when the file
 was moved or renamed. The database runs in WAL mode and every :meth:`ResultStore.add` commits, so an
 interrupted run keeps every finished image.
+
+Concurrent runs on one store share the work through the table ``claims``: a run claims an image
+(for one setting) before computing it, with its run id, host, process id and a lease that it
+renews while it lives (:meth:`ResultStore.claim`, :meth:`ResultStore.renew`). A claim is released
+when the record is stored, or at the end of the run; a claim whose lease has expired, or whose
+process is gone from this host, is taken over by the next run that wants the image.
+
+A store is marked with SQLite's ``application_id`` (:data:`APPLICATION_ID`); a file that is not an
+SQLite database, or is another program's database, is refused with a :class:`StoreError`, and a
+damaged one (``PRAGMA quick_check`` fails on opening, or a read fails later) with a
+:class:`StoreDamagedError` that points to :func:`keypatch.store.repair.repair_store`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import sqlite3
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +34,25 @@ from typing import Any
 
 STORE_NAME = "results.sqlite"
 """File name of the store inside a results folder."""
+
+APPLICATION_ID = int.from_bytes(b"KPat", "big")
+"""SQLite ``PRAGMA application_id`` of a keypatch results store."""
+
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version``: 1 = proposals only (unmarked), 2 = with claims."""
+
+DEFAULT_LEASE = 60.0
+"""Seconds a claim stays valid without renewal (a live run renews it every quarter of this)."""
+
+_CLAIMS = """
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    expires REAL NOT NULL
+)
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS proposals (
@@ -45,6 +79,61 @@ _FILTERS = ("id", "image_path", "sha256", "model_id", "strategy", "ratio", "star
 
 class DuplicateRecordError(ValueError):
     """A record with the same image content and settings is already stored."""
+
+
+class StoreError(ValueError):
+    """The file is not a keypatch results store (not SQLite, another program's database), or it is
+    locked or read-only; the message names the file and what to do."""
+
+
+class StoreDamagedError(StoreError):
+    """The results store is damaged (corrupt pages); the message says how to repair it."""
+
+
+def damaged_message(path: Path, detail: object) -> str:
+    """The one line a damaged store is reported with."""
+    lines = [t.strip() for t in str(detail).splitlines() if t.strip() and not t.startswith("***")]
+    detail = "; ".join(lines[:2]) or "unknown problem"
+    return (f"the results store {path} is damaged ({detail}); nothing was changed. `keypatch store repair --out "
+            f"{path.parent}` copies every readable record into a new store and keeps the damaged file beside it")
+
+
+def _translate(path: Path, exc: sqlite3.Error) -> StoreError:
+    name = getattr(exc, "sqlite_errorname", "")
+    if name in ("SQLITE_NOTADB",) or "not a database" in str(exc):
+        return StoreError(f"{path} is not a keypatch results store (not an SQLite database); choose another "
+                          "--out folder or move the file away")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_FULL",
+                        "SQLITE_IOERR", "SQLITE_PERM")):
+        return StoreError(f"the results store {path}: {exc}")
+    return StoreDamagedError(damaged_message(path, exc))
+
+
+@dataclass(frozen=True)
+class RunId:
+    """Who holds a claim: a random run id, the host name and the process id."""
+
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+
+
+def _alive(host: str, pid: int) -> bool:
+    """Whether the claim holder may still run (always True for another host: only its lease says)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_key(sha256: str, model_id: str, strategy: str, ratio: float, start: str, options: dict | str | None) -> str:
+    """The key of one image's claim for one setting."""
+    return json.dumps([sha256, model_id, strategy, float(ratio), start, options_key(options)], separators=(",", ":"))
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -105,6 +194,11 @@ class Record:
         """``(model_id, strategy, ratio, start, options_json)``: everything but the image."""
         return (self.model_id, self.strategy, float(self.ratio), self.start, self.options_json)
 
+    @property
+    def settings_of_image(self) -> tuple[str, str, str, float, str, str]:
+        """``(sha256, *settings)``: the record's key, as :func:`claim_key` takes it."""
+        return (self.sha256, *self.settings)
+
 
 class ResultStore:
     """Proposals in a SQLite file.
@@ -124,7 +218,7 @@ class ResultStore:
     ...     store.records(strategy="greedy", ratio=0.1)
     """
 
-    def __init__(self, path: str | Path, create: bool = True) -> None:
+    def __init__(self, path: str | Path, create: bool = True, check: bool = True) -> None:
         path = Path(path)
         if path.is_dir():
             path = path / STORE_NAME
@@ -132,16 +226,53 @@ class ResultStore:
             if not create:
                 raise FileNotFoundError(f"no results store at {path}")
             path.parent.mkdir(parents=True, exist_ok=True)
+        elif path.stat().st_size:
+            with open(path, "rb") as f:
+                if f.read(16) != b"SQLite format 3\x00":
+                    raise StoreError(f"{path} is not a keypatch results store (not an SQLite database); choose "
+                                     "another --out folder or move the file away")
         self.path = path
         self._conn: sqlite3.Connection | None = sqlite3.connect(str(path), timeout=30.0)
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(_SCHEMA)
-            self._conn.commit()
-        except sqlite3.DatabaseError as exc:
-            self._conn.close()
-            self._conn = None
-            raise ValueError(f"{path} is not a keypatch results store: {exc}") from exc
+            self._open(check)
+        except sqlite3.Error as exc:
+            self.close()
+            raise _translate(path, exc) from exc
+        except StoreError:
+            self.close()
+            raise
+
+    def _open(self, check: bool) -> None:
+        conn = self.conn
+        if check:
+            problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if problem != "ok":
+                raise StoreDamagedError(damaged_message(self.path, problem))
+        app = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' "
+                                             "AND name NOT LIKE 'sqlite_%'")]
+        if app != APPLICATION_ID:
+            cols = {r[1] for r in conn.execute("PRAGMA table_info(proposals)")}
+            ours = {"sha256", "model_id", "strategy", "ratio", "start", "options_json", "patches_json"}
+            if app != 0 or (tables and not ours <= cols) or set(tables) - {"proposals", "claims"}:
+                listed = ", ".join(tables) or "none"
+                raise StoreError(f"{self.path} is an SQLite database of another program (application id {app}, "
+                                 f"tables: {listed}), not a keypatch results store; choose another --out folder")
+        conn.execute("PRAGMA journal_mode=WAL")
+        if app != APPLICATION_ID or conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            with conn:
+                conn.execute(_SCHEMA)
+                conn.execute(_CLAIMS)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        try:
+            return self.conn.execute(sql, params)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise _translate(self.path, exc) from exc
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -165,14 +296,14 @@ class ResultStore:
         self.close()
 
     def __len__(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM proposals").fetchone()[0]
+        return self._execute("SELECT COUNT(*) FROM proposals").fetchone()[0]
 
     # -- queries -----------------------------------------------------------------------------------
 
     def has(self, sha256: str, model_id: str, strategy: str, ratio: float, start: str = "",
             options: dict[str, Any] | str | None = None) -> bool:
         """Whether a proposal for this image content and these settings is stored."""
-        row = self.conn.execute(
+        row = self._execute(
             "SELECT 1 FROM proposals WHERE sha256=? AND model_id=? AND strategy=? AND ratio=? AND start=?"
             " AND options_json=? LIMIT 1",
             (sha256, model_id, strategy, float(ratio), start, options_key(options)),
@@ -180,7 +311,8 @@ class ResultStore:
         return row is not None
 
     def add(self, record: Record) -> int:
-        """Insert ``record`` and commit; sets and returns its ``id`` (and ``created`` if empty).
+        """Insert ``record``, release its claim (if any) and commit; sets and returns its ``id`` (and
+        ``created`` if empty).
 
         Raises
         ------
@@ -188,6 +320,8 @@ class ResultStore:
             (a ValueError) If a record with the same image content and settings is already stored.
         ValueError
             If ``patches`` and ``losses`` differ in length.
+        StoreError
+            If the store cannot be written (damaged, locked, read-only, disk full).
         """
         if len(record.patches) != len(record.losses):
             raise ValueError(f"{len(record.patches)} patches but {len(record.losses)} losses")
@@ -203,12 +337,78 @@ class ResultStore:
                      json.dumps([float(v) for v in record.losses]), record.loss, int(record.evaluations),
                      float(record.seconds), created),
                 )
+                self.conn.execute("DELETE FROM claims WHERE key = ?", (claim_key(*record.settings_of_image),))
         except sqlite3.IntegrityError as exc:
             raise DuplicateRecordError(
                 f"{record.image_path} (sha256 {record.sha256[:12]}) is already stored with these settings"
             ) from exc
+        except sqlite3.Error as exc:
+            raise _translate(self.path, exc) from exc
         record.id, record.created = cur.lastrowid, created
         return cur.lastrowid
+
+    # -- claims ------------------------------------------------------------------------------------
+
+    def claim(self, keys: list[str], run: RunId, lease: float = DEFAULT_LEASE) -> list[str]:
+        """Try to claim each of ``keys`` (from :func:`claim_key`) for ``run``, in one transaction.
+
+        Returns
+        -------
+        list of str
+            Per key: ``"claimed"`` (now held by ``run``: compute it), ``"stored"`` (a record exists)
+            or ``"busy"`` (held by another live run whose lease has not expired).
+        """
+        now = time.time()
+        out = []
+        try:
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                for key in keys:
+                    sha, model_id, strategy, ratio, start, opts = json.loads(key)
+                    if self.conn.execute(
+                            "SELECT 1 FROM proposals WHERE sha256=? AND model_id=? AND strategy=? AND ratio=? AND "
+                            "start=? AND options_json=? LIMIT 1", (sha, model_id, strategy, ratio, start, opts)
+                    ).fetchone():
+                        out.append("stored")
+                        continue
+                    row = self.conn.execute("SELECT run_id, host, pid, expires FROM claims WHERE key=?",
+                                            (key,)).fetchone()
+                    if row and row[0] != run.run_id and row[3] > now and _alive(row[1], row[2]):
+                        out.append("busy")
+                        continue
+                    self.conn.execute("INSERT OR REPLACE INTO claims (key, run_id, host, pid, expires) "
+                                      "VALUES (?, ?, ?, ?, ?)", (key, run.run_id, run.host, run.pid, now + lease))
+                    out.append("claimed")
+        except sqlite3.Error as exc:
+            raise _translate(self.path, exc) from exc
+        return out
+
+    def renew(self, run: RunId, lease: float = DEFAULT_LEASE) -> int:
+        """Extend every claim of ``run`` by ``lease`` seconds from now; returns how many it holds."""
+        with self.conn:
+            cur = self._execute("UPDATE claims SET expires = ? WHERE run_id = ?", (time.time() + lease, run.run_id))
+        return cur.rowcount
+
+    def release(self, run: RunId, keys: list[str] | None = None) -> None:
+        """Drop ``run``'s claims on ``keys`` (default: all of them)."""
+        with self.conn:
+            if keys is None:
+                self._execute("DELETE FROM claims WHERE run_id = ?", (run.run_id,))
+            else:
+                for key in keys:
+                    self._execute("DELETE FROM claims WHERE key = ? AND run_id = ?", (key, run.run_id))
+
+    def claims(self) -> list[tuple[str, str, str, int, float]]:
+        """Every claim as ``(key, run_id, host, pid, expires)``."""
+        return self._execute("SELECT key, run_id, host, pid, expires FROM claims ORDER BY key").fetchall()
+
+    # -- records -----------------------------------------------------------------------------------
+
+    def settings_counts(self) -> list[tuple[tuple[str, str, float, str, str], int]]:
+        """Every distinct setting ``(model_id, strategy, ratio, start, options_json)`` with its record count."""
+        rows = self._execute("SELECT model_id, strategy, ratio, start, options_json, COUNT(*) FROM proposals "
+                             "GROUP BY model_id, strategy, ratio, start, options_json ORDER BY MIN(id)").fetchall()
+        return [(tuple(r[:5]), r[5]) for r in rows]
 
     def records(self, **filters: Any) -> list[Record]:
         """Stored records, oldest first, matching every given filter.
@@ -237,7 +437,7 @@ class ResultStore:
               " losses_json, evaluations, seconds, created FROM proposals"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        rows = self.conn.execute(sql + " ORDER BY id", params).fetchall()
+        rows = self._execute(sql + " ORDER BY id", params).fetchall()
         return [
             Record(image_path=r[1], sha256=r[2], model_id=r[3], strategy=r[4], ratio=r[5], start=r[6],
                    options=json.loads(r[7]), patches=json.loads(r[8]), losses=json.loads(r[9]), evaluations=r[10],
