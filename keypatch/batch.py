@@ -60,22 +60,20 @@ def stored_settings(proposer: Proposer, seed: int) -> tuple[str, dict[str, Any]]
 
 
 class Heartbeat:
-    """Renews a run's claims every quarter of the lease in a background thread (own connection)."""
+    """Renews a run's claims every quarter of the lease in a background thread, through the run's
+    own store (whose connection is shared under its lock)."""
 
-    def __init__(self, path: Path, run: Any, lease: float) -> None:
-        self.path, self.run, self.lease = path, run, lease
+    def __init__(self, store: Any, run: Any, lease: float) -> None:
+        self.store, self.run, self.lease = store, run, lease
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="keypatch-claims", daemon=True)
 
     def _beat(self) -> None:
-        from keypatch.store import ResultStore
-
-        try:
-            with ResultStore(self.path, create=False, check=False) as store:
-                while not self._stop.wait(self.lease / 4):
-                    store.renew(self.run, self.lease)
-        except (ValueError, OSError):  # the main thread reports store problems itself
-            return
+        while not self._stop.wait(self.lease / 4):
+            try:
+                self.store.renew(self.run, self.lease)
+            except (ValueError, RuntimeError):  # the main thread reports store problems itself
+                return
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -148,7 +146,8 @@ def run_propose(
     -------
     dict
         ``found``, ``done`` (new records), ``skipped`` (already stored, stored meanwhile by another
-        run, or the same content twice in this run), ``failed`` and ``failed_paths`` (unreadable),
+        run, or the same content twice in this run), ``recomputed`` (of those, computed here too because
+        another run stored it after its claim had expired), ``failed`` and ``failed_paths`` (unreadable),
         ``notes`` (the deliberate-change lines), ``store``, ``model_id``, ``strategy``, ``ratio``,
         ``k``, ``start``, ``options``, ``seconds`` (wall time).
     """
@@ -178,7 +177,8 @@ def run_propose(
     notes, run = InputNotes(), RunId()
 
     summary: dict[str, Any] = {
-        "found": len(files), "done": 0, "skipped": 0, "failed": 0, "failed_paths": [], "notes": [], "store": "",
+        "found": len(files), "done": 0, "skipped": 0, "recomputed": 0, "failed": 0, "failed_paths": [], "notes": [],
+        "store": "",
         "model_id": mae.model_id, "strategy": proposer.name, "ratio": ratio, "k": k, "start": stored_start,
         "options": stored_options, "seconds": 0.0,
     }
@@ -192,7 +192,7 @@ def run_propose(
     def key_of(digest: str) -> str:
         return claim_key(digest, mae.model_id, proposer.name, ratio, stored_start, stored_options)
 
-    with ResultStore(out_dir / STORE_NAME) as store, Heartbeat(store.path, run, lease), \
+    with ResultStore(out_dir / STORE_NAME) as store, Heartbeat(store, run, lease), \
             tqdm(total=len(files), desc="propose", unit="img", disable=not progress) as bar:
         summary["store"] = str(store.path)
         digests: dict[Path, str] = {}
@@ -246,6 +246,7 @@ def run_propose(
                         summary["done"] += 1
                     except DuplicateRecordError:  # stored meanwhile by a run whose claim had expired
                         summary["skipped"] += 1
+                        summary["recomputed"] += 1
                     bar.update(1)
             return busy
 

@@ -25,6 +25,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -200,6 +201,44 @@ class Record:
         return (self.sha256, *self.settings)
 
 
+def _create(path: Path) -> None:
+    """Make a new, empty store at ``path`` atomically: set up in a temporary file, then linked into
+    place, so that no other run ever opens a half-made store (if another run made one first, it is
+    kept)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.new-{uuid.uuid4().hex[:12]}")
+    conn = sqlite3.connect(str(tmp))
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        with conn:
+            conn.execute(_SCHEMA)
+            conn.execute(_CLAIMS)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    finally:
+        conn.close()
+    try:
+        if path.exists():  # an empty file left by someone: replace it
+            tmp.replace(path)
+        else:
+            os.link(tmp, path)
+    except FileExistsError:
+        pass  # another run made the store meanwhile: use theirs
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _locked(method):
+    """Run ``method`` holding the store's lock (the heartbeat thread shares the connection)."""
+
+    def wrapper(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    wrapper.__doc__, wrapper.__name__ = method.__doc__, method.__name__
+    return wrapper
+
+
 class ResultStore:
     """Proposals in a SQLite file.
 
@@ -222,17 +261,20 @@ class ResultStore:
         path = Path(path)
         if path.is_dir():
             path = path / STORE_NAME
-        if not path.is_file():
+        if not path.is_file() or not path.stat().st_size:
             if not create:
                 raise FileNotFoundError(f"no results store at {path}")
-            path.parent.mkdir(parents=True, exist_ok=True)
-        elif path.stat().st_size:
+            _create(path)
+        else:
             with open(path, "rb") as f:
                 if f.read(16) != b"SQLite format 3\x00":
                     raise StoreError(f"{path} is not a keypatch results store (not an SQLite database); choose "
                                      "another --out folder or move the file away")
         self.path = path
-        self._conn: sqlite3.Connection | None = sqlite3.connect(str(path), timeout=30.0)
+        # one connection per store, shareable with the run's heartbeat thread under ``lock``: a
+        # second connection to the same file in the same process can make SQLite drop the WAL
+        self.lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
         try:
             self._open(check)
         except sqlite3.Error as exc:
@@ -268,7 +310,8 @@ class ResultStore:
 
     def _execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
         try:
-            return self.conn.execute(sql, params)
+            with self.lock:
+                return self.conn.execute(sql, params)
         except sqlite3.IntegrityError:
             raise
         except sqlite3.Error as exc:
@@ -310,6 +353,7 @@ class ResultStore:
         ).fetchone()
         return row is not None
 
+    @_locked
     def add(self, record: Record) -> int:
         """Insert ``record``, release its claim (if any) and commit; sets and returns its ``id`` (and
         ``created`` if empty).
@@ -349,6 +393,7 @@ class ResultStore:
 
     # -- claims ------------------------------------------------------------------------------------
 
+    @_locked
     def claim(self, keys: list[str], run: RunId, lease: float = DEFAULT_LEASE) -> list[str]:
         """Try to claim each of ``keys`` (from :func:`claim_key`) for ``run``, in one transaction.
 
@@ -383,12 +428,14 @@ class ResultStore:
             raise _translate(self.path, exc) from exc
         return out
 
+    @_locked
     def renew(self, run: RunId, lease: float = DEFAULT_LEASE) -> int:
         """Extend every claim of ``run`` by ``lease`` seconds from now; returns how many it holds."""
         with self.conn:
             cur = self._execute("UPDATE claims SET expires = ? WHERE run_id = ?", (time.time() + lease, run.run_id))
         return cur.rowcount
 
+    @_locked
     def release(self, run: RunId, keys: list[str] | None = None) -> None:
         """Drop ``run``'s claims on ``keys`` (default: all of them)."""
         with self.conn:
