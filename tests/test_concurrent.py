@@ -17,7 +17,6 @@ from PIL import Image
 from keypatch.store import ResultStore
 
 
-
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     d = tmp_path_factory.mktemp("concurrent")
