@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -33,6 +32,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from keypatch.store.claims import DEFAULT_LEASE, RunId, alive, claim_key
+from keypatch.store.errors import DuplicateRecordError, StoreDamagedError, StoreError, damaged_message, translate
+from keypatch.store.keys import options_key
+
+__all__ = ["DEFAULT_LEASE", "DuplicateRecordError", "Record", "ResultStore", "RunId", "StoreDamagedError",
+           "StoreError", "claim_key", "options_key", "sha256_file"]
+
 STORE_NAME = "results.sqlite"
 """File name of the store inside a results folder."""
 
@@ -41,9 +47,6 @@ APPLICATION_ID = int.from_bytes(b"KPat", "big")
 
 SCHEMA_VERSION = 2
 """``PRAGMA user_version``: 1 = proposals only (unmarked), 2 = with claims."""
-
-DEFAULT_LEASE = 60.0
-"""Seconds a claim stays valid without renewal (a live run renews it every quarter of this)."""
 
 _CLAIMS = """
 CREATE TABLE IF NOT EXISTS claims (
@@ -78,65 +81,6 @@ CREATE TABLE IF NOT EXISTS proposals (
 _FILTERS = ("id", "image_path", "sha256", "model_id", "strategy", "ratio", "start", "options_json")
 
 
-class DuplicateRecordError(ValueError):
-    """A record with the same image content and settings is already stored."""
-
-
-class StoreError(ValueError):
-    """The file is not a keypatch results store (not SQLite, another program's database), or it is
-    locked or read-only; the message names the file and what to do."""
-
-
-class StoreDamagedError(StoreError):
-    """The results store is damaged (corrupt pages); the message says how to repair it."""
-
-
-def damaged_message(path: Path, detail: object) -> str:
-    """The one line a damaged store is reported with."""
-    lines = [t.strip() for t in str(detail).splitlines() if t.strip() and not t.startswith("***")]
-    detail = "; ".join(lines[:2]) or "unknown problem"
-    return (f"the results store {path} is damaged ({detail}); nothing was changed. `keypatch store repair --out "
-            f"{path.parent}` copies every readable record into a new store and keeps the damaged file beside it")
-
-
-def _translate(path: Path, exc: sqlite3.Error) -> StoreError:
-    name = getattr(exc, "sqlite_errorname", "")
-    if name in ("SQLITE_NOTADB",) or "not a database" in str(exc):
-        return StoreError(f"{path} is not a keypatch results store (not an SQLite database); choose another "
-                          "--out folder or move the file away")
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_FULL",
-                        "SQLITE_IOERR", "SQLITE_PERM")):
-        return StoreError(f"the results store {path}: {exc}")
-    return StoreDamagedError(damaged_message(path, exc))
-
-
-@dataclass(frozen=True)
-class RunId:
-    """Who holds a claim: a random run id, the host name and the process id."""
-
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    host: str = field(default_factory=socket.gethostname)
-    pid: int = field(default_factory=os.getpid)
-
-
-def _alive(host: str, pid: int) -> bool:
-    """Whether the claim holder may still run (always True for another host: only its lease says)."""
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def claim_key(sha256: str, model_id: str, strategy: str, ratio: float, start: str, options: dict | str | None) -> str:
-    """The key of one image's claim for one setting."""
-    return json.dumps([sha256, model_id, strategy, float(ratio), start, options_key(options)], separators=(",", ":"))
-
-
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of the bytes of the file at ``path``."""
     h = hashlib.sha256()
@@ -144,13 +88,6 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             h.update(chunk)
     return h.hexdigest()
-
-
-def options_key(options: dict[str, Any] | str | None) -> str:
-    """Canonical JSON of ``options`` (sorted keys, no spaces): the form stored in ``options_json``."""
-    if isinstance(options, str):
-        options = json.loads(options) if options else {}
-    return json.dumps(options or {}, sort_keys=True, separators=(",", ":"))
 
 
 def _now() -> str:
@@ -279,7 +216,7 @@ class ResultStore:
             self._open(check)
         except sqlite3.Error as exc:
             self.close()
-            raise _translate(path, exc) from exc
+            raise translate(path, exc) from exc
         except StoreError:
             self.close()
             raise
@@ -315,7 +252,7 @@ class ResultStore:
         except sqlite3.IntegrityError:
             raise
         except sqlite3.Error as exc:
-            raise _translate(self.path, exc) from exc
+            raise translate(self.path, exc) from exc
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -387,7 +324,7 @@ class ResultStore:
                 f"{record.image_path} (sha256 {record.sha256[:12]}) is already stored with these settings"
             ) from exc
         except sqlite3.Error as exc:
-            raise _translate(self.path, exc) from exc
+            raise translate(self.path, exc) from exc
         record.id, record.created = cur.lastrowid, created
         return cur.lastrowid
 
@@ -418,14 +355,14 @@ class ResultStore:
                         continue
                     row = self.conn.execute("SELECT run_id, host, pid, expires FROM claims WHERE key=?",
                                             (key,)).fetchone()
-                    if row and row[0] != run.run_id and row[3] > now and _alive(row[1], row[2]):
+                    if row and row[0] != run.run_id and row[3] > now and alive(row[1], row[2]):
                         out.append("busy")
                         continue
                     self.conn.execute("INSERT OR REPLACE INTO claims (key, run_id, host, pid, expires) "
                                       "VALUES (?, ?, ?, ?, ?)", (key, run.run_id, run.host, run.pid, now + lease))
                     out.append("claimed")
         except sqlite3.Error as exc:
-            raise _translate(self.path, exc) from exc
+            raise translate(self.path, exc) from exc
         return out
 
     @_locked
