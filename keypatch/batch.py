@@ -107,6 +107,8 @@ def run_propose(
     its image is done. Runs on the same store share the work: each image is claimed before it is
     computed, images claimed by another live run are left to it, and a run ends only once every
     image is stored (it waits for the others' images, and takes over those of a run that died).
+    On a CPU, runs of this host on the same store split its torch threads between them (each uses
+    ``threads // live runs``, at least 1), so that they do not oversubscribe the cores.
     Unreadable images are reported with an :class:`ImageWarning`, counted in the summary and
     skipped; the others are processed. Deliberate changes made while loading (alpha dropped, first
     frame of an animation, squashed to a square, EXIF rotation) are reported once per run as
@@ -233,6 +235,8 @@ def run_propose(
                     fail(path, exc)
                     bar.update(1)
             if todo:
+                if mae.device.type == "cpu":  # runs sharing this machine split its cores
+                    torch.set_num_threads(max(1, threads // max(1, store.live_runs())))
                 images = torch.stack([x for _, _, x in todo]).to(mae.device)
                 results = propose_normalised(images, ratio, proposer, mae, seed)
                 for (path, digest, _), res in zip(todo, results, strict=True):
@@ -250,6 +254,7 @@ def run_propose(
                     bar.update(1)
             return busy
 
+        threads = torch.get_num_threads()
         try:
             waiting: list[Path] = []
             for s in range(0, len(files), batch_size):
@@ -263,6 +268,7 @@ def run_propose(
                 waiting = still
         finally:
             store.release(run)
+            torch.set_num_threads(threads)
     summary["notes"] = notes.lines()
     for line in summary["notes"]:
         warnings.warn(line, InputNote, stacklevel=2)

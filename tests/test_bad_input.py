@@ -403,8 +403,10 @@ def test_claims_of_a_live_run_are_left_and_a_dead_runs_taken_over(tmp_path):
         assert s.claim(keys[:1], live) == ["claimed"]
         assert s.claim(keys[1:2], gone) == ["claimed"]
         assert s.claim(keys[2:], far, lease=-1.0) == ["claimed"]  # lease already expired
+        assert s.live_runs() == 1  # the dead pid and the other host's expired lease do not count
         me = RunId()
         assert s.claim(keys, me) == ["busy", "claimed", "claimed"]
+        assert s.live_runs() == 2
         s.release(me)
         assert [c[1] for c in s.claims()] == [live.run_id]
 

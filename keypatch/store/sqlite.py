@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -381,6 +382,13 @@ class ResultStore:
             else:
                 for key in keys:
                     self._execute("DELETE FROM claims WHERE key = ? AND run_id = ?", (key, run.run_id))
+
+    def live_runs(self) -> int:
+        """How many runs on this host hold live claims on this store (lease not expired, process alive)."""
+        rows = self._execute("SELECT DISTINCT run_id, host, pid FROM claims WHERE expires > ?",
+                             (time.time(),)).fetchall()
+        here = socket.gethostname()
+        return sum(1 for _, host, pid in rows if host == here and alive(host, pid))
 
     def claims(self) -> list[tuple[str, str, str, int, float]]:
         """Every claim as ``(key, run_id, host, pid, expires)``."""
