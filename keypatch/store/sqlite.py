@@ -20,6 +20,7 @@ damaged one (``PRAGMA quick_check`` fails on opening, or a read fails later) wit
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -169,11 +170,11 @@ def _create(path: Path) -> None:
 def _locked(method):
     """Run ``method`` holding the store's lock (the heartbeat thread shares the connection)."""
 
+    @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         with self.lock:
             return method(self, *args, **kwargs)
 
-    wrapper.__doc__, wrapper.__name__ = method.__doc__, method.__name__
     return wrapper
 
 
