@@ -36,8 +36,9 @@ from reference_loop import reference_kpp  # noqa: E402
 
 from keypatch.experiments.photos import TEST_PHOTOS, load_test_photos  # noqa: E402
 from keypatch.geometry import load_images  # noqa: E402
+from keypatch.objective import losses as set_losses
 from keypatch.proposers import get_proposer  # noqa: E402
-from keypatch.reconstructors import load_mae, native  # noqa: E402
+from keypatch.reconstructors import load_mae  # noqa: E402
 
 
 def test_photos() -> tuple[list[str], list[np.ndarray]]:
@@ -138,7 +139,7 @@ def interleaved(model, x: torch.Tensor, k: int, reference: bool):
 
 def final_losses(model, x: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
     """float32 ``L`` of each image's whole set (the same formula for every strategy)."""
-    return model.losses(x, patches, torch.arange(x.shape[0]))
+    return set_losses(model, x, patches, torch.arange(x.shape[0]))
 
 
 def add_row(rows: list, model, x: torch.Tensor, g_loss: torch.Tensor, label: str, patches: torch.Tensor,
@@ -155,7 +156,11 @@ def fmt_row(cells, widths):
 
 def _native_bf16() -> str:
     """The CPU's bf16 instruction sets ("no" without any): bf16 greedy is fast only with them."""
-    have = sorted(native.cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    have = sorted(flags & {"avx512_bf16", "amx_bf16"})
     return "+".join(have) if have else "no"
 
 
@@ -171,8 +176,6 @@ def main(argv: list[str] | None = None) -> None:
                     help="ratios at which to time the paper's loop (default: all)")
     ap.add_argument("--workers", type=int, default=2,
                     help="also time exact greedy in this many 1-thread processes (0 or 1: skip)")
-    ap.add_argument("--no-torch-attention-row", action="store_true",
-                    help="skip the exact-greedy row without the native attention kernels")
     ap.add_argument("--bf16-photos", type=int, default=2,
                     help="photos for the bfloat16 greedy row (0: skip; slow on CPUs without bf16)")
     args = ap.parse_args(argv)
@@ -193,7 +196,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{torch.get_num_threads()} torch threads, {torch.backends.cpu.get_cpu_capability()}, "
           f"native bf16: {_native_bf16()}), torch {torch.__version__}")
-    print(f"native attention kernels: {native.status()}")
     print(f"photos ({n_img}): {', '.join(names)}")
     # warm-up: first-call costs (allocator, kernels) are not part of any row
     get_proposer("greedy").select(model, x[:1], 3, 0)
@@ -217,15 +219,6 @@ def main(argv: list[str] | None = None) -> None:
             same = bool(torch.equal(pw, g_patches))
             add(f"greedy (exact, {args.workers} procs x 1 thread)", pw, g_evals, sw,
                 "same picks" if same else "PICKS DIFFER")
-        if model.native_kernels and native.available() and not args.no_torch_attention_row:
-            model.native_kernels = False
-            try:
-                pt, et, st = run_strategy(model, x, k, "greedy", {}, batch)
-            finally:
-                model.native_kernels = True
-            same = bool(torch.equal(pt, g_patches))
-            add("greedy (exact, torch attention)", pt, et, st, f"native kernels off: {st / g_sec:.2f}x exact "
-                "greedy's time; " + ("same picks" if same else "PICKS DIFFER"))
         ref_sec = None
         if rp is not None:
             ref_sec = statistics.mean(r1)

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from keypatch.geometry import ImageLike, load_images
+from keypatch.objective import Objective, losses
 from keypatch.proposers import Proposal, Proposer, get_proposer
-from keypatch.proposers.base import check_seed, takes_option
+from keypatch.proposers.base import check_seed, make_proposer
 from keypatch.reconstructors import MAE, load_mae, resolve_device
 
 ModelLike = MAE | str | None
@@ -57,14 +58,6 @@ def check_patches(patches: Sequence[int] | torch.Tensor, n: int) -> list[int]:
     return out
 
 
-@torch.no_grad()
-def prefix_losses(model: MAE, images: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-    """``L`` of every prefix of each image's ordered patches, ``(B, k)``: batched per prefix length."""
-    b, k = patches.shape
-    ii = torch.arange(b, device=model.device)
-    return torch.stack([model.losses(images, patches[:, : j + 1], ii) for j in range(k)], dim=1)
-
-
 def propose_normalised(images: torch.Tensor, ratio: float, proposer: Proposer, model: MAE,
                        seed: int = 0) -> list[Proposal]:
     """:func:`propose_batch` on images already loaded by :func:`keypatch.load_images` (on the model's
@@ -73,7 +66,7 @@ def propose_normalised(images: torch.Tensor, ratio: float, proposer: Proposer, m
     t0 = time.perf_counter()
     patches, losses, evals = proposer.select(model, images, k, check_seed(seed))
     if torch.isnan(losses).any():
-        losses = prefix_losses(model, images, patches)
+        losses = Objective(model, images).prefix_losses(patches)
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - t0) / images.shape[0]
@@ -182,9 +175,7 @@ def propose(
     >>> r.patches[:3], round(r.loss, 3)                      # doctest: +SKIP
     ([105, 92, 18], 0.412)
     """
-    if not isinstance(strategy, Proposer) and (start != "center" or takes_option(strategy, "start")):
-        options["start"] = start  # a non-default start given to a strategy without one is an error
-    proposer = get_proposer(strategy, **options)
+    proposer = make_proposer(strategy, start, options)
     return propose_batch([image], ratio, proposer, model, seed=seed, device=device)[0]
 
 
@@ -213,7 +204,7 @@ def reconstruction_loss(image: ImageLike, patches: Sequence[int], model: ModelLi
     mae = resolve_model(model, device)
     idx = check_patches(patches, mae.grid.n)
     x = load_images([image], mae.config.image_size).to(mae.device)
-    return float(mae.losses(x, torch.tensor([idx]))[0])
+    return float(losses(mae, x, torch.tensor([idx]))[0])
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from keypatch.geometry.files import list_image_files
-from keypatch.proposers.base import Proposer
+from keypatch.proposers.base import Proposer, make_proposer
 
 DEFAULT_OUT = "keypatch-results"
 """Results folder used when none is given."""
@@ -31,22 +31,6 @@ def _check_ratio(ratio: Any) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) <= 1.0:
         raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
     return float(ratio)
-
-
-def make_proposer(strategy: str | Proposer, start: str = "center", options: dict[str, Any] | None = None) -> Proposer:
-    """The proposer for a run: ``start`` goes to strategies that take one; a non-default ``start``
-    for one that does not is an error (it would be silently ignored)."""
-    from keypatch.proposers import get_proposer
-    from keypatch.proposers.base import takes_option
-
-    options = dict(options or {})
-    if isinstance(strategy, Proposer):
-        if options:
-            raise ValueError("pass options either to the Proposer instance or with a strategy name")
-        return strategy
-    if takes_option(strategy, "start") or start != "center":
-        options["start"] = start
-    return get_proposer(strategy, **options)
 
 
 def stored_settings(proposer: Proposer, seed: int) -> tuple[str, dict[str, Any]]:

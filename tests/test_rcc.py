@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from keypatch.training.rcc import RccError, iter_rcc, read_rcc_bytes
+from tools.photos.rcc import RccError, iter_rcc, read_rcc_bytes
 
 FLAG_COMPRESSED = 0x01
 FLAG_DIRECTORY = 0x02

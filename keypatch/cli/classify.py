@@ -12,7 +12,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="classification accuracy when a ViT sees only the kept patches")
     p.add_argument("root", type=Path, help="folder with one sub-folder of images per class")
     p.add_argument("--from-manifest", type=Path,
-                   help="first build ROOT from a prepare-photos manifest.json (GCompris classes)")
+                   help="first build ROOT from a `python -m tools.photos.prepare` manifest.json (GCompris classes)")
     p.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1, 0.25])
     p.add_argument("--strategies", nargs="+", default=["greedy", "random"])
     p.add_argument("--model", default="default")

@@ -11,7 +11,7 @@ import importlib
 import sqlite3
 import sys
 
-COMMANDS = ["propose", "export", "store", "ablation", "classify", "train_mae", "prepare_photos",
+COMMANDS = ["propose", "export", "store", "ablation", "classify",
             "select", "compare", "diversity"]
 
 

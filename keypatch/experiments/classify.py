@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from keypatch.api import propose_batch
 from keypatch.geometry import load_images
+from keypatch.proposers import get_proposer
 from keypatch.reconstructors.mae import MAE
 
 
@@ -117,30 +118,45 @@ def finetune_and_evaluate(model: MAE, images: torch.Tensor, patches: torch.Tenso
     return acc(train_idx), acc(test_idx)
 
 
+def patches_at_ratios(images: torch.Tensor, ratios: list[float], strategy: str, model: MAE, seed: int = 0,
+                      batch_size: int = 8, progress: bool = True, **options) -> dict[float, torch.Tensor]:
+    """``(B, k)`` key patches of ``images`` for every ratio, from :func:`keypatch.propose_batch`.
+
+    A ``prefix_consistent`` strategy runs once, to the largest ratio, and its answer is cut to each
+    smaller ratio (the same as separate runs); any other strategy runs once per ratio.
+    """
+    prefix = get_proposer(strategy, **options).prefix_consistent
+    runs = [max(ratios)] if prefix else sorted(set(ratios))
+    out: dict[float, torch.Tensor] = {}
+    for r in runs:
+        chosen = []
+        for s in tqdm(range(0, images.shape[0], batch_size), desc=f"{strategy} patches, r = {r:g}",
+                      disable=not progress):
+            chosen += [p.patches for p in propose_batch(images[s:s + batch_size], r, strategy, model, seed=seed,
+                                                        **options)]
+        out[r] = torch.tensor(chosen, device=model.device)
+    if prefix:
+        out = {r: out[max(ratios)][:, : model.grid.count(r)] for r in ratios}
+    return out
+
+
 def classification_experiment(root: Path, model: MAE, ratios: list[float], strategies: list[str],
                               test_fraction: float = 0.3, epochs: int = 30, seed: int = 0,
                               batch_size: int = 8, progress: bool = True, **options) -> list[ClassifyResult]:
     """Accuracy of fine-tuning on kept patches, for every strategy and ratio.
 
-    Patches come from :func:`keypatch.propose_batch` once per strategy at the largest ratio and
-    are cut to each smaller ratio (prefix-consistent for greedy strategies).
+    Patches come from :func:`patches_at_ratios` (one run to the largest ratio for prefix-consistent
+    strategies, one run per ratio for the others).
     """
     files, labels, classes = labelled_folder(root)
     images = load_images(files, model.config.image_size).to(model.device)
     y = torch.tensor(labels, device=model.device)
     train_idx, test_idx = split(len(files), test_fraction, seed)
     results = []
-    k_max = model.grid.count(max(ratios))
     for strategy in strategies:
-        chosen = []
-        for s in tqdm(range(0, len(files), batch_size), desc=f"{strategy} patches", disable=not progress):
-            chosen += [p.patches for p in propose_batch(images[s:s + batch_size], max(ratios), strategy, model,
-                                                        seed=seed + s, **options)]
-        allp = torch.tensor(chosen, device=model.device)
-        assert allp.shape[1] == k_max
+        kept = patches_at_ratios(images, ratios, strategy, model, seed, batch_size, progress, **options)
         for r in ratios:
-            k = model.grid.count(r)
-            tr_acc, te_acc = finetune_and_evaluate(model, images, allp[:, :k], y, train_idx, test_idx,
+            tr_acc, te_acc = finetune_and_evaluate(model, images, kept[r], y, train_idx, test_idx,
                                                    len(classes), epochs=epochs, seed=seed, progress=progress)
             results.append(ClassifyResult(strategy, r, tr_acc, te_acc, len(train_idx), len(test_idx)))
     return results
@@ -160,7 +176,7 @@ GCOMPRIS_CLASSES = {
 
 
 def labelled_from_manifest(manifest: Path, out: Path) -> dict[str, int]:
-    """Build a class-per-folder dataset from the photo manifest of ``keypatch prepare-photos``.
+    """Build a class-per-folder dataset from the photo manifest of ``python -m tools.photos.prepare``.
 
     GCompris photos are labelled by their activity folder (:data:`GCOMPRIS_CLASSES`); the rest
     are left out. Files are hard-linked (or copied) into ``out/CLASS/``. Returns the class counts.

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from keypatch.objective import losses as set_losses
+
 DEFAULT_RATIOS = (0.05, 0.1, 0.25)
 DEFAULT_STRATEGIES = ("greedy", "attention", "random")
 
@@ -168,8 +170,7 @@ def run_compare(paths, ratios: Sequence[float] = DEFAULT_RATIOS, strategies: Seq
                         secs = (time.perf_counter() - t0) / x.shape[0]
                         if proposer.prefix_consistent:
                             shared = (patches, evals)
-                    with torch.no_grad():
-                        losses = mae.losses(x, patches.to(mae.device), ii).tolist()
+                    losses = set_losses(mae, x, patches.to(mae.device), ii).tolist()
                     for j, f in enumerate(chunk):
                         rows.append({
                             "image": f, "strategy": name, "ratio": float(r), "k": ks[r], "loss": losses[j],

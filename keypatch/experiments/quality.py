@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from keypatch.objective import losses
 from keypatch.reconstructors.mae import MAE
 
 
@@ -69,7 +70,6 @@ def evaluate_quality(model: MAE, images: torch.Tensor, visible_ratio: float = 0.
     images = images.to(model.device)
     vis = random_visible(images.shape[0], g.n, k, seed, model.device)
     ii = torch.arange(images.shape[0], device=model.device)
-    mae = torch.cat([model.losses(images, vis[s:s + batch_size], ii[s:s + batch_size])
-                     for s in range(0, images.shape[0], batch_size)])
+    mae = losses(model, images, vis, ii, chunk_size=batch_size)
     triv = mean_colour_loss(images, vis, model.config.patch_size)
     return QualityReport(images.shape[0], visible_ratio, mae.mean().item(), triv.mean().item())

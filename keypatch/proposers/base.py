@@ -181,6 +181,23 @@ def takes_option(strategy: str | Proposer, option: str) -> bool:
     return cls is not None and option in cls.options
 
 
+def make_proposer(strategy: str | Proposer, start: str = "center", options: dict[str, Any] | None = None) -> Proposer:
+    """The strategy ``strategy`` with ``options``, and ``start`` where it takes one.
+
+    What :func:`keypatch.propose` and the engines build their proposer with: ``start`` goes to the
+    strategies that declare it; a non-default ``start`` for one that does not is a ValueError
+    (it would be silently ignored). An instance is returned as it is (then ``options`` must be empty).
+    """
+    options = dict(options or {})
+    if isinstance(strategy, Proposer):
+        if options:
+            raise ValueError("pass options either to the Proposer instance or with a strategy name")
+        return strategy
+    if takes_option(strategy, "start") or start != "center":
+        options["start"] = start
+    return get_proposer(strategy, **options)
+
+
 def image_seeds(images: torch.Tensor, seed: int) -> list[int]:
     """One seed per image, from ``seed`` and the image's own pixels.
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from keypatch.objective import DEFAULT_CHUNK, Objective
 from keypatch.proposers.base import register
-from keypatch.proposers.greedy import DEFAULT_CHUNK, GainSearchProposer, GainStart, score_sets
-from keypatch.reconstructors.mae import MAE, LossContext
+from keypatch.proposers.search import GainSearchProposer, GainStart
 
 
 @register
@@ -44,6 +44,7 @@ class LazyGreedy(GainSearchProposer):
     """
 
     name = "lazy"
+    prefix_consistent = True  # no step depends on k
     options = {**GainSearchProposer.options, "batch": int}
 
     def __init__(self, start: str = "center", batch: int = 4, chunk_size: int = DEFAULT_CHUNK,
@@ -54,10 +55,9 @@ class LazyGreedy(GainSearchProposer):
         self.batch = batch
 
     @torch.no_grad()
-    def extend(self, model: MAE, ctx: LossContext, k: int, state: GainStart):
-        chosen, losses, remaining, evals, current, cand, scores = state
-        b, n, dev = chosen.shape[0], model.grid.n, model.device
-        opts = self.score_options
+    def extend(self, objective: Objective, k: int, state: GainStart):
+        chosen, losses, remaining, current, cand, scores = state
+        b, n, dev = objective.batch, objective.grid.n, objective.device
         ar = torch.arange(b, device=dev)
         j0 = chosen.shape[1]
         neg_inf = torch.tensor(float("-inf"), device=dev)
@@ -78,15 +78,14 @@ class LazyGreedy(GainSearchProposer):
                 rows, top = rows[valid], top[valid]
                 chosen_now = torch.cat(picks, dim=1)
                 sets = torch.cat([chosen_now[rows], top[:, None]], dim=1)
-                fresh_loss = score_sets(model, ctx, sets, rows, **opts)
+                fresh_loss = objective.score(sets, rows)
                 gain[rows, top] = current[rows] - fresh_loss
                 scored[rows, top] = fresh_loss
                 fresh[rows, top] = True
-                evals += torch.bincount(rows, minlength=b)
             new_loss = scored[ar, pick]
             picks.append(pick[:, None])
             step_losses.append(new_loss[:, None])
             remaining[ar, pick] = False
             current = new_loss
             fresh.zero_()
-        return torch.cat(picks, dim=1), torch.cat(step_losses, dim=1), evals.tolist()
+        return torch.cat(picks, dim=1), torch.cat(step_losses, dim=1)

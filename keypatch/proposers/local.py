@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
+from keypatch.objective import DEFAULT_CHUNK, Objective
 from keypatch.proposers.base import register
-from keypatch.proposers.greedy import DEFAULT_CHUNK, GainSearchProposer, GainStart, score_sets
-from keypatch.reconstructors.mae import MAE, LossContext
+from keypatch.proposers.search import GainSearchProposer, GainStart
 
 
 @register
@@ -48,6 +48,7 @@ class LocalRefresh(GainSearchProposer):
     """
 
     name = "local"
+    prefix_consistent = True  # no step depends on k
     options = {**GainSearchProposer.options, "radius": int, "top": int}
 
     def __init__(self, start: str = "center", radius: int = 2, top: int = 16, chunk_size: int = DEFAULT_CHUNK,
@@ -58,17 +59,16 @@ class LocalRefresh(GainSearchProposer):
         self.radius, self.top = int(radius), int(top)
 
     @torch.no_grad()
-    def extend(self, model: MAE, ctx: LossContext, k: int, state: GainStart):
-        chosen, losses, remaining, evals, current, cand, scores = state
-        b, n, dev = chosen.shape[0], model.grid.n, model.device
-        opts = self.score_options
+    def extend(self, objective: Objective, k: int, state: GainStart):
+        chosen, losses, remaining, current, cand, scores = state
+        b, n, dev = objective.batch, objective.grid.n, objective.device
         ar = torch.arange(b, device=dev)
         j0 = chosen.shape[1]
         neg_inf = float("-inf")
         gain = torch.full((b, n), neg_inf, device=dev).scatter_(1, cand, 1.0 - scores / current[:, None])
         best = scores.argmin(dim=1)
         pick, new_loss = cand[ar, best], scores[ar, best]
-        near_all = model.grid.distances(dev) <= self.radius  # (N, N)
+        near_all = objective.grid.distances(dev) <= self.radius  # (N, N)
         picks, step_losses = [chosen], [losses]
         for j in range(j0 + 1, k + 1):
             picks.append(pick[:, None])
@@ -84,11 +84,10 @@ class LocalRefresh(GainSearchProposer):
             valid = top_gain > neg_inf  # fewer than `top` stale candidates left
             selected[ar[:, None].expand_as(top)[valid], top[valid]] = True
             rows, cols = selected.nonzero(as_tuple=True)  # row-major: ascending patch index per image
-            fresh = score_sets(model, ctx, torch.cat([chosen[rows], cols[:, None]], dim=1), rows, **opts)
-            evals += torch.bincount(rows, minlength=b)
+            fresh = objective.score(torch.cat([chosen[rows], cols[:, None]], dim=1), rows)
             gain[rows, cols] = 1.0 - fresh / current[rows]
             scored = torch.full((b, n), float("inf"), device=dev)
             scored[rows, cols] = fresh
             pick = scored.argmin(dim=1)  # first minimum: lowest index on ties
             new_loss = scored[ar, pick]
-        return torch.cat(picks, dim=1), torch.cat(step_losses, dim=1), evals.tolist()
+        return torch.cat(picks, dim=1), torch.cat(step_losses, dim=1)

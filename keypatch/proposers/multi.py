@@ -15,9 +15,9 @@ import math
 
 import torch
 
+from keypatch.objective import DEFAULT_CHUNK, Objective
 from keypatch.proposers.base import register
-from keypatch.proposers.greedy import DEFAULT_CHUNK, SearchProposer, greedy_step, remaining_count, start_state
-from keypatch.reconstructors.mae import MAE, LossContext
+from keypatch.proposers.search import SearchProposer, remaining_count, start_state
 
 
 @register
@@ -53,18 +53,15 @@ class MultiGreedy(SearchProposer):
         self.per_step, self.min_distance = per_step, min_distance
 
     @torch.no_grad()
-    def search(self, model: MAE, ctx: LossContext, k: int, seeds: list[int]):
-        b, n, dev, cols = ctx.tokens.shape[0], model.grid.n, model.device, model.grid.cols
-        opts = self.score_options
-        chosen, losses, remaining, evals = start_state(model, ctx, b, self.start, **opts)
+    def search(self, objective: Objective, k: int, seeds: list[int]):
+        b, n, dev, cols = objective.batch, objective.grid.n, objective.device, objective.grid.cols
+        chosen, losses, remaining = start_state(objective, self.start)
         picks = chosen.tolist()
         out_losses = losses.tolist()
         j = chosen.shape[1]
         while j < k:
             cand = remaining_count(remaining, n - j)
-            scores = greedy_step(model, ctx, torch.tensor(picks, dtype=torch.long, device=dev).view(b, j), cand,
-                                 **opts)
-            evals += n - j
+            scores = objective.step(torch.tensor(picks, dtype=torch.long, device=dev).view(b, j), cand)
             q = min(self.per_step, k - j)
             order = torch.argsort(scores, dim=1, stable=True)  # ties: lowest index (cand is ascending)
             ranked = cand.gather(1, order).tolist()
@@ -86,5 +83,4 @@ class MultiGreedy(SearchProposer):
                 out_losses[i].extend([best_loss[i]] + [math.nan] * (q - 1))
                 remaining[i, added] = False
             j += q
-        return (torch.tensor(picks, dtype=torch.long, device=dev), torch.tensor(out_losses, device=dev),
-                [evals] * b)
+        return torch.tensor(picks, dtype=torch.long, device=dev), torch.tensor(out_losses, device=dev)

@@ -13,9 +13,9 @@ import math
 
 import torch
 
+from keypatch.objective import DEFAULT_CHUNK, Objective
 from keypatch.proposers.base import register
-from keypatch.proposers.greedy import DEFAULT_CHUNK, SearchProposer, greedy_step, start_state
-from keypatch.reconstructors.mae import MAE, LossContext
+from keypatch.proposers.search import SearchProposer, start_state
 
 
 def sample_size(n: int, k: int, eps: float) -> int:
@@ -56,10 +56,9 @@ class StochasticGreedy(SearchProposer):
         self.eps = float(eps)
 
     @torch.no_grad()
-    def search(self, model: MAE, ctx: LossContext, k: int, seeds: list[int]):
-        b, n, dev = ctx.tokens.shape[0], model.grid.n, model.device
-        opts = self.score_options
-        chosen, losses, remaining, evals = start_state(model, ctx, b, self.start, **opts)
+    def search(self, objective: Objective, k: int, seeds: list[int]):
+        b, n, dev = objective.batch, objective.grid.n, objective.device
+        chosen, losses, remaining = start_state(objective, self.start)
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         s = sample_size(n, k, self.eps)
         ar = torch.arange(b, device=dev)
@@ -70,11 +69,10 @@ class StochasticGreedy(SearchProposer):
             keys = torch.stack([torch.rand(n, generator=g) for g in gens])
             keys[~rem_cpu] = float("inf")
             cand = keys.topk(size, dim=1, largest=False).indices.sort(dim=1).values.to(dev)
-            scores = greedy_step(model, ctx, torch.cat(picks, dim=1), cand, **opts)
-            evals += size
+            scores = objective.step(torch.cat(picks, dim=1), cand)
             best = scores.argmin(dim=1)
             pick = cand[ar, best]
             picks.append(pick[:, None])
             step_losses.append(scores[ar, best][:, None])
             rem_cpu[torch.arange(b), pick.cpu()] = False
-        return torch.cat(picks, dim=1), torch.cat(step_losses, dim=1), [evals] * b
+        return torch.cat(picks, dim=1), torch.cat(step_losses, dim=1)

@@ -21,9 +21,9 @@ import math
 
 import torch
 
-from keypatch.proposers.base import Proposer, get_proposer, image_seeds, register
-from keypatch.proposers.greedy import DEFAULT_CHUNK, score_sets
-from keypatch.reconstructors.mae import MAE
+from keypatch.objective import DEFAULT_CHUNK, Objective
+from keypatch.proposers.base import get_proposer, register
+from keypatch.proposers.search import SearchProposer
 
 BASES = ("greedy", "local", "lazy", "stochastic", "multi")
 """Strategies ``swap`` can refine (they share ``start``, ``chunk_size`` and ``precision``)."""
@@ -33,7 +33,7 @@ BASE_DEFAULTS = {"stochastic": {"eps": 0.2}}
 
 
 @register
-class SwapRefine(Proposer):
+class SwapRefine(SearchProposer):
     """A base strategy's patches, refined by moving each one to its best free neighbour.
 
     Parameters
@@ -71,13 +71,13 @@ class SwapRefine(Proposer):
             raise ValueError(f"base must be one of {', '.join(BASES)}, got {base!r}")
         if rounds < 0 or reach < 1:
             raise ValueError(f"rounds must be >= 0 and reach >= 1, got rounds={rounds}, reach={reach}")
+        super().__init__(start, chunk_size, precision)
         base_options = {**BASE_DEFAULTS.get(base, {}), **base_options}
         try:
             self.base = get_proposer(base, start=start, chunk_size=chunk_size, precision=precision, **base_options)
         except ValueError as exc:
             raise ValueError(str(exc).replace(f"strategy {base!r}", f"strategy 'swap' (base {base!r})")) from None
         self.rounds, self.reach = int(rounds), int(reach)
-        self.score_options = self.base.score_options
 
     @property
     def uses_seed(self) -> bool:  # type: ignore[override]
@@ -89,22 +89,21 @@ class SwapRefine(Proposer):
         return {"base": self.base.name, "rounds": self.rounds, "reach": self.reach, **self.base.settings()}
 
     @torch.no_grad()
-    def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
-        ctx = model.loss_context(images)
-        seeds = image_seeds(images, seed) if self.uses_seed else [int(seed)] * images.shape[0]
-        patches, losses, base_evals = self.base.search(model, ctx, k, seeds)
-        b, n, dev = images.shape[0], model.grid.n, model.device
-        evals = torch.tensor(base_evals, dtype=torch.long, device=dev)
-        if self.rounds == 0 or k == 0 or k >= n:
-            return patches, losses, evals.tolist()
-        opts = self.score_options
-        ar = torch.arange(b, device=dev)
+    def search(self, objective: Objective, k: int, seeds: list[int]):
+        patches, losses = self.base.search(objective, k, seeds)
+        n, dev = objective.grid.n, objective.device
+        if self.rounds == 0 or k >= n:
+            return patches, losses
         patches = patches.clone()
         current = losses[:, -1].to(dev, torch.float32)
         if bool(current.isnan().any()):  # the base did not score its whole set
-            current = score_sets(model, ctx, patches, ar, **opts)
-            evals += 1
-        dist = model.grid.distances(dev)
+            current = objective.score_each(patches)
+        return self.refine(objective, patches, current)
+
+    def refine(self, objective: Objective, patches: torch.Tensor, current: torch.Tensor):
+        """Move patches to better neighbours, ``rounds`` passes; ``current (B,)`` is ``L(patches)``."""
+        (b, k), n, dev = patches.shape, objective.grid.n, objective.device
+        dist = objective.grid.distances(dev)
         near = (dist > 0) & (dist <= self.reach)  # (N, N) the moves of each patch
         for _ in range(self.rounds):
             moved = torch.zeros(b, dtype=torch.bool, device=dev)
@@ -117,8 +116,7 @@ class SwapRefine(Proposer):
                 sets = patches[rows].clone()
                 sets[:, i] = dest
                 scores = torch.full((b, n), math.inf, device=dev)
-                scores[rows, dest] = score_sets(model, ctx, sets, rows, **opts)
-                evals += torch.bincount(rows, minlength=b)
+                scores[rows, dest] = objective.score(sets, rows)
                 best, where = scores.min(dim=1)  # first minimum: lowest index on ties
                 better = best < current
                 patches[better, i] = where[better]
@@ -128,4 +126,4 @@ class SwapRefine(Proposer):
                 break
         out = torch.full((b, k), math.nan, device=dev)
         out[:, -1] = current
-        return patches, out, evals.tolist()
+        return patches, out

@@ -1,15 +1,14 @@
-"""A compact ViT masked autoencoder that scores many visible sets in one batched call.
+"""The masked autoencoder (He et al., 2022): a ViT encoder on the visible patches, a light decoder on all.
 
 The parameter names follow the official facebookresearch/mae checkpoints (``blocks.N.attn.qkv``,
 ``decoder_blocks.N...``, ``decoder_pred``), so those load without renaming. The encoder sees the
-visible tokens only; the decoder sees all ``N + 1`` positions. Attention uses
-:func:`torch.nn.functional.scaled_dot_product_attention`.
+visible tokens only (plus the cls token); the decoder sees all ``N + 1`` positions, mask tokens
+where patches are hidden, and predicts every patch's normalised pixels. This module is the plain
+model (training forward, :meth:`MAE.reconstruct`); scoring many visible sets fast is
+:mod:`keypatch.reconstructors.scoring`, which computes the same numbers.
 """
 
 from __future__ import annotations
-
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from keypatch.geometry import PatchGrid, patchify, unpatchify
-from keypatch.reconstructors import native
 from keypatch.reconstructors.config import MAEConfig
 
 
@@ -103,69 +101,6 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def _fast_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the in-place inference helpers below apply (no autograd, no autocast, same dtype)."""
-    return not (torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type) or x.dtype != weight.dtype)
-
-
-def _buffer(workspace: dict, key: str, rows: int, width: int, like: torch.Tensor) -> torch.Tensor:
-    """A ``(rows, width)`` scratch tensor from ``workspace``, reused from call to call.
-
-    On CPUs a fresh multi-megabyte activation per call costs page faults and cache misses (the
-    allocator returns large blocks to the system); writing into one reused buffer avoids them.
-    The caller must be done with the previous contents.
-    """
-    buf = workspace.get((key, width))
-    if buf is None or buf.shape[0] < rows or buf.dtype != like.dtype or buf.device != like.device:
-        buf = workspace[(key, width)] = torch.empty(rows, width, dtype=like.dtype, device=like.device)
-    return buf[:rows]
-
-
-def _linear_into(lin: nn.Linear, x: torch.Tensor, workspace: dict, key: str) -> torch.Tensor:
-    """``lin(x)`` for 2-D ``x``, written into the reused buffer ``key`` of ``workspace``."""
-    out = _buffer(workspace, key, x.shape[0], lin.out_features, x)
-    if lin.bias is None:
-        return torch.mm(x, lin.weight.t(), out=out)
-    return torch.addmm(lin.bias, x, lin.weight.t(), out=out)
-
-
-def _add_linear_(x: torch.Tensor, lin: nn.Linear, a: torch.Tensor) -> torch.Tensor:
-    """``x += lin(a)`` in place, for 2-D ``x`` and ``a`` (the residual update as one GEMM)."""
-    if lin.bias is not None:
-        x.add_(lin.bias)
-    return x.addmm_(a, lin.weight.t())
-
-
-def _mlp_(mlp: Mlp, x: torch.Tensor, h: torch.Tensor, workspace: dict) -> torch.Tensor:
-    """``x += mlp(h)`` in place for 2-D ``x, h``, the wide hidden layer in reused buffers."""
-    hid = _linear_into(mlp.fc1, h, workspace, "hidden")
-    # in place: out of place into a second buffer runs on both threads, but its extra memory
-    # traffic made the whole search slower here (352 vs 268 ms of GELU per image at r = 0.1)
-    torch.ops.aten.gelu_(hid)
-    return _add_linear_(x, mlp.fc2, hid)
-
-
-def _block_(blk: Block, x: torch.Tensor, workspace: dict, qkv: torch.Tensor | None = None,
-            native_attention: bool = False) -> torch.Tensor:
-    """``x = blk(x)`` in place for inference, ``x (M, n, D)`` contiguous; ``qkv`` replaces the first projection.
-
-    The same arithmetic as :meth:`Block.forward` up to float rounding (the residual additions
-    are folded into the GEMMs), with the wide activations in reused buffers. With
-    ``native_attention`` the attention runs in :func:`keypatch.reconstructors.native.encoder_attention`.
-    """
-    m, n, d = x.shape
-    x2 = x.view(m * n, d)
-    if qkv is None:
-        qkv = _linear_into(blk.attn.qkv, blk.norm1(x2), workspace, "qkv")
-    if native_attention:
-        att = native.encoder_attention(qkv.view(m, n, -1), blk.attn.num_heads, _buffer(workspace, "att", m * n, d, x))
-    else:
-        att = blk.attn.mix(qkv.view(m, n, -1)).view(m * n, d)
-    _add_linear_(x2, blk.attn.proj, att)
-    _mlp_(blk.mlp, x2, blk.norm2(x2), workspace)
-    return x
-
-
 class PatchEmbed(nn.Module):
     """Conv patch embedding (``patch_embed.proj`` as in timm / official MAE)."""
 
@@ -216,13 +151,6 @@ class MAE(nn.Module):
         self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=c.layer_norm_eps)
         self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_dim)
         self.model_id = "unnamed"
-        self.decoder_block_sets = 16
-        """Visible sets per decoder attention pass in :meth:`context_losses` (bounds the working set)."""
-        self.decoder_block_rows = 1024
-        """Decoder rows (masked patches) per MLP pass in :meth:`context_losses` (cache-sized)."""
-        self.native_kernels = True
-        """Use the native CPU attention kernels in :meth:`context_losses` where they are available
-        (:mod:`keypatch.reconstructors.native`); False: always the torch code."""
         self.reset_parameters()
 
     # ------------------------------------------------------------------ set-up
@@ -281,45 +209,30 @@ class MAE(nn.Module):
         torch.Tensor
             ``(M, N, p*p*3)`` predicted patches (the visible ones included).
         """
-        return self.decoder_pred(self._decoder_hidden(tokens, visible, image_index))[:, 1:]
+        z = self.encode(tokens, visible, image_index)
+        return self.decoder_pred(self.decode(z, visible, tokens.shape[1]))[:, 1:]
 
-    def _encode(self, tokens: torch.Tensor, visible: torch.Tensor, image_index: torch.Tensor,
-                ctx: LossContext | None = None) -> torch.Tensor:
-        """Encoder on ``[cls] + visible`` tokens, projected to the decoder width: ``(M, k+1, Dd)``.
-
-        With ``ctx`` (from :meth:`loss_context`), inference takes the in-place path
-        (:func:`_block_`) and the first block's ``qkv(norm1(.))`` rows are gathered from
-        ``ctx.qkv0``: a token's row does not depend on the set.
-        """
-        m = visible.shape[0]
-        if ctx is None or ctx.qkv0 is None or not _fast_path(tokens, self.cls_token):
-            x = tokens[image_index[:, None], visible]  # (M, k, D)
-            cls = (self.cls_token + self.pos_embed[:, :1]).to(x.dtype).expand(m, -1, -1)
-            x = torch.cat([cls, x], dim=1)
-            for blk in self.blocks:
-                x = blk(x)
-            return self.decoder_embed(self.norm(x))
-        n1, d = ctx.qkv0.shape[1], tokens.shape[-1]
-        # rows of [cls] + tokens (per image) that each set sees, as one flat index
-        rows = (image_index[:, None] * n1 + F.pad(visible + 1, (1, 0))).view(-1)
-        x = ctx.embedded.view(-1, d).index_select(0, rows).view(m, -1, d)
-        qkv0 = ctx.qkv0.view(-1, ctx.qkv0.shape[-1])
-        qkv0 = torch.index_select(qkv0, 0, rows, out=_buffer(ctx.workspace, "qkv", rows.shape[0], qkv0.shape[1], x))
-        nat = ctx.native and (d // self.blocks[0].attn.num_heads) % 32 == 0
-        for i, blk in enumerate(self.blocks):
-            _block_(blk, x, ctx.workspace, qkv0 if i == 0 else None, native_attention=nat)
+    def encode(self, tokens: torch.Tensor, visible: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """Encoder on ``[cls] + visible`` tokens, projected to the decoder width: ``(M, k+1, Dd)``."""
+        x = tokens[image_index[:, None], visible]  # (M, k, D)
+        cls = (self.cls_token + self.pos_embed[:, :1]).to(x.dtype).expand(visible.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
         return self.decoder_embed(self.norm(x))
 
-    def _decoder_hidden(self, tokens: torch.Tensor, visible: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
-        """Decoder output after ``decoder_norm`` at all ``N + 1`` positions, ``(M, N+1, Dd)``."""
+    def decode(self, z: torch.Tensor, visible: torch.Tensor, n: int) -> torch.Tensor:
+        """Decoder output after ``decoder_norm`` at all ``N + 1`` positions, ``(M, N+1, Dd)``.
+
+        ``z`` ``(M, k+1, Dd)`` from :meth:`encode` fills the cls and visible positions; every other
+        position gets the mask token; then the decoder's position embedding and blocks.
+        """
         m, k = visible.shape
-        n = tokens.shape[1]
-        x = self._encode(tokens, visible, image_index)  # (M, k+1, Dd)
-        dd = x.shape[-1]
-        full = self.mask_token.to(x.dtype).expand(m, n + 1, dd).clone()
-        full[:, :1] = x[:, :1]
-        full.scatter_(1, (visible + 1)[..., None].expand(m, k, dd), x[:, 1:])
-        x = full + self.decoder_pos_embed.to(x.dtype)
+        dd = z.shape[-1]
+        full = self.mask_token.to(z.dtype).expand(m, n + 1, dd).clone()
+        full[:, :1] = z[:, :1]
+        full.scatter_(1, (visible + 1)[..., None].expand(m, k, dd), z[:, 1:])
+        x = full + self.decoder_pos_embed.to(z.dtype)
         for blk in self.decoder_blocks:
             x = blk(x)
         return self.decoder_norm(x)
@@ -332,234 +245,7 @@ class MAE(nn.Module):
         count = masked.sum(1)
         return (err * masked).sum(1) / count.clamp_min(1.0)
 
-    # ------------------------------------------------------------------ fast scoring
-    @torch.no_grad()
-    def loss_context(self, images: torch.Tensor) -> LossContext:
-        """What scoring visible sets of ``images`` needs, computed once per batch of images.
-
-        Parameters
-        ----------
-        images : torch.Tensor
-            ``(B, 3, H, W)`` normalised images on the model's device.
-
-        Returns
-        -------
-        LossContext
-            Patch tokens, the per-patch terms of the loss and, for a one-block decoder, the
-            decoder's mask-token constants (see :meth:`context_losses`).
-        """
-        tokens = self.embed(images)
-        w, b = self.decoder_pred.weight, self.decoder_pred.bias  # (P, Dd), (P,)
-        resid = b - self.targets(images)  # (B, N, P)
-        u = resid @ w  # (B, N, Dd): W^T (b - t)
-        c = resid.pow(2).sum(-1)  # (B, N): ||b - t||^2
-        dec = self._mask_token_attention() if len(self.decoder_blocks) == 1 else None
-        cls = self.cls_token + self.pos_embed[:, :1]  # (1, 1, D)
-        blk = self.blocks[0]
-        embedded = torch.cat([cls.expand(tokens.shape[0], 1, -1), tokens], dim=1)
-        qkv0 = blk.attn.qkv(blk.norm1(embedded))
-        use_native = (self.native_kernels and images.device.type == "cpu" and self.cls_token.dtype == torch.float32
-                      and native.available())
-        packed = None
-        dec_head = self.config.decoder_embed_dim // self.config.decoder_num_heads
-        if use_native and dec is not None and dec_head % 8 == 0:
-            _, q0, m0, e0t, _, ev0, es0 = dec
-            packed = native.pack_decoder_constants(q0, m0, e0t, ev0, es0)
-        return LossContext(tokens, u, c, w.t() @ w, dec, qkv0, embedded, native=use_native, native_decoder=packed)
-
-    def _mask_token_attention(self) -> tuple[torch.Tensor, ...]:
-        """Constants of the first decoder block that involve mask tokens only.
-
-        A masked position's input ``mask_token + pos`` does not depend on the visible set, so its
-        query, key and value, and the scores of every masked query against every masked key, are
-        computed once: ``x0 (N, Dd)`` (the input plus the attention's output-projection bias: the
-        residual stream before the projected attention is added), ``q0 (h, N, hd)`` (already
-        scaled), ``m0 (h, N, 1)`` (row maxima of the scores), ``e0 = exp(scores - m0)`` stored
-        transposed (keys first) ``(h, N, N)``, ``v0 (h, N, hd)``, and the totals over *all* keys
-        ``ev0 = e0 @ v0`` ``(h, N, hd)`` and ``es0 = e0.sum(-1)`` ``(h, N)`` (a visible set's
-        masked-key sums are these minus its visible keys' terms).
-        """
-        blk = self.decoder_blocks[0]
-        n, dd, h = self.grid.n, self.config.decoder_embed_dim, blk.attn.num_heads
-        x0 = (self.mask_token + self.decoder_pos_embed)[0, 1:]  # (N, Dd)
-        q0, k0, v0 = blk.attn.qkv(blk.norm1(x0)).view(n, 3, h, dd // h).permute(1, 2, 0, 3)
-        q0 = (q0 * (dd // h) ** -0.5).contiguous()
-        s0 = q0 @ k0.transpose(1, 2)  # (h, N, N)
-        m0 = s0.amax(-1, keepdim=True)
-        e0, v0 = torch.exp(s0 - m0), v0.contiguous()
-        x0 = x0 + blk.attn.proj.bias if blk.attn.proj.bias is not None else x0
-        return x0, q0, m0, e0.transpose(1, 2).contiguous(), v0, e0 @ v0, e0.sum(-1)
-
-    def context_losses(self, ctx: LossContext, visible: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
-        """``L`` of ``M`` visible sets, without materialising predicted pixels.
-
-        With ``pred = W h + b`` the summed squared error of patch ``n`` is
-        ``h^T (W^T W) h + 2 h^T W^T (b - t_n) + ||b - t_n||^2``, so only the ``Dd``-wide decoder
-        output is needed. For a one-block decoder, a masked position's query, key and value are
-        those of ``mask_token + pos`` (precomputed, see :meth:`_mask_token_attention`); its
-        softmax over the masked keys comes from precomputed totals, merged (stable softmax) with
-        its softmax over the visible tokens; visible positions are not decoded (they are not
-        scored). The encoder runs on all ``M`` sets at once, the decoder's attention on blocks of
-        :attr:`decoder_block_sets` sets and its MLP on blocks of :attr:`decoder_block_rows` rows
-        (cache locality). Without autocast, the blocks update their residual stream in place
-        (bias, then one GEMM that adds to it) and keep the wide activations in buffers reused
-        from call to call (:func:`_block_`). On a CPU with AVX2 and a C compiler, the encoder's
-        and the decoder's attention run in native kernels (:mod:`keypatch.reconstructors.native`;
-        same arithmetic, float rounding aside) unless :attr:`native_kernels` is False.
-
-        Parameters
-        ----------
-        ctx : LossContext
-            From :meth:`loss_context`.
-        visible : torch.Tensor
-            ``(M, k)`` long visible patch indices, distinct within a row.
-        image_index : torch.Tensor
-            ``(M,)`` long image of each set.
-
-        Returns
-        -------
-        torch.Tensor
-            ``(M,)`` float32 losses. Call it inside :func:`autocast` for reduced precision; the
-            final quadratic form is always evaluated in float32.
-        """
-        m, k = visible.shape
-        n = ctx.tokens.shape[1]
-        if ctx.decoder is None:
-            keep = torch.ones(m, n, device=visible.device).scatter_(1, visible, 0.0)  # (M, N) 1 = masked
-            hid = self._decoder_hidden(ctx.tokens, visible, image_index)[:, 1:]  # (M, N, Dd)
-            err = self._patch_errors(ctx, hid, image_index[:, None], torch.arange(n, device=visible.device))
-            return (err * keep).sum(1) / (keep.sum(1).clamp_min(1.0) * self.config.patch_dim)
-        if k >= n:
-            return torch.zeros(m, device=visible.device)
-        # masked patches of each set, ascending: (M, N-k); a sort, no host synchronisation
-        free = torch.ones(m, n, dtype=torch.bool, device=visible.device).scatter_(1, visible, False)
-        masked = ((~free).long() * n + torch.arange(n, device=visible.device)).sort(dim=1).values[:, : n - k]
-        z = self._encode(ctx.tokens, visible, image_index, ctx)
-        step = self.decoder_block_sets
-        if m <= step:
-            return self._decode_masked(ctx, z, visible, masked, image_index)
-        return torch.cat([self._decode_masked(ctx, z[s : s + step], visible[s : s + step], masked[s : s + step],
-                                              image_index[s : s + step]) for s in range(0, m, step)])
-
-    def _patch_errors(self, ctx: LossContext, hid: torch.Tensor, img: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Summed squared error of each predicted patch from decoder outputs ``hid (..., Dd)``.
-
-        ``img`` and ``pos`` index (broadcastably) the image and patch of each row of ``hid``.
-        Always float32.
-        """
-        n, dd = ctx.u.shape[1], ctx.u.shape[2]
-        flat = (img * n + pos).expand(hid.shape[:-1]).reshape(-1)  # row of each patch in (B N)
-        u = ctx.u.view(-1, dd).index_select(0, flat)
-        c = ctx.c.view(-1).index_select(0, flat).view(hid.shape[:-1])
-        with torch.autocast(hid.device.type, enabled=False):
-            hid = hid.float().reshape(-1, dd)
-            # h^T G h + 2 h^T u + c, with "G h + 2 u" as one GEMM
-            return (torch.linalg.vecdot(hid, torch.addmm(u, hid, ctx.gram, beta=2.0)).view(c.shape) + c)
-
-    def _decode_masked(self, ctx: LossContext, z: torch.Tensor, visible: torch.Tensor, masked: torch.Tensor,
-                       image_index: torch.Tensor) -> torch.Tensor:
-        """Losses ``(M,)`` from the encoder output ``z (M, k+1, Dd)`` with a one-block decoder."""
-        x0, q0, m0, e0t, v0, ev0, es0 = ctx.decoder
-        blk = self.decoder_blocks[0]
-        m, j, dd = z.shape
-        h = q0.shape[0]
-        hd = dd // h
-        r = masked.shape[1]
-        dt = z.dtype
-        pos = self.decoder_pos_embed[0].to(dt)[F.pad(visible + 1, (1, 0))]  # (M, k+1, Dd), cls at 0
-        kv = F.linear(blk.norm1(z + pos), blk.attn.qkv.weight[dd:], blk.attn.qkv.bias[dd:])
-        if ctx.native_decoder is not None and _fast_path(kv, blk.attn.qkv.weight):
-            # the same attention in one native kernel, masked rows only (keypatch.reconstructors.native)
-            att = native.decoder_attention(ctx.native_decoder, v0, kv, visible, masked)
-            return self._masked_errors(ctx, att, masked, image_index)
-        kv = kv.view(m, j, 2, h, hd)
-        kvis = kv[:, :, 0].permute(2, 3, 0, 1).reshape(h, hd, m * j)  # (h, hd, M j)
-        vvis = kv[:, :, 1].permute(2, 0, 1, 3)  # (h, M, j, hd)
-        # all in (h, M, N, .) layout; every patch position is queried with its mask-token query
-        # (rows of visible positions are computed but not used). The queries are shared by all
-        # sets: one product per head, (N, hd) x (hd, M j), rather than M small ones
-        sv = torch.bmm(q0.to(dt), kvis).view(h, -1, m, j).transpose(1, 2)  # (h, M, N, j): scores on the visible keys
-        # softmax mass on the masked keys: the precomputed totals over all keys minus the visible keys'
-        # terms (k columns per set instead of a product with all N)
-        ev = e0t.to(dt)[:, visible].transpose(-1, -2)  # (h, M, N, k): exp-scores on the visible patches
-        m0 = m0[:, None, :, 0].to(dt)  # (h, 1, N)
-        mx = torch.maximum(sv.amax(-1), m0)  # (h, M, N): the stable softmax's row maxima
-        pv = torch.exp(sv - mx[..., None])
-        alpha = torch.exp(m0 - mx)
-        den = (es0.to(dt)[:, None] - ev.sum(-1)).mul_(alpha).add_(pv.sum(-1))  # (h, M, N)
-        # one product for both corrections: + visible tokens' values, - visible patches' mask-token
-        # values; the totals ev0 come in with one fused multiply-add (few passes over (h, M, N, hd))
-        coef = torch.cat([pv, ev.mul(alpha[..., None]).neg_()], dim=-1).div_(den[..., None])
-        vals = torch.cat([vvis, v0.to(dt)[:, visible]], dim=2)  # (h, M, j + k, hd)
-        num = torch.matmul(coef, vals).addcmul_(ev0.to(dt)[:, None], alpha.div_(den)[..., None])  # (h, M, N, hd)
-        # keep the masked positions only: (M * R, Dd) rows, decoded in cache-sized row blocks
-        sel = torch.arange(m, device=z.device)[:, None]
-        att = num.permute(1, 2, 0, 3)[sel, masked].reshape(m * r, dd)
-        return self._masked_errors(ctx, att, masked, image_index)
-
-    def _masked_errors(self, ctx: LossContext, att: torch.Tensor, masked: torch.Tensor,
-                       image_index: torch.Tensor) -> torch.Tensor:
-        """Losses ``(M,)`` from the attention outputs ``att (M * R, Dd)`` of the masked positions."""
-        m, r = masked.shape
-        img = image_index[:, None].expand(m, r).reshape(-1)
-        pos = masked.reshape(-1)
-        rows = self.decoder_block_rows
-        err = torch.cat([self._tail(ctx, att[t : t + rows], img[t : t + rows], pos[t : t + rows])
-                         for t in range(0, m * r, rows)])
-        return err.view(m, r).sum(1) / (r * self.config.patch_dim)
-
-    def _tail(self, ctx: LossContext, att: torch.Tensor, img: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """From attention outputs of masked rows to their summed squared errors (one-block decoder)."""
-        blk = self.decoder_blocks[0]
-        # ctx.decoder[0] already holds the projection's bias
-        if not _fast_path(att, blk.mlp.fc1.weight):
-            y = ctx.decoder[0].to(att.dtype)[pos] + F.linear(att, blk.attn.proj.weight)
-            y = y + blk.mlp(blk.norm2(y))
-        else:
-            y = ctx.decoder[0].index_select(0, pos).addmm_(att, blk.attn.proj.weight.t())
-            _mlp_(blk.mlp, y, blk.norm2(y), ctx.workspace)
-        return self._patch_errors(ctx, self.decoder_norm(y), img, pos)
-
     # ------------------------------------------------------------------ public
-    @torch.no_grad()
-    def losses(
-        self,
-        images: torch.Tensor,
-        visible: torch.Tensor,
-        image_index: torch.Tensor | None = None,
-        *,
-        chunk_size: int = 256,
-        precision: str = "float32",
-    ) -> torch.Tensor:
-        """``L(S)`` for many visible sets of one or more images, in batched passes.
-
-        Parameters
-        ----------
-        images : torch.Tensor
-            ``(B, 3, H, W)`` normalised images (or ``(3, H, W)`` for one).
-        visible : torch.Tensor
-            ``(M, k)`` patch indices: one visible set per row, all of size ``k``.
-        image_index : torch.Tensor, optional
-            ``(M,)`` image of each set; default all 0.
-        chunk_size : int
-            Sets per forward pass (bounds memory).
-        precision : {"float32", "bfloat16"}
-            Compute precision; the loss is always accumulated in float32.
-
-        Returns
-        -------
-        torch.Tensor
-            ``(M,)`` float32 losses, on the model's device.
-        """
-        images, visible, image_index = self._prepare(images, visible, image_index)
-        ctx = self.loss_context(images)
-        out = torch.empty(visible.shape[0], device=self.device)
-        with autocast(self.device, precision):
-            for s in range(0, visible.shape[0], chunk_size):
-                out[s : s + chunk_size] = self.context_losses(ctx, visible[s : s + chunk_size],
-                                                              image_index[s : s + chunk_size])
-        return out
-
     @torch.no_grad()
     def reconstruct(
         self, image: torch.Tensor, visible: torch.Tensor | list[int], *, paste_visible: bool = True
@@ -580,7 +266,7 @@ class MAE(nn.Module):
         torch.Tensor
             ``(3, H, W)`` normalised reconstruction.
         """
-        images, vis, ii = self._prepare(image[None] if image.dim() == 3 else image, visible, None)
+        images, vis, ii = self.prepare_inputs(image[None] if image.dim() == 3 else image, visible, None)
         pred = self.predict_tokens(self.embed(images), vis, ii)
         if paste_visible:
             target = self.targets(images)
@@ -595,9 +281,11 @@ class MAE(nn.Module):
         pred = self.predict_tokens(self.embed(images), visible, ii)
         return self.masked_mse(pred, self.targets(images), visible).mean()
 
-    def _prepare(
+    def prepare_inputs(
         self, images: torch.Tensor, visible: torch.Tensor | list, image_index: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(images (B, 3, H, W) float32, visible (M, k) long, image_index (M,) long)`` on the model's
+        device, checked: a ValueError for images of the wrong shape or indices outside the grid."""
         if images.dim() == 3:
             images = images[None]
         c = self.config
@@ -614,55 +302,3 @@ class MAE(nn.Module):
             image_index = torch.zeros(visible.shape[0], dtype=torch.long, device=self.device)
         image_index = torch.as_tensor(image_index, dtype=torch.long, device=self.device)
         return images.to(self.device, torch.float32), visible, image_index
-
-
-@dataclass
-class LossContext:
-    """Per-batch constants for scoring visible sets (see :meth:`MAE.loss_context`).
-
-    Attributes
-    ----------
-    tokens : torch.Tensor
-        ``(B, N, D)`` patch tokens with position embeddings.
-    u : torch.Tensor
-        ``(B, N, Dd)``: ``W^T (b - t)`` per patch, ``W, b`` = ``decoder_pred``, ``t`` = target pixels.
-    c : torch.Tensor
-        ``(B, N)``: ``||b - t||^2`` per patch.
-    gram : torch.Tensor
-        ``(Dd, Dd)``: ``W^T W``.
-    decoder : tuple of torch.Tensor or None
-        Mask-token constants of a one-block decoder (None for deeper decoders).
-    qkv0 : torch.Tensor or None
-        ``(B, N+1, 3 D)``: the first encoder block's ``qkv(norm1(.))`` of the cls token and of
-        every patch token (a token's projection does not depend on the visible set).
-    embedded : torch.Tensor or None
-        ``(B, N+1, D)``: the encoder's input rows, the cls token (row 0) and the patch tokens.
-    native : bool
-        Whether the inference path uses the native CPU attention kernels
-        (:mod:`keypatch.reconstructors.native`).
-    native_decoder : tuple of torch.Tensor or None
-        The decoder constants in the native decoder kernel's layout, when that kernel is used.
-    workspace : dict
-        Scratch buffers reused from call to call (see :func:`_buffer`).
-    """
-
-    tokens: torch.Tensor
-    u: torch.Tensor
-    c: torch.Tensor
-    gram: torch.Tensor
-    decoder: tuple[torch.Tensor, ...] | None
-    qkv0: torch.Tensor | None = None
-    embedded: torch.Tensor | None = None
-    native: bool = False
-    native_decoder: tuple[torch.Tensor, ...] | None = None
-    workspace: dict = field(default_factory=dict)
-    """Scratch buffers reused across calls (see :func:`_buffer`)."""
-
-
-def autocast(device: torch.device, precision: str):
-    """Context for ``precision`` ("float32": nothing; "bfloat16": autocast on the device)."""
-    if precision in ("float32", "fp32"):
-        return nullcontext()
-    if precision in ("bfloat16", "bf16"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")

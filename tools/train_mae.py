@@ -1,4 +1,4 @@
-"""Train a small MAE on a folder of photos: ``keypatch train-mae``.
+"""``python -m tools.train_mae DATA --out DIR``: train a small MAE on a folder of photos.
 
 Random resized crops (scale 0.2-1) and horizontal flips of the photos, 75% random masking, the
 official MAE loss with ``norm_pix_loss`` off, AdamW (betas 0.9/0.95, weight decay 0.05) with linear
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -23,7 +24,9 @@ from tqdm import tqdm
 from keypatch.experiments.quality import evaluate_quality
 from keypatch.geometry import list_image_files, load_images, normalize
 from keypatch.reconstructors import MAE, PRESETS, MAEConfig, save_mae
-from keypatch.reconstructors.mae import autocast
+from keypatch.reconstructors.precision import autocast
+
+logger = logging.getLogger(__name__)
 
 
 def _load_uint8(path: Path, short_side: int) -> torch.Tensor:
@@ -110,7 +113,7 @@ def train(data: Path, out: Path, *, preset: str = "small", steps: int = 3000, ba
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         start = int(state["step"])
-        print(f"resumed from step {start}")
+        logger.info("resumed from step %d", start)
     (out / "run.json").write_text(json.dumps(dict(
         data=str(data), n_images=len(files), preset=preset, config=config.to_dict(), steps=steps,
         batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, mask_ratio=mask_ratio,
@@ -165,8 +168,10 @@ def train(data: Path, out: Path, *, preset: str = "small", steps: int = 3000, ba
     return save_mae(model, out / "mae.safetensors")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``train-mae`` options."""
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry; prints the saved weights' path."""
+    p = argparse.ArgumentParser(prog="python -m tools.train_mae", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", type=Path, help="folder of training photos")
     p.add_argument("--out", type=Path, required=True, help="run folder (resumes if a checkpoint is there)")
     p.add_argument("--val", type=Path, help="folder of held-out photos for the quality log")
@@ -181,12 +186,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-minutes", type=float)
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--eval-every", type=int, default=250)
-
-
-def run(args: argparse.Namespace) -> None:
-    """Run ``train-mae`` from parsed arguments."""
+    p.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     path = train(args.data, args.out, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                  lr=args.lr, warmup=args.warmup, precision=args.precision, seed=args.seed,
                  save_every=args.save_every, eval_every=args.eval_every, val=args.val,
                  threads=args.threads, max_minutes=args.max_minutes)
-    print(f"saved {path}")
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,1 +1,0 @@
-"""Training utilities: data preparation and Masked Autoencoder training helpers."""
