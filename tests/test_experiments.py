@@ -46,6 +46,29 @@ def test_classification_learns_from_kept_patches(toy_model, tmp_path):
     assert all(r.test_accuracy >= 0.85 for r in results)
 
 
+@pytest.mark.parametrize("strategy", ["stochastic", "swap", "greedy"])
+def test_classify_trains_on_each_ratios_own_answer(toy_model, tmp_path, monkeypatch, strategy):
+    """A strategy that is not prefix-consistent is run at every ratio; a prefix-consistent one is cut."""
+    import keypatch.experiments.classify as classify
+    from keypatch.geometry import load_images
+
+    _two_class_folder(tmp_path / "data", n=4)
+    seen = {}
+
+    def capture(model, images, patches, *args, **kwargs):
+        seen[patches.shape[1]] = patches.tolist()
+        return 1.0, 1.0
+
+    monkeypatch.setattr(classify, "finetune_and_evaluate", capture)
+    classification_experiment(tmp_path / "data", toy_model, [0.25, 0.5], [strategy], progress=False)
+    files, _, _ = labelled_folder(tmp_path / "data")
+    x = load_images(files, 64)
+    for ratio, k in ((0.25, 4), (0.5, 8)):
+        assert seen[k] == [p.patches for p in keypatch.propose_batch(x, ratio, strategy, toy_model)], (strategy, k)
+    cut = [p[:4] for p in seen[8]]
+    assert (cut == seen[4]) == (strategy == "greedy")  # the test would pass a cut answer for neither
+
+
 def test_labelled_folder_needs_two_classes(tmp_path):
     (tmp_path / "only").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "only" / "a.png")

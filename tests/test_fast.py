@@ -9,7 +9,7 @@ import torch
 
 import keypatch
 from keypatch.objective import losses as set_losses
-from keypatch.proposers import available, get_proposer
+from keypatch.proposers import get_proposer
 from keypatch.proposers.search import remaining_count
 from keypatch.proposers.stochastic import sample_size
 from keypatch.reconstructors import MAE, MAEConfig, load_mae
@@ -110,20 +110,15 @@ def test_remaining_count_is_sorted_and_sync_free():
 
 @pytest.mark.parametrize("name", APPROX)
 @pytest.mark.parametrize("start", ["center", "none"])
-def test_approximate_strategies_return_k_distinct_patches_and_count_evaluations(toy_model, name, start):
-    assert name in available()
+def test_approximate_strategies_spend_fewer_evaluations_than_greedy(toy_model, name, start):
+    """The approximations' point (the contract of every strategy is in test_contract.py)."""
     x = _images(3)
     exact = keypatch.propose_batch(x, 0.5, "greedy", toy_model, start=start)
     res = keypatch.propose_batch(x, 0.5, name, toy_model, start=start, **TOY_OPTIONS.get(name, {}))
-    for i, (r, e) in enumerate(zip(res, exact, strict=True)):
-        assert r.strategy == name and len(r.patches) == len(set(r.patches)) == 8
-        assert all(0 <= p < 16 for p in r.patches)
+    for r, e in zip(res, exact, strict=True):
         if start == "center":
             assert r.patches[0] == 10
         assert 0 < r.evaluations < e.evaluations
-        assert len(r.losses) == 8 and not any(math.isnan(v) for v in r.losses)
-        assert r.loss == pytest.approx(keypatch.reconstruction_loss(x[i], r.patches, model=toy_model),
-                                       abs=1e-5)
 
 
 def test_degenerate_settings_reduce_to_exact_greedy(toy_model):

@@ -99,7 +99,7 @@ class AttentionPatches(Proposer):
     """
 
     name = "attention"
-    needs_model = False
+    searches_objective = False
     prefix_consistent = True
     uses_seed = True  # exact ties of the map are broken at random
     options = {"classifier": object, "patch_mode": str, "batch_size": int, "weights": (str, type(None))}

@@ -72,8 +72,10 @@ class Proposer(ABC):
     """
 
     name: ClassVar[str] = "base"
-    needs_model: ClassVar[bool] = True
-    """Whether the strategy scores visible sets with the MAE while choosing."""
+    searches_objective: ClassVar[bool] = True
+    """Whether the strategy evaluates the objective (MAE passes over visible sets) while choosing.
+    False for ``random`` and ``attention``: they choose without it (``evaluations`` is 0) and the
+    API computes their losses afterwards. Every strategy gets the model (its grid, its device)."""
     prefix_consistent: ClassVar[bool] = False
     """Whether the first ``j`` patches of an answer for ``k`` are the answer for ``j`` (same image,
     seed and options): then one run to the largest ``k`` serves every smaller one."""

@@ -18,7 +18,7 @@ class RandomPatches(Proposer):
     """
 
     name = "random"
-    needs_model = False
+    searches_objective = False
     prefix_consistent = True
     uses_seed = True
 

@@ -1,0 +1,124 @@
+"""The contract every registered strategy keeps, checked for each one in ``keypatch.available()``.
+
+A strategy added to the registry (one file plus one import line) is collected here without editing
+this file: ``test_a_new_strategy_is_covered_without_editing_a_test`` shows it with a throw-away one.
+"""
+
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import keypatch
+from keypatch.geometry import normalize
+from keypatch.proposers import available, get_proposer
+
+RATIO = 0.5  # 8 of the toy grid's 16 patches
+
+
+def _images(n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(11)
+    small = torch.rand(n, 3, 8, 8, generator=g)
+    return torch.stack([normalize(torch.nn.functional.interpolate(s[None], size=64, mode="bilinear")[0])
+                        for s in small])
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return _images(3)
+
+
+@pytest.fixture(scope="module")
+def answers(toy_model, images):
+    """Each strategy's batched answer, computed once per strategy."""
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = keypatch.propose_batch(images, RATIO, name, toy_model, seed=5)
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", available())
+def test_k_distinct_patches_in_range(name, answers, toy_model):
+    k = toy_model.grid.count(RATIO)
+    for p in answers(name):
+        assert p.strategy == name and p.k == k and len(set(p.patches)) == k
+        assert all(isinstance(i, int) and 0 <= i < toy_model.grid.n for i in p.patches)
+        assert len(p.losses) == k and not any(math.isnan(v) for v in p.losses)
+        assert p.evaluations >= 0 and (p.evaluations > 0) == get_proposer(name).searches_objective
+
+
+@pytest.mark.parametrize("name", available())
+def test_deterministic_under_a_seed(name, answers, toy_model, images):
+    again = keypatch.propose_batch(images, RATIO, name, toy_model, seed=5)
+    assert [p.patches for p in again] == [p.patches for p in answers(name)]
+    assert [p.losses for p in again] == [p.losses for p in answers(name)]
+
+
+@pytest.mark.parametrize("name", available())
+def test_batch_equals_one_by_one(name, answers, toy_model, images):
+    for i, p in enumerate(answers(name)):
+        one = keypatch.propose_batch(images[i : i + 1], RATIO, name, toy_model, seed=5)[0]
+        assert one.patches == p.patches
+        assert one.losses == pytest.approx(p.losses, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", available())
+def test_reported_losses_are_reconstruction_losses(name, answers, toy_model, images):
+    for i, p in enumerate(answers(name)):
+        want = [keypatch.reconstruction_loss(images[i], p.patches[: j + 1], model=toy_model) for j in range(p.k)]
+        assert p.losses == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", available())
+def test_prefix_consistency_as_declared(name, answers, toy_model, images):
+    if not get_proposer(name).prefix_consistent:
+        pytest.skip(f"{name} does not declare prefix_consistent")
+    short = keypatch.propose_batch(images, 0.25, name, toy_model, seed=5)
+    for s, p in zip(short, answers(name), strict=True):
+        assert s.patches == p.patches[: s.k]
+
+
+THROWAWAY = '''
+"""A throw-away strategy: the first k patches of a seeded permutation, scored through the objective."""
+import torch
+from keypatch.proposers.base import register
+from keypatch.proposers.search import SearchProposer
+
+
+@register
+class FirstOfPermutation(SearchProposer):
+    name = "{name}"
+    uses_seed = True
+
+    def search(self, objective, k, seeds):
+        perms = [torch.randperm(objective.grid.n, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        patches = torch.stack(perms)[:, :k].to(objective.device)
+        {body}
+        return patches, objective.prefix_losses(patches)
+'''
+
+
+def _run_contract_with(tmp_path: Path, name: str, body: str) -> subprocess.CompletedProcess:
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(THROWAWAY.format(name=name, body=body)))
+    here = Path(__file__).resolve().parent
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import {name}; import pytest; "
+            f"sys.exit(pytest.main([{str(here / 'test_contract.py')!r}, '-q', '-p', 'no:cacheprovider', "
+            f"'-k', {name!r} + ' and not new_strategy', '-W', 'ignore']))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=here.parent, timeout=600)
+
+
+def test_a_new_strategy_is_covered_without_editing_a_test(tmp_path):
+    good = _run_contract_with(tmp_path, "throwaway_good", "pass")
+    assert good.returncode == 0, good.stdout[-2000:]
+    assert "5 passed" in good.stdout or "4 passed, 1 skipped" in good.stdout, good.stdout[-2000:]
+    # one that breaks the contract (a repeated patch) fails it
+    bad = _run_contract_with(tmp_path, "throwaway_bad", "patches[:, 1] = patches[:, 0]")
+    assert bad.returncode == 1 and "test_k_distinct_patches_in_range[throwaway_bad]" in bad.stdout, bad.stdout[-2000:]
