@@ -24,7 +24,7 @@ from keypatch.geometry import InputNote, load_image, normalize
 from keypatch.geometry.decode import ImageSizeWarning
 from keypatch.store import ResultStore
 
-TOY = ["--model", "random:toy", "--no-progress"]
+TOY = ["--model", "random:toy", "--quiet"]
 SIZE = 64  # the toy model's input
 
 
@@ -355,7 +355,7 @@ def test_a_store_with_a_bad_page_is_reported_and_repaired(tmp_path, capsys):
     raw = bytearray(path.read_bytes())
     raw[40 * 4096 : 41 * 4096] = os.urandom(4096)
     path.write_bytes(bytes(raw))
-    for argv in (["propose", str(tmp_path / "a.png"), "--ratio", "0.25", *TOY], ["export", "--no-progress"]):
+    for argv in (["propose", str(tmp_path / "a.png"), "--ratio", "0.25", *TOY], ["export", "--quiet"]):
         assert main([*argv, "--out", str(tmp_path / "res")]) == 2
         err = err_line(capsys)
         assert str(path) in err and "damaged" in err and "keypatch store repair" in err

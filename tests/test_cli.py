@@ -16,7 +16,7 @@ from keypatch.store import ResultStore, sha256_file
 
 skimage_data = pytest.importorskip("skimage.data")
 
-TOY = ["--model", "random:toy", "--no-progress"]
+TOY = ["--model", "random:toy", "--quiet"]
 STEMS = {"astronaut", "chelsea", "coffee"}
 
 
@@ -85,7 +85,7 @@ def test_moved_file_is_recognised_by_content(proposed, photos, tmp_path, monkeyp
 
 def test_export_json_and_one_picture_per_image(proposed, tmp_path, capsys):
     js, pics = tmp_path / "ids.json", tmp_path / "pics"
-    assert main(["export", "--out", str(proposed), "--json", str(js), "--pictures", str(pics), "--no-progress"]) == 0
+    assert main(["export", "--out", str(proposed), "--ids", str(js), "--pictures", str(pics), "--quiet"]) == 0
     assert "3 records" in capsys.readouterr().out
     data = json.loads(js.read_text())
     by_stem = {r.image_path.rsplit("/", 1)[-1].rsplit(".", 1)[0]: r for r in records(proposed)}
@@ -103,10 +103,10 @@ def test_export_json_and_one_picture_per_image(proposed, tmp_path, capsys):
 def test_export_defaults_and_no_pictures(photos, tmp_path):
     out = tmp_path / "res"
     assert main(["propose", str(photos / "astronaut.jpg"), "--ratio", "0.25", "--out", str(out), *TOY]) == 0
-    assert main(["export", "--out", str(out), "--no-pictures", "--no-progress"]) == 0
+    assert main(["export", "--out", str(out), "--no-pictures", "--quiet"]) == 0
     assert set(json.loads((out / "patch_ids.json").read_text())) == {"astronaut"}
     assert not (out / "pictures").exists()
-    assert main(["export", "--out", str(out), "--no-progress"]) == 0
+    assert main(["export", "--out", str(out), "--quiet"]) == 0
     assert [f.name for f in (out / "pictures").iterdir()] == ["astronaut.png"]
 
 
@@ -134,7 +134,7 @@ def test_same_stem_in_two_folders(photos, tmp_path):
     shutil.copy(photos / "cats" / "chelsea.png", src / "y" / "img.png")
     out = tmp_path / "res"
     assert main(["propose", str(src), "--ratio", "0.25", "--out", str(out), *TOY]) == 0
-    assert main(["export", "--out", str(out), "--no-progress"]) == 0
+    assert main(["export", "--out", str(out), "--quiet"]) == 0
     keys = sorted(json.loads((out / "patch_ids.json").read_text()))
     assert keys == sorted(f"img-{sha256_file(f)[:8]}" for f in (src / "x" / "img.jpg", src / "y" / "img.png"))
     assert sorted(f.stem for f in (out / "pictures").iterdir()) == keys
@@ -218,11 +218,11 @@ def test_default_size_model_on_a_224_photo(photos, tmp_path):
     img = tmp_path / "astronaut.png"
     Image.fromarray(skimage_data.astronaut()).resize((224, 224)).save(img)
     assert main(["propose", str(img), "--ratio", "0.02", "--model", "random:small", "--out", str(out),
-                 "--device", "cpu", "--no-progress"]) == 0
+                 "--device", "cpu", "--quiet"]) == 0
     (rec,) = records(out)
     assert rec.model_id == "random:small" and len(rec.patches) == 4 and rec.patches[0] == 105
     assert all(0 <= p < 196 for p in rec.patches) and len(rec.losses) == 4
-    assert main(["export", "--out", str(out), "--no-progress"]) == 0
+    assert main(["export", "--out", str(out), "--quiet"]) == 0
     with Image.open(out / "pictures" / "astronaut.png") as im:
         assert im.size == (3 * 224 + 4 * MARGIN, 224 + TITLE_HEIGHT + 2 * MARGIN)
 
@@ -256,3 +256,35 @@ def test_swap_takes_its_base_and_the_base_options_from_the_command_line(photos, 
     assert stored == {**stored, "base": "stochastic", "eps": 0.5, "rounds": 1}
     # stochastic: centre, then ceil((16 / 4) ln 2) = 3 samples for each of 3 steps; then 1 round of moves
     assert 1 + 3 * 3 < rec.evaluations <= 1 + 3 * 3 + 4 * 8
+
+
+def test_json_summaries_of_propose_and_export(photos, tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(["propose", str(photos), "--ratio", "0.25", "--out", str(out), "--json", *TOY]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert (s["found"], s["done"], s["skipped"], s["k"], s["strategy"]) == (3, 3, 0, 4, "greedy")
+    assert main(["propose", str(photos), "--ratio", "0.25", "--out", str(out), "--json", *TOY]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == 3
+    assert main(["export", "--out", str(out), "--no-pictures", "--json", "--quiet"]) == 0
+    e = json.loads(capsys.readouterr().out)
+    assert e["records"] == 3 and set(json.loads((out / "patch_ids.json").read_text())) == STEMS
+
+
+def test_shared_options_are_the_same_in_every_command():
+    import argparse
+
+    from keypatch.cli.common import DEVICES
+    from keypatch.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    devices = 0
+    for name, p in sub.choices.items():
+        opts = {o: a for a in p._actions for o in a.option_strings}
+        assert "--no-progress" not in opts, name
+        assert "-v" in opts and "--verbose" in opts, name
+        if "--quiet" in opts:
+            assert "-q" in opts, name
+        if "--device" in opts:
+            devices += 1
+            assert tuple(opts["--device"].choices) == DEVICES and opts["--device"].default == "auto", name
+    assert devices >= 7

@@ -22,13 +22,18 @@ def photos(tmp_path_factory):
     return folder
 
 
-def test_compare_command(photos, tmp_path):
+def test_compare_command(photos, tmp_path, capsys):
+    import json
+
     from keypatch.cli.main import main
 
     out = tmp_path / "cmp"
     rc = main(["compare", str(photos), "--ratios", "0.005", "0.01", "--strategies", "greedy", "attention", "random",
-               "--model", "random:small", "--device", "cpu", "--greedy-start", "none", "--out", str(out), "--quiet"])
+               "--model", "random:small", "--device", "cpu", "--greedy-start", "none", "--out", str(out), "--quiet",
+               "--json"])
     assert rc == 0
+    printed = json.loads(capsys.readouterr().out)  # --json: the summary rows
+    assert len(printed) == 6 and {r["strategy"] for r in printed} == {"greedy", "attention", "random"}
     rows = list(csv.DictReader((out / "compare.csv").open()))
     assert len(rows) == 2 * 3 * 2  # images x strategies x ratios
     assert {r["strategy"] for r in rows} == {"greedy", "attention", "random"}

@@ -6,6 +6,8 @@ import argparse
 import csv
 from pathlib import Path
 
+from keypatch.cli.common import add_device, add_model, add_output
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``classify``."""
@@ -15,12 +17,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="first build ROOT from a `python -m tools.photos.prepare` manifest.json (GCompris classes)")
     p.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1, 0.25])
     p.add_argument("--strategies", nargs="+", default=["greedy", "random"])
-    p.add_argument("--model", default="default")
-    p.add_argument("--device", default="auto")
+    add_model(p)
+    add_device(p)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--test-fraction", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="folder for classify.csv")
+    add_output(p)
 
     def run(args: argparse.Namespace) -> None:
         from keypatch.api import resolve_model
@@ -32,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         if args.from_manifest:
             print("classes:", labelled_from_manifest(args.from_manifest, args.root))
         results = classification_experiment(args.root, model, args.ratios, args.strategies,
-                                            test_fraction=args.test_fraction, epochs=args.epochs, seed=args.seed)
+                                            test_fraction=args.test_fraction, epochs=args.epochs, seed=args.seed,
+                                            progress=not args.quiet)
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / "classify.csv"
         with path.open("w", newline="") as f:

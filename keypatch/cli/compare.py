@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from keypatch.cli.common import add_device, add_model, add_output, report
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``compare``."""
@@ -16,15 +18,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="add the test photos shipped with scikit-image / scikit-learn / matplotlib")
     p.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1, 0.25])
     p.add_argument("--strategies", nargs="+", default=["greedy", "attention", "random"])
-    p.add_argument("--model", default="default", help="MAE spec for load_mae (default: the embedded model)")
+    add_model(p)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    add_device(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per batch")
     p.add_argument("--greedy-start", choices=["center", "none"], default=None, help="greedy's first patch")
     p.add_argument("--patch-mode", choices=["pixel-mean", "resize"], default=None, help="attention's per-patch scores")
     p.add_argument("--classifier", default=None, help="attention's classifier (default efficientnet-lite0)")
-    p.add_argument("--quiet", action="store_true")
+    add_output(p, json_summary=True)
 
     def run(args: argparse.Namespace) -> None:
         from keypatch.experiments.compare import markdown_table, run_compare
@@ -48,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         _, summary = run_compare(images, args.ratios, args.strategies, args.model, args.out, seed=args.seed,
                                  device=args.device, batch_size=args.batch_size, options=options,
                                  progress=not args.quiet)
-        print(markdown_table(summary))
-        print(f"wrote {args.out / 'compare.csv'}, {args.out / 'summary.csv'} and {args.out / 'compare.png'}")
+        files = f"{args.out / 'compare.csv'}, {args.out / 'summary.csv'} and {args.out / 'compare.png'}"
+        report(args, summary, f"{markdown_table(summary)}\nwrote {files}")
 
     p.set_defaults(func=run)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from keypatch.cli.common import add_device, add_output
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``diversity``."""
@@ -19,11 +21,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=10, help="seeds averaged for DQ and random")
     p.add_argument("--lam", type=float, default=1.0)
     p.add_argument("--classifier", default="efficientnet-lite0")
-    p.add_argument("--device", default="cpu")
+    add_device(p)
     p.add_argument("--cache", type=Path, default=None, help="embeddings .npz to reuse")
     p.add_argument("--csv", type=Path, required=True)
     p.add_argument("--plot", type=Path, required=True)
-    p.add_argument("--quiet", action="store_true")
+    add_output(p)
 
     def run(args: argparse.Namespace) -> None:
         from keypatch.experiments.diversity_plot import run_diversity

@@ -6,13 +6,11 @@ import argparse
 import warnings
 from pathlib import Path
 
-from keypatch.cli.propose import parse_option
+from keypatch.cli.common import add_device, add_output, add_results, parse_option, report, show_warnings_as_lines
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``export``."""
-    from keypatch.batch import DEFAULT_OUT
-
     p = sub.add_parser(
         "export", help="write patch_ids.json and one picture per image from a results folder",
         description="Write the stored proposals of one setting as the KPP reference code's patch_ids.json "
@@ -21,9 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "--model/--strategy/--ratio/--start/--seed/-o, or write each into its own folder with "
                     "--each-setting; `keypatch store info` lists them.",
     )
-    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), metavar="DIR",
-                   help=f"results folder holding results.sqlite (default: {DEFAULT_OUT})")
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="default: DIR/patch_ids.json")
+    add_results(p)
+    p.add_argument("--ids", type=Path, default=None, metavar="PATH", help="the patch_ids.json to write "
+                   "(default: DIR/patch_ids.json)")
     p.add_argument("--pictures", type=Path, default=None, metavar="DIR", help="default: DIR/pictures")
     p.add_argument("--no-pictures", action="store_true", help="only write the JSON")
     p.add_argument("--strategy", default=None, help="only records of this strategy")
@@ -35,9 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="only records stored with this option value, repeatable (e.g. -o eps=0.2)")
     p.add_argument("--each-setting", action="store_true",
                    help="write one export per setting into DIR/exports/STRATEGY-rRATIO-...-HASH/ (with setting.json)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="where to reconstruct for the pictures")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device(p, "where to reconstruct for the pictures")
+    add_output(p, json_summary=True)
     p.set_defaults(func=run)
 
 
@@ -52,20 +49,18 @@ def _line(s: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``export`` for parsed ``args``."""
-    from keypatch.cli.propose import show_warnings_as_lines
     from keypatch.store.export import export_results
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = show_warnings_as_lines("export")
-        s = export_results(args.out, args.json, args.pictures, pictures=not args.no_pictures, device=args.device,
-                           progress=not args.no_progress, each_setting=args.each_setting,
+        s = export_results(args.out, args.ids, args.pictures, pictures=not args.no_pictures, device=args.device,
+                           progress=not args.quiet, each_setting=args.each_setting,
                            options=dict(args.option), seed=args.seed, strategy=args.strategy, ratio=args.ratio,
                            model_id=args.model, start=args.start)
     if "exports" in s:
-        for e in s["exports"]:
-            print(f"[{e['setting']}] {_line(e)}")
-        print(f"{len(s['exports'])} settings, {s['records']} records")
+        lines = [f"[{e['setting']}] {_line(e)}" for e in s["exports"]]
+        report(args, s, "\n".join([*lines, f"{len(s['exports'])} settings, {s['records']} records"]))
     else:
-        print(_line(s))
+        report(args, s, _line(s))
     return 0

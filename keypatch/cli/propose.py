@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import sys
 import warnings
 from pathlib import Path
 
-
-def show_warnings_as_lines(command: str):
-    """A ``warnings.showwarning`` replacement printing ``keypatch COMMAND: warning: MESSAGE`` on stderr
-    (through tqdm, so a progress bar is not broken)."""
-
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        from tqdm.auto import tqdm
-
-        from keypatch.geometry import InputNote
-
-        kind = "note" if issubclass(category, InputNote) else "warning"
-        tqdm.write(f"keypatch {command}: {kind}: {message}", file=sys.stderr)
-
-    return show
+from keypatch.cli.common import (
+    add_device,
+    add_model,
+    add_output,
+    add_results,
+    parse_option,
+    report,
+    show_warnings_as_lines,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``propose``."""
-    from keypatch.batch import DEFAULT_OUT
     from keypatch.proposers import available
 
     p = sub.add_parser(
@@ -42,11 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "swap = stochastic greedy + neighbour moves, lower loss in 1/6 of the evaluations)")
     p.add_argument("--start", choices=["center", "none"], default="center",
                    help="greedy-like strategies: begin from the central patch (paper) or from nothing")
-    p.add_argument("--model", default="default",
-                   help="MAE: 'default', 'random:NAME', a weights file or folder, or a hub id")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), metavar="DIR",
-                   help=f"results folder (default: {DEFAULT_OUT})")
+    add_model(p)
+    add_device(p)
+    add_results(p)
     p.add_argument("--batch-size", type=int, default=1, help="images per MAE batch (default: 1)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for randomised strategies (random, stochastic, swap, attention's ties); each image "
@@ -56,21 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", type=parse_option,
                    help="strategy option, repeatable (e.g. -o eps=0.01 for stochastic, -o top=24 for local, "
                         "-o base=greedy -o rounds=1 for swap)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output(p, json_summary=True)
     p.set_defaults(func=run)
-
-
-def parse_option(text: str) -> tuple[str, int | float | str]:
-    """``"key=value"`` -> ``(key, value)``, the value as int, else float, else the string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    for kind in (int, float):
-        try:
-            return key, kind(value)
-        except ValueError:
-            pass
-    return key, value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
         warnings.showwarning = show_warnings_as_lines("propose")
         s = run_propose(args.paths, args.ratio, strategy=args.strategy, model=args.model, start=args.start,
                         device=args.device, out_dir=args.out, batch_size=args.batch_size, seed=args.seed,
-                        progress=not args.no_progress, **options)
+                        progress=not args.quiet, **options)
     start = f", start {s['start']}" if s["start"] else ""
-    print(f"{s['done']} new, {s['skipped']} already stored, {s['failed']} unreadable (of {s['found']}) -> "
+    report(args, s, f"{s['done']} new, {s['skipped']} already stored, {s['failed']} unreadable (of {s['found']}) -> "
           f"{s['store']}  [model {s['model_id']}, {s['strategy']}{start}, ratio {s['ratio']:g} = {s['k']} patches, "
           f"{s['seconds']:.1f} s]")
     return 1 if s["failed"] == s["found"] else 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from keypatch.cli.common import add_device, add_output
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``select``."""
@@ -18,12 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lam", type=float, default=1.0, help="GraphCut lambda (default 1)")
     p.add_argument("--classifier", default="efficientnet-lite0", help="embedding network: efficientnet-lite0, resnet18")
-    p.add_argument("--device", default="cpu")
+    add_device(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--cache", type=Path, default=None, help="embeddings .npz to reuse (written if missing or stale)")
     p.add_argument("--thumb", type=int, default=128, help="contact-sheet thumbnail side")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_output(p)
 
     def run(args: argparse.Namespace) -> None:
         from keypatch.selection import select_dataset

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from keypatch.cli.common import add_output, add_results
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``store`` with its actions ``info``, ``check`` and ``repair``."""
-    from keypatch.batch import DEFAULT_OUT
-
     p = sub.add_parser(
         "store", help="list a results store's settings, check it, or repair a damaged one",
         description="info: the settings stored (with the export flags that select each) and the claims of "
@@ -18,8 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "it as results.sqlite.damaged-DATE.",
     )
     p.add_argument("action", choices=["info", "check", "repair"])
-    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), metavar="DIR",
-                   help=f"results folder holding results.sqlite (default: {DEFAULT_OUT})")
+    add_results(p)
+    add_output(p, progress=False)
     p.set_defaults(func=run)
 
 
