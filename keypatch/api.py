@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,12 +20,22 @@ ModelLike = MAE | str | None
 
 
 def resolve_model(model: ModelLike, device: str | torch.device = "auto") -> MAE:
-    """An MAE in eval mode on ``device``: ``model`` itself, or :func:`keypatch.load_mae` of its spec
-    (``None`` = the embedded default)."""
+    """An MAE in eval mode on ``device``: ``model`` itself, or :func:`keypatch.load_mae` of its spec.
+
+    ``None`` or ``"default"`` is the embedded default model, loaded once per process and device and
+    shared by every later call (do not change its weights; load your own copy with ``load_mae``).
+    """
     if isinstance(model, MAE):
         dev = resolve_device(device) if str(device) != "auto" else model.device
         return model.to(dev).eval()
-    return load_mae(model or "default", device=device)
+    if model is None or model == "default":
+        return _default_model(str(resolve_device(device)))
+    return load_mae(model, device=device)
+
+
+@functools.lru_cache(maxsize=4)
+def _default_model(device: str) -> MAE:
+    return load_mae("default", device=device)
 
 
 def check_patches(patches: Sequence[int] | torch.Tensor, n: int) -> list[int]:

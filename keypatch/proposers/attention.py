@@ -110,6 +110,10 @@ class AttentionPatches(Proposer):
             raise ValueError(f"patch_mode must be one of {PATCH_MODES}, got {patch_mode!r}")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if classifier == "efficientnet-lite0":  # fail before any work when the 'dq' extra is missing
+            from keypatch.classifiers import require_dq
+
+            require_dq("strategy 'attention'", weights)
         self.classifier = classifier
         self.patch_mode = patch_mode
         self.batch_size = batch_size

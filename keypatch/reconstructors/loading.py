@@ -25,6 +25,7 @@ a hub id such as ``"facebook/vit-mae-base"``
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -46,6 +47,7 @@ DEFAULT_WEIGHTS = WEIGHTS_DIR / "default.safetensors"
 DEFAULT_CONFIG = WEIGHTS_DIR / "default.json"
 
 
+@functools.lru_cache(maxsize=1)
 def default_model_id() -> str:
     """``"default@"`` + the first 8 hex digits of the embedded weights' sha256.
 

@@ -26,6 +26,10 @@ def embed_images(files: Sequence[str | Path], classifier="efficientnet-lite0", d
     from keypatch.geometry import load_images
     from keypatch.geometry.image import denormalize
 
+    if classifier == "efficientnet-lite0":
+        from keypatch.classifiers import require_dq
+
+        require_dq("dataset selection", None)
     clf = get_classifier(classifier, device=device)
     files = list(files)
     feats = []
