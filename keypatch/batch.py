@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from keypatch.geometry.decode import InputNote
 from keypatch.geometry.files import list_image_files
 from keypatch.proposers.base import Proposer, make_proposer
 
@@ -139,12 +140,10 @@ def run_propose(
     """
     from tqdm.auto import tqdm
 
-    from keypatch.api import propose_normalised
-    from keypatch.geometry import InputNote, InputNotes, load_image
+    from keypatch.api import resolve_model
     from keypatch.proposers.base import check_seed
-    from keypatch.reconstructors import load_mae, resolve_device
-    from keypatch.store import STORE_NAME, DuplicateRecordError, Record, ResultStore, sha256_file
-    from keypatch.store.sqlite import DEFAULT_LEASE, RunId, claim_key
+    from keypatch.store import STORE_NAME, ResultStore
+    from keypatch.store.sqlite import DEFAULT_LEASE
 
     t0 = time.perf_counter()
     ratio = _check_ratio(ratio)
@@ -157,104 +156,137 @@ def run_propose(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the results folder {out_dir} is a file")
-    mae = load_mae(model, device=resolve_device(device))
-    k = mae.grid.count(ratio)
-    stored_start, stored_options = stored_settings(proposer, seed)
-    notes, run = InputNotes(), RunId()
-
-    summary: dict[str, Any] = {
-        "found": len(files), "done": 0, "skipped": 0, "recomputed": 0, "failed": 0, "failed_paths": [], "notes": [],
-        "store": "",
-        "model_id": mae.model_id, "strategy": proposer.name, "ratio": ratio, "k": k, "start": stored_start,
-        "options": stored_options, "seconds": 0.0,
-    }
-
-    def fail(path: Path, reason: object) -> None:
-        text = str(reason) if str(path) in str(reason) else f"{path}: {reason}"
-        warnings.warn(f"{text}; skipped, nothing stored for it", ImageWarning, stacklevel=3)
-        summary["failed"] += 1
-        summary["failed_paths"].append(str(path))
-
-    def key_of(digest: str) -> str:
-        return claim_key(digest, mae.model_id, proposer.name, ratio, stored_start, stored_options)
-
-    with ResultStore(out_dir / STORE_NAME) as store, Heartbeat(store, run, lease), \
+    mae = resolve_model(model, device)
+    job = _Job(mae, proposer, ratio, seed, lease, len(files))
+    with ResultStore(out_dir / STORE_NAME) as store, Heartbeat(store, job.run, lease), \
             tqdm(total=len(files), desc="propose", unit="img", disable=not progress) as bar:
-        summary["store"] = str(store.path)
-        digests: dict[Path, str] = {}
-        seen: set[str] = set()
+        job.summary["store"] = str(store.path)
+        job.store, job.bar = store, bar
+        job.run_all(files, batch_size, poll)
+    job.summary["notes"] = job.notes.lines()
+    for line in job.summary["notes"]:
+        warnings.warn(line, InputNote, stacklevel=2)
+    job.summary["seconds"] = time.perf_counter() - t0
+    return job.summary
 
-        def process(batch: list[Path]) -> list[Path]:
-            """Claim, load and compute ``batch``; returns the paths held by another run."""
-            items = []
-            for path in batch:
-                try:
-                    digest = digests.get(path) or sha256_file(path)
-                except OSError as exc:
-                    fail(path, exc)
-                    bar.update(1)
-                    continue
-                digests[path] = digest
-                if digest in seen:
-                    summary["skipped"] += 1
-                    bar.update(1)
-                    continue
-                items.append((path, digest))
-            busy = []
-            todo: list[tuple[Path, str, torch.Tensor]] = []
-            for (path, digest), status in zip(items, store.claim([key_of(d) for _, d in items], run, lease),
-                                              strict=True):
-                if status == "busy":
-                    busy.append(path)
-                    continue
-                seen.add(digest)
-                if status == "stored":
-                    summary["skipped"] += 1
-                    bar.update(1)
-                    continue
-                try:
-                    todo.append((path, digest, load_image(path, mae.config.image_size, notes)))
-                except (OSError, ValueError) as exc:
-                    store.release(run, [key_of(digest)])
-                    fail(path, exc)
-                    bar.update(1)
-            if todo:
-                if mae.device.type == "cpu":  # runs sharing this machine split its cores
-                    torch.set_num_threads(max(1, threads // max(1, store.live_runs())))
-                images = torch.stack([x for _, _, x in todo]).to(mae.device)
-                results = propose_normalised(images, ratio, proposer, mae, seed)
-                for (path, digest, _), res in zip(todo, results, strict=True):
-                    record = Record(
-                        image_path=str(path.absolute()), sha256=digest, model_id=mae.model_id,
-                        strategy=proposer.name, ratio=ratio, start=stored_start, options=stored_options,
-                        patches=res.patches, losses=res.losses, evaluations=res.evaluations, seconds=res.seconds,
-                    )
-                    try:
-                        store.add(record)
-                        summary["done"] += 1
-                    except DuplicateRecordError:  # stored meanwhile by a run whose claim had expired
-                        summary["skipped"] += 1
-                        summary["recomputed"] += 1
-                    bar.update(1)
-            return busy
 
-        threads = torch.get_num_threads()
+class _Job:
+    """One :func:`run_propose`: its settings, its summary, and the claim-load-compute-store steps."""
+
+    def __init__(self, mae: Any, proposer: Proposer, ratio: float, seed: int, lease: float, found: int) -> None:
+        from keypatch.geometry import InputNotes
+        from keypatch.store.sqlite import RunId
+
+        self.mae, self.proposer, self.ratio, self.seed, self.lease = mae, proposer, ratio, seed, lease
+        self.k = mae.grid.count(ratio)
+        self.start, self.options = stored_settings(proposer, seed)
+        self.notes, self.run = InputNotes(), RunId()
+        self.store: Any = None
+        self.bar: Any = None
+        self.digests: dict[Path, str] = {}
+        self.seen: set[str] = set()
+        self.threads = torch.get_num_threads()
+        self.summary: dict[str, Any] = {
+            "found": found, "done": 0, "skipped": 0, "recomputed": 0, "failed": 0, "failed_paths": [], "notes": [],
+            "store": "", "model_id": mae.model_id, "strategy": proposer.name, "ratio": ratio, "k": self.k,
+            "start": self.start, "options": self.options, "seconds": 0.0,
+        }
+
+    def run_all(self, files: list[Path], batch_size: int, poll: float) -> None:
+        """Every file, in batches; then the images another run held, until they are stored."""
         try:
             waiting: list[Path] = []
             for s in range(0, len(files), batch_size):
-                waiting += process(files[s : s + batch_size])
+                waiting += self.process(files[s : s + batch_size])
             while waiting:  # images another run holds: wait until stored, or take them over
-                bar.set_postfix_str(f"{len(waiting)} held by another run")
+                self.bar.set_postfix_str(f"{len(waiting)} held by another run")
                 time.sleep(poll)
                 still: list[Path] = []
                 for s in range(0, len(waiting), batch_size):
-                    still += process(waiting[s : s + batch_size])
+                    still += self.process(waiting[s : s + batch_size])
                 waiting = still
         finally:
-            store.release(run)
-            torch.set_num_threads(threads)
-    summary["notes"] = notes.lines()
-    for line in summary["notes"]:
-        warnings.warn(line, InputNote, stacklevel=2)
-    summary["seconds"] = time.perf_counter() - t0
-    return summary
+            self.store.release(self.run)
+            torch.set_num_threads(self.threads)
+
+    def fail(self, path: Path, reason: object) -> None:
+        text = str(reason) if str(path) in str(reason) else f"{path}: {reason}"
+        warnings.warn(f"{text}; skipped, nothing stored for it", ImageWarning, stacklevel=4)
+        self.summary["failed"] += 1
+        self.summary["failed_paths"].append(str(path))
+        self.bar.update(1)
+
+    def skip(self) -> None:
+        self.summary["skipped"] += 1
+        self.bar.update(1)
+
+    def key_of(self, digest: str) -> str:
+        from keypatch.store.sqlite import claim_key
+
+        return claim_key(digest, self.mae.model_id, self.proposer.name, self.ratio, self.start, self.options)
+
+    def hashed(self, batch: list[Path]) -> list[tuple[Path, str]]:
+        """``(path, sha256)`` of the images of ``batch`` not yet seen in this run."""
+        from keypatch.store import sha256_file
+
+        items = []
+        for path in batch:
+            try:
+                digest = self.digests.get(path) or sha256_file(path)
+            except OSError as exc:
+                self.fail(path, exc)
+                continue
+            self.digests[path] = digest
+            if digest in self.seen:
+                self.skip()
+            else:
+                items.append((path, digest))
+        return items
+
+    def process(self, batch: list[Path]) -> list[Path]:
+        """Claim, load and compute ``batch``; returns the paths held by another run."""
+        from keypatch.geometry import load_image
+
+        items = self.hashed(batch)
+        busy, todo = [], []
+        statuses = self.store.claim([self.key_of(d) for _, d in items], self.run, self.lease)
+        for (path, digest), status in zip(items, statuses, strict=True):
+            if status == "busy":
+                busy.append(path)
+                continue
+            self.seen.add(digest)
+            if status == "stored":
+                self.skip()
+                continue
+            try:
+                todo.append((path, digest, load_image(path, self.mae.config.image_size, self.notes)))
+            except (OSError, ValueError) as exc:
+                self.store.release(self.run, [self.key_of(digest)])
+                self.fail(path, exc)
+        if todo:
+            self.compute(todo)
+        return busy
+
+    def compute(self, todo: list[tuple[Path, str, torch.Tensor]]) -> None:
+        """Propose for the loaded images and store one record each."""
+        from keypatch.api import propose_normalised
+        from keypatch.store import DuplicateRecordError, Record
+
+        if self.mae.device.type == "cpu":  # runs sharing this machine split its cores
+            torch.set_num_threads(max(1, self.threads // max(1, self.store.live_runs())))
+        images = torch.stack([x for _, _, x in todo]).to(self.mae.device)
+        results = propose_normalised(images, self.ratio, self.proposer, self.mae, self.seed)
+        for (path, digest, _), res in zip(todo, results, strict=True):
+            record = Record(
+                image_path=str(path.absolute()), sha256=digest, model_id=self.mae.model_id,
+                strategy=self.proposer.name, ratio=self.ratio, start=self.start, options=self.options,
+                patches=res.patches, losses=res.losses, evaluations=res.evaluations, seconds=res.seconds,
+            )
+            try:
+                self.store.add(record)
+                self.summary["done"] += 1
+            except DuplicateRecordError:  # stored meanwhile by a run whose claim had expired
+                self.summary["recomputed"] += 1
+                self.skip()
+            else:
+                self.bar.update(1)

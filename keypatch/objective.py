@@ -49,6 +49,10 @@ class Objective:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         self.model = model
+        self.grid: PatchGrid = model.grid
+        """The model's patch grid."""
+        self.device: torch.device = model.device
+        """Where the model and every returned tensor live."""
         self.images = images
         self.chunk_size = chunk_size
         self.precision = check_precision(precision)
@@ -60,16 +64,6 @@ class Objective:
     def batch(self) -> int:
         """Number of images ``B``."""
         return self.images.shape[0]
-
-    @property
-    def grid(self) -> PatchGrid:
-        """The model's patch grid."""
-        return self.model.grid
-
-    @property
-    def device(self) -> torch.device:
-        """Where the model and every returned tensor live."""
-        return self.model.device
 
     @torch.no_grad()
     def score(self, sets: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:

@@ -6,16 +6,16 @@ import argparse
 
 from keypatch.cli.common import add_output, add_results
 
+DESCRIPTION = ("info: the settings stored (with the export flags that select each) and the claims of running "
+               "propose jobs. check: SQLite's integrity check (exit 1 if damaged). repair: copy every readable "
+               "record of a damaged store into a new one; the damaged file is kept beside it as "
+               "results.sqlite.damaged-DATE.")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``store`` with its actions ``info``, ``check`` and ``repair``."""
-    p = sub.add_parser(
-        "store", help="list a results store's settings, check it, or repair a damaged one",
-        description="info: the settings stored (with the export flags that select each) and the claims of "
-                    "running propose jobs. check: SQLite's integrity check (exit 1 if damaged). repair: copy "
-                    "every readable record of a damaged store into a new one; the damaged file is kept beside "
-                    "it as results.sqlite.damaged-DATE.",
-    )
+    p = sub.add_parser("store", help="list a results store's settings, check it, or repair a damaged one",
+                       description=DESCRIPTION)
     p.add_argument("action", choices=["info", "check", "repair"])
     add_results(p)
     add_output(p, progress=False)

@@ -26,14 +26,12 @@ class LazyGreedy(GainSearchProposer):
 
     Parameters
     ----------
-    start : {"center", "none"}
-        As for ``greedy``. With ``"none"`` the empty set's ``L`` is evaluated once (gains need it).
     batch : int
         Stale candidates re-evaluated together per round (per image): the classic algorithm is
         ``batch=1``; a few more cost little extra in one batched MAE pass and make the choice
         more robust where ``L`` is not submodular.
-    chunk_size, precision
-        As for ``greedy``.
+    start, chunk_size, precision
+        As for ``greedy`` (see :class:`~keypatch.proposers.search.SearchProposer`).
 
     Notes
     -----
@@ -57,10 +55,9 @@ class LazyGreedy(GainSearchProposer):
     @torch.no_grad()
     def extend(self, objective: Objective, k: int, state: GainStart):
         chosen, losses, remaining, current, cand, scores = state
-        b, n, dev = objective.batch, objective.grid.n, objective.device
-        ar = torch.arange(b, device=dev)
-        j0 = chosen.shape[1]
+        (b, j0), n, dev = chosen.shape, objective.grid.n, objective.device
         neg_inf = torch.tensor(float("-inf"), device=dev)
+        ar = torch.arange(b, device=dev)
         gain = torch.full((b, n), float("-inf"), device=dev).scatter_(1, cand, current[:, None] - scores)
         fresh = torch.zeros(b, n, dtype=torch.bool, device=dev).scatter_(1, cand, True)
         scored = torch.full((b, n), float("nan"), device=dev).scatter_(1, cand, scores)  # L(S + c) when fresh

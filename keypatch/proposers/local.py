@@ -29,15 +29,13 @@ class LocalRefresh(GainSearchProposer):
 
     Parameters
     ----------
-    start : {"center", "none"}
-        As for ``greedy``. With ``"none"`` the empty set's ``L`` is evaluated once (gains need it).
     radius : int
         Chebyshev radius, in patches, of the neighbourhood re-scored after each pick (2: up to 24
         patches; 0: none).
     top : int
         Remaining candidates with the largest stale relative gains re-scored each step.
-    chunk_size, precision
-        As for ``greedy``.
+    start, chunk_size, precision
+        As for ``greedy`` (see :class:`~keypatch.proposers.search.SearchProposer`).
 
     Notes
     -----

@@ -26,15 +26,13 @@ class MultiGreedy(SearchProposer):
 
     Parameters
     ----------
-    start : {"center", "none"}
-        As for ``greedy``.
     per_step : int
         Patches added per step (1 is exact greedy).
     min_distance : int
         Patches added in the same step are at least this far apart (Chebyshev distance on the
         grid; 1 allows neighbours, 2 forbids touching, including diagonally).
-    chunk_size, precision
-        As for ``greedy``.
+    start, chunk_size, precision
+        As for ``greedy`` (see :class:`~keypatch.proposers.search.SearchProposer`).
 
     Notes
     -----

@@ -112,7 +112,11 @@ class GainStart(NamedTuple):
 
 
 class GainSearchProposer(SearchProposer):
-    """Base of the strategies that score every candidate once, then re-score a few per step."""
+    """Base of the strategies that score every candidate once, then re-score a few per step.
+
+    The gains are measured from ``L`` of the start set; with ``start="none"`` the empty set's ``L``
+    is evaluated once for them.
+    """
 
     @torch.no_grad()
     def search(self, objective: Objective, k: int, seeds: list[int]):

@@ -29,12 +29,10 @@ class StochasticGreedy(SearchProposer):
 
     Parameters
     ----------
-    start : {"center", "none"}
-        As for ``greedy``.
     eps : float
         In ``(0, 1)``: smaller means larger samples (closer to greedy, more evaluations).
-    chunk_size, precision
-        As for ``greedy``.
+    start, chunk_size, precision
+        As for ``greedy`` (see :class:`~keypatch.proposers.search.SearchProposer`).
 
     Notes
     -----

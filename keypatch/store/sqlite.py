@@ -21,7 +21,6 @@ damaged one (``PRAGMA quick_check`` fails on opening, or a read fails later) wit
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import socket
@@ -29,14 +28,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from keypatch.store.claims import DEFAULT_LEASE, RunId, alive, claim_key
 from keypatch.store.errors import DuplicateRecordError, StoreDamagedError, StoreError, damaged_message, translate
 from keypatch.store.keys import options_key
+from keypatch.store.record import Record, now, sha256_file
 
 __all__ = ["DEFAULT_LEASE", "DuplicateRecordError", "Record", "ResultStore", "RunId", "StoreDamagedError",
            "StoreError", "claim_key", "options_key", "sha256_file"]
@@ -81,63 +79,6 @@ CREATE TABLE IF NOT EXISTS proposals (
 """
 
 _FILTERS = ("id", "image_path", "sha256", "model_id", "strategy", "ratio", "start", "options_json")
-
-
-def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of the bytes of the file at ``path``."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-@dataclass
-class Record:
-    """One stored proposal.
-
-    ``start`` is ``""`` for strategies that take no start; ``options`` holds every other setting
-    that can change the result (e.g. ``seed``, ``precision``). ``created`` is an ISO-8601 UTC
-    timestamp set by :meth:`ResultStore.add`; ``id`` is assigned there too.
-    """
-
-    image_path: str
-    sha256: str
-    model_id: str
-    strategy: str
-    ratio: float
-    start: str
-    patches: list[int]
-    losses: list[float]
-    options: dict[str, Any] = field(default_factory=dict)
-    evaluations: int = 0
-    seconds: float = 0.0
-    created: str = ""
-    id: int | None = None
-
-    @property
-    def loss(self) -> float | None:
-        """Final ``L`` (the last per-step loss), None when there are no losses."""
-        return self.losses[-1] if self.losses else None
-
-    @property
-    def options_json(self) -> str:
-        """``options`` in the canonical JSON form used for uniqueness."""
-        return options_key(self.options)
-
-    @property
-    def settings(self) -> tuple[str, str, float, str, str]:
-        """``(model_id, strategy, ratio, start, options_json)``: everything but the image."""
-        return (self.model_id, self.strategy, float(self.ratio), self.start, self.options_json)
-
-    @property
-    def settings_of_image(self) -> tuple[str, str, str, float, str, str]:
-        """``(sha256, *settings)``: the record's key, as :func:`claim_key` takes it."""
-        return (self.sha256, *self.settings)
 
 
 def _create(path: Path) -> None:
@@ -308,7 +249,7 @@ class ResultStore:
         """
         if len(record.patches) != len(record.losses):
             raise ValueError(f"{len(record.patches)} patches but {len(record.losses)} losses")
-        created = record.created or _now()
+        created = record.created or now()
         try:
             with self.conn:  # commits on success, rolls back on error
                 cur = self.conn.execute(
