@@ -8,7 +8,7 @@ its picks equal the first's.
 Run from the repository root::
 
     git worktree add /tmp/kp-old <commit>
-    python benchmarks/bench_versions.py old=/tmp/kp-old "old-no-native=/tmp/kp-old,KEYPATCH_NATIVE=0" new=.
+    python benchmarks/bench_versions.py old=/tmp/kp-old "old-env=/tmp/kp-old,SOME_VAR=0" new=.
 """
 
 from __future__ import annotations

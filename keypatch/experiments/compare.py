@@ -1,7 +1,7 @@
 """Mean ``L(S)`` of several patch strategies at several keep ratios on a set of images (CSV + plot).
 
 Every strategy's final set is scored the same way, by one independent MAE pass
-(:meth:`MAE.losses` in float32), so the numbers are comparable across strategies.
+(:func:`keypatch.objective.losses` in float32), so the numbers are comparable across strategies.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Proposers: patch-selection strategies behind one registry.
 
 A new strategy is one file with a :class:`Proposer` subclass decorated with :func:`register`, and
-one import line below. A strategy that searches with the MAE subclasses
-:class:`keypatch.proposers.greedy.SearchProposer` and implements ``search(model, ctx, k, seed)``
-on the scoring context (``start``, ``chunk_size`` and ``precision`` come with it).
+one import line below; ``tests/test_contract.py`` then checks it with every other strategy. A
+strategy that searches over the KPP objective subclasses
+:class:`keypatch.proposers.search.SearchProposer` and implements ``search(objective, k, seeds)``
+(``start``, ``chunk_size`` and ``precision`` come with it): it chooses the visible sets, and the
+:class:`~keypatch.objective.Objective` scores them and counts the evaluations.
 """
 
 from keypatch.proposers import attention as _attention  # noqa: F401  (registers "attention")
