@@ -9,6 +9,7 @@ Quick start
 
 from keypatch.api import propose, propose_batch, reconstruct, reconstruction_loss
 from keypatch.geometry import PatchGrid, load_image, load_images
+from keypatch.objective import Objective
 from keypatch.proposers import Proposal, Proposer, available, register
 from keypatch.reconstructors import MAE, MAEConfig, load_mae
 
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MAE",
     "MAEConfig",
+    "Objective",
     "PatchGrid",
     "Proposal",
     "Proposer",

@@ -129,8 +129,8 @@ def run_compare(paths, ratios: Sequence[float] = DEFAULT_RATIOS, strategies: Seq
 
     Notes
     -----
-    A strategy with ``prefix_consistent`` (greedy, lazy, random, attention) runs once per image to
-    the largest ratio; the smaller ratios are its prefixes (identical to separate runs). Their rows
+    A strategy with ``prefix_consistent`` (greedy, lazy, local, random, attention) runs once per image
+    to the largest ratio; the smaller ratios are its prefixes (identical to separate runs). Their rows
     then have ``seconds`` NaN and the run's ``evaluations``.
     """
     from tqdm.auto import tqdm

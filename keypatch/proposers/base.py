@@ -83,6 +83,8 @@ class Proposer(ABC):
     """Whether the answer depends on the seed (then the seed is part of a stored record's key)."""
     options: ClassVar[dict[str, type | tuple[type, ...]]] = {}
     """The keyword options the strategy takes and their types, checked by :func:`get_proposer`."""
+    options_pass_through: ClassVar[bool] = False
+    """Whether options outside :attr:`options` are accepted and passed on (``swap``: its base's)."""
     run_options: ClassVar[frozenset[str]] = frozenset({"start", "chunk_size", "batch_size"})
     """Options that do not change the answer (memory, batching) or are stored apart (``start``)."""
 
@@ -154,7 +156,7 @@ def check_options(cls: type[Proposer], options: dict[str, Any], strategy: str | 
     (``1`` to ``1.0`` for a float option, ``2.0`` to ``2`` for an integer one)."""
     strategy = strategy or cls.name
     unknown = sorted(set(options) - set(cls.options))
-    if unknown and not getattr(cls, "options_pass_through", False):
+    if unknown and not cls.options_pass_through:
         takes = ", ".join(sorted(cls.options)) or "none"
         raise ValueError(f"strategy {strategy!r} has no option {', '.join(unknown)} (its options: {takes})")
     return {k: _coerce(strategy, k, v, cls.options[k]) if k in cls.options else v for k, v in options.items()}
