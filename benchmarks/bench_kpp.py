@@ -39,6 +39,7 @@ from keypatch.geometry import load_images  # noqa: E402
 from keypatch.objective import losses as set_losses
 from keypatch.proposers import get_proposer  # noqa: E402
 from keypatch.reconstructors import load_mae  # noqa: E402
+from keypatch.reconstructors.precision import resolve_precision  # noqa: E402
 
 
 def test_photos() -> tuple[list[str], list[np.ndarray]]:
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{torch.get_num_threads()} torch threads, {torch.backends.cpu.get_cpu_capability()}, "
           f"native bf16: {_native_bf16()}), torch {torch.__version__}")
     print(f"photos ({n_img}): {', '.join(names)}")
+    exact = resolve_precision("auto", "cpu")  # greedy's default precision here: mixed or float32
     # warm-up: first-call costs (allocator, kernels) are not part of any row
     get_proposer("greedy").select(model, x[:1], 3, 0)
 
@@ -209,15 +211,15 @@ def main(argv: list[str] | None = None) -> None:
         g_loss = final_losses(model, x, g_patches)
         add = partial(add_row, rows, model, x, g_loss)
 
-        add("greedy (exact, fp32)", g_patches, g_evals, g_sec, "all photos in one batch")
+        add(f"greedy (exact, {exact})", g_patches, g_evals, g_sec, "all photos in one batch")
         p1, s1, rp, r1 = interleaved(model, x, k, ratio in ref_ratios)
         same = bool(torch.equal(p1, g_patches))
-        add("greedy (exact, 1 image/call)", p1, g_evals, statistics.mean(s1),
+        add(f"greedy (exact, {exact}, 1 image/call)", p1, g_evals, statistics.mean(s1),
             ("same picks" if same else "PICKS DIFFER") + ("; interleaved with the loop" if rp is not None else ""))
         if args.workers > 1:
             pw, sw = run_workers(args.model, x, k, args.workers)
             same = bool(torch.equal(pw, g_patches))
-            add(f"greedy (exact, {args.workers} procs x 1 thread)", pw, g_evals, sw,
+            add(f"greedy (exact, {exact}, {args.workers} procs x 1 thread)", pw, g_evals, sw,
                 "same picks" if same else "PICKS DIFFER")
         ref_sec = None
         if rp is not None:

@@ -30,6 +30,25 @@ def flops(k: int, n: int = 196, dim: int = 192, depth: int = 6, ddim: int = 128,
     return 2 * ref, 2 * ours, evals
 
 
+def evaluation_flops(config, visible: int) -> float:
+    """Matrix-product FLOPs of one plain MAE evaluation (encoder on ``visible`` patches + cls,
+    decoder on all ``N + 1`` positions, every patch predicted) for an
+    :class:`~keypatch.reconstructors.MAEConfig`: the model FLOPs that achieved TFLOP/s count."""
+    n, t = config.grid.n, visible + 1
+    d, dd, r = config.embed_dim, config.decoder_embed_dim, config.mlp_ratio
+    per_token = (4 + 2 * r) * 2  # qkv, proj and the MLP, in units of width**2
+    enc = config.depth * (per_token * d * d * t + 4 * t * t * d)
+    dec = config.decoder_depth * (per_token * dd * dd * (n + 1) + 4 * (n + 1) ** 2 * dd)
+    return enc + 2 * d * dd * t + dec + 2 * dd * config.patch_dim * n
+
+
+def greedy_flops(config, k: int, start: int = 1) -> float:
+    """Model FLOPs of exact greedy to ``k`` patches from ``start`` chosen ones (the centre: 1)."""
+    n = config.grid.n
+    first = evaluation_flops(config, start) if start else 0.0  # L of the start set
+    return first + sum((n - j) * evaluation_flops(config, j + 1) for j in range(start, k))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dim", type=int, default=192)

@@ -19,6 +19,7 @@ import torch
 from keypatch.geometry.decode import InputNote
 from keypatch.geometry.files import list_image_files
 from keypatch.proposers.base import Proposer, make_proposer
+from keypatch.reconstructors.precision import resolve_precision
 
 DEFAULT_OUT = "keypatch-results"
 """Results folder used when none is given."""
@@ -34,11 +35,15 @@ def _check_ratio(ratio: Any) -> float:
     return float(ratio)
 
 
-def stored_settings(proposer: Proposer, seed: int) -> tuple[str, dict[str, Any]]:
+def stored_settings(proposer: Proposer, seed: int,
+                    device: torch.device | str = "cpu") -> tuple[str, dict[str, Any]]:
     """``(start, options)`` a record of ``proposer`` is stored under: its :meth:`~Proposer.settings`,
-    with the ``seed`` only where the answer depends on it, and ``start`` (``""`` if it takes none)."""
+    with the ``seed`` only where the answer depends on it, ``precision`` as used on ``device``
+    (``"auto"`` resolved) and ``start`` (``""`` if it takes none)."""
     start = getattr(proposer, "start", "") if "start" in proposer.options else ""
     options = proposer.settings()
+    if "precision" in options:
+        options["precision"] = resolve_precision(options["precision"], device)
     if proposer.uses_seed:
         options["seed"] = int(seed)
     return start, options
@@ -179,7 +184,7 @@ class _Job:
 
         self.mae, self.proposer, self.ratio, self.seed, self.lease = mae, proposer, ratio, seed, lease
         self.k = mae.grid.count(ratio)
-        self.start, self.options = stored_settings(proposer, seed)
+        self.start, self.options = stored_settings(proposer, seed, mae.device)
         self.notes, self.run = InputNotes(), RunId()
         self.store: Any = None
         self.bar: Any = None
@@ -193,11 +198,24 @@ class _Job:
         }
 
     def run_all(self, files: list[Path], batch_size: int, poll: float) -> None:
-        """Every file, in batches; then the images another run held, until they are stored."""
+        """Every file, in batches; then the images another run held, until they are stored.
+
+        The next batch is hashed, claimed and decoded in a background thread while the model
+        works on the current one, so the model does not wait for files.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
         try:
-            waiting: list[Path] = []
-            for s in range(0, len(files), batch_size):
-                waiting += self.process(files[s : s + batch_size])
+            with ThreadPoolExecutor(1, thread_name_prefix="keypatch-decode") as ahead:
+                waiting: list[Path] = []
+                batches = [files[s : s + batch_size] for s in range(0, len(files), batch_size)]
+                pending = ahead.submit(self.prepare, batches[0]) if batches else None
+                for i in range(len(batches)):
+                    busy, todo = pending.result()
+                    pending = ahead.submit(self.prepare, batches[i + 1]) if i + 1 < len(batches) else None
+                    waiting += busy
+                    if todo:
+                        self.compute(todo)
             while waiting:  # images another run holds: wait until stored, or take them over
                 self.bar.set_postfix_str(f"{len(waiting)} held by another run")
                 time.sleep(poll)
@@ -245,6 +263,13 @@ class _Job:
 
     def process(self, batch: list[Path]) -> list[Path]:
         """Claim, load and compute ``batch``; returns the paths held by another run."""
+        busy, todo = self.prepare(batch)
+        if todo:
+            self.compute(todo)
+        return busy
+
+    def prepare(self, batch: list[Path]) -> tuple[list[Path], list[tuple[Path, str, torch.Tensor]]]:
+        """Hash, claim and decode ``batch``: the paths another run holds, and ``(path, sha256, image)`` to compute."""
         from keypatch.geometry import load_image
 
         items = self.hashed(batch)
@@ -263,9 +288,7 @@ class _Job:
             except (OSError, ValueError) as exc:
                 self.store.release(self.run, [self.key_of(digest)])
                 self.fail(path, exc)
-        if todo:
-            self.compute(todo)
-        return busy
+        return busy, todo
 
     def compute(self, todo: list[tuple[Path, str, torch.Tensor]]) -> None:
         """Propose for the loaded images and store one record each."""

@@ -13,12 +13,33 @@ import torch
 
 from keypatch.geometry import PatchGrid
 from keypatch.reconstructors.mae import MAE
-from keypatch.reconstructors.precision import autocast, check_precision
-from keypatch.reconstructors.scoring import context_losses, loss_context
+from keypatch.reconstructors.precision import DEFAULT_PRECISION, reduced_copy, resolve_precision
+from keypatch.reconstructors.scoring import LossContext, context_losses, loss_context, reduced_context
 
-DEFAULT_CHUNK = 64
-"""Visible sets per MAE pass (about ``64 x 196`` decoder rows). On a 2-core AVX2 CPU the speed is
-flat from 32 to 256 (``benchmarks/bench_chunk.py``); 64 keeps memory small."""
+DEFAULT_CHUNK = 0
+"""``chunk_size=0``: visible sets per MAE pass sized for the device (:func:`auto_chunk`)."""
+CPU_CHUNK = 64
+"""Visible sets per MAE pass on CPUs (about ``64 x 196`` decoder rows). On a 2-core AVX2 CPU the
+speed is flat from 32 to 256 (``benchmarks/bench_chunk.py``); 64 keeps memory small."""
+GPU_MEMORY_SHARE = 0.5
+"""Share of a GPU's free memory the activations of one pass may take."""
+
+MIXED_REFINE = 8
+"""``precision="mixed"``: candidates per image always re-scored in float32 at a step (the lowest in bfloat16)."""
+MIXED_SAFETY = 2.0
+"""``precision="mixed"``: the margin is this many times the largest relative bfloat16 error seen."""
+
+
+def auto_chunk(model: MAE) -> int:
+    """Visible sets per MAE pass for ``model``'s device: :data:`CPU_CHUNK` on CPUs; on GPUs as many
+    as :data:`GPU_MEMORY_SHARE` of the free memory holds (float32 activations of a decoder block
+    over all ``N + 1`` positions, the MLP's wide layer included), 64 to 16384."""
+    if model.device.type != "cuda":
+        return CPU_CHUNK
+    c = model.config
+    free, _ = torch.cuda.mem_get_info(model.device)
+    per_set = 4 * (c.grid.n + 1) * c.decoder_embed_dim * (2 * c.mlp_ratio + 8)
+    return int(min(16384, max(CPU_CHUNK, GPU_MEMORY_SHARE * free // per_set)))
 
 
 class Objective:
@@ -34,31 +55,48 @@ class Objective:
     images : torch.Tensor
         ``(B, 3, H, W)`` normalised images (see :func:`keypatch.load_images`), on the model's device.
     chunk_size : int
-        Visible sets per MAE pass (bounds memory).
-    precision : {"float32", "bfloat16"}
-        Compute precision of the passes; the loss is accumulated in float32.
+        Visible sets per MAE pass (bounds memory); 0 sizes it for the device (:func:`auto_chunk`).
+    precision : {"auto", "float32", "bfloat16", "mixed"}
+        Compute precision of the passes (:mod:`keypatch.reconstructors.precision`); ``"auto"``
+        is resolved for the model's device. The loss is accumulated in float32. With ``"mixed"``,
+        :meth:`score` is float32 and :meth:`step` screens in bfloat16.
 
     Attributes
     ----------
     evaluations : torch.Tensor
-        ``(B,)`` long, on the model's device: visible sets scored so far per image.
+        ``(B,)`` long, on the model's device: visible sets scored so far per image (a set screened
+        in bfloat16 and re-scored in float32 counts once).
+    refined : int
+        ``"mixed"``: candidates re-scored in float32 by :meth:`step`, over all images.
+    widened : int
+        ``"mixed"``: steps at which the float32 re-scores showed a larger bfloat16 error than the
+        margin had assumed, so that more candidates had to be re-scored.
+    relative_error : torch.Tensor
+        ``(B,)``, ``"mixed"``: per image, the largest ``|L_bf16 - L_fp32| / L_fp32`` seen so far.
     """
 
     def __init__(self, model: MAE, images: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK,
-                 precision: str = "float32") -> None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+                 precision: str = DEFAULT_PRECISION) -> None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0:
+            raise ValueError(f"chunk_size must be a positive integer (or 0: sized for the device), got {chunk_size!r}")
         self.model = model
         self.grid: PatchGrid = model.grid
         """The model's patch grid."""
         self.device: torch.device = model.device
         """Where the model and every returned tensor live."""
         self.images = images
-        self.chunk_size = chunk_size
-        self.precision = check_precision(precision)
+        self.chunk_size = chunk_size or auto_chunk(model)
+        self.precision = resolve_precision(precision, model.device)
         with torch.no_grad():
             self.context = loss_context(model, images)
+        if self.precision == "float32":
+            self.screen_model, self.screen_context = model, self.context
+        else:
+            self.screen_model = reduced_copy(model, torch.bfloat16)
+            self.screen_context = reduced_context(self.context, torch.bfloat16)
         self.evaluations = torch.zeros(images.shape[0], dtype=torch.long, device=model.device)
+        self.refined = self.widened = 0
+        self.relative_error = torch.zeros(images.shape[0], device=model.device)
 
     @property
     def batch(self) -> int:
@@ -82,15 +120,20 @@ class Objective:
             ``(M,)`` float32 on the model's device. No host synchronisation.
         """
         self.evaluations.index_add_(0, image_index, torch.ones_like(image_index))  # no host sync (bincount has one)
-        m, ctx = sets.shape[0], self.context
-        with autocast(self.device, self.precision):
-            if m <= self.chunk_size:
-                return context_losses(self.model, ctx, sets, image_index)
-            out = torch.empty(m, device=sets.device)
-            for s in range(0, m, self.chunk_size):
-                out[s : s + self.chunk_size] = context_losses(self.model, ctx, sets[s : s + self.chunk_size],
-                                                              image_index[s : s + self.chunk_size])
-            return out
+        if self.precision == "bfloat16":
+            return self._passes(self.screen_model, self.screen_context, sets, image_index)
+        return self._passes(self.model, self.context, sets, image_index)
+
+    def _passes(self, model: MAE, ctx: LossContext, sets: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """``L`` of ``sets`` with ``model`` on ``ctx``, ``chunk_size`` sets per pass."""
+        m = sets.shape[0]
+        if m <= self.chunk_size:
+            return context_losses(model, ctx, sets, image_index)
+        out = torch.empty(m, device=sets.device)
+        for s in range(0, m, self.chunk_size):
+            out[s : s + self.chunk_size] = context_losses(model, ctx, sets[s : s + self.chunk_size],
+                                                          image_index[s : s + self.chunk_size])
+        return out
 
     def score_each(self, sets: torch.Tensor) -> torch.Tensor:
         """``L`` of one visible set per image, ``sets (B, k)`` -> ``(B,)``."""
@@ -109,12 +152,57 @@ class Objective:
         Returns
         -------
         torch.Tensor
-            ``(B, C)`` float32.
+            ``(B, C)`` float32. With ``precision="mixed"`` the candidates near each image's minimum
+            hold float32 scores and the others bfloat16 ones (all above that minimum), so the
+            argmin, its ties and its loss are float32's.
+
+        Notes
+        -----
+        ``"mixed"``: every candidate is scored in bfloat16; the :data:`MIXED_REFINE` lowest, and
+        every candidate whose bfloat16 loss lies within the margin of the bfloat16 minimum, are
+        re-scored in float32. The margin is :data:`MIXED_SAFETY` times the image's largest relative
+        bfloat16 error seen so far (at this step included). If the re-scores show that a candidate
+        outside the re-scored ones could still be the float32 minimum, more are re-scored
+        (:attr:`widened` counts those steps). This costs two host synchronisations per step.
         """
         b, c = candidates.shape
         sets = torch.cat([chosen[:, None, :].expand(b, c, chosen.shape[1]), candidates[..., None]], dim=2)
+        sets = sets.reshape(b * c, -1)
         ii = torch.arange(b, device=sets.device).repeat_interleave(c)
-        return self.score(sets.reshape(b * c, -1), ii).view(b, c)
+        if self.precision != "mixed":
+            return self.score(sets, ii).view(b, c)
+        self.evaluations.index_add_(0, ii, torch.ones_like(ii))
+        screened = self._passes(self.screen_model, self.screen_context, sets, ii).view(b, c)
+        return self._refine(screened, sets.view(b, c, -1))
+
+    def _refine(self, screened: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+        """``screened (B, C)`` bfloat16 scores with those near each minimum re-scored in float32."""
+        b, c = screened.shape
+        order = screened.argsort(dim=1, stable=True)  # candidates of each image, lowest bf16 loss first
+        rank = torch.arange(c, device=sets.device)
+        out, done = screened.clone(), torch.zeros(b, dtype=torch.long, device=sets.device)
+
+        def within(best: torch.Tensor) -> torch.Tensor:  # per image: candidates whose bf16 loss could hide best
+            bound = best * (1.0 + MIXED_SAFETY * self.relative_error)
+            return (screened <= bound[:, None]).sum(1).clamp(MIXED_REFINE, c)
+
+        need = within(screened.amin(1) * (1.0 + MIXED_SAFETY * self.relative_error))
+        while True:
+            new = (rank >= done[:, None]) & (rank < need[:, None])  # (B, C) in rank order
+            img, pos = new.nonzero(as_tuple=True)  # host sync
+            if img.numel() == 0:
+                break
+            self.widened += bool(done.any())
+            cand = order[img, pos]
+            exact = self._passes(self.model, self.context, sets[img, cand], img)
+            self.refined += img.numel()
+            out[img, cand] = exact
+            err = (screened[img, cand] - exact).abs() / exact.abs().clamp_min(1e-12)
+            self.relative_error = self.relative_error.scatter_reduce(0, img, err, "amax")
+            done = torch.maximum(done, need)
+            fp32 = torch.where(rank < done[:, None], out.gather(1, order), torch.inf)
+            need = torch.maximum(done, within(fp32.amin(1)))
+        return out
 
     def prefix_losses(self, patches: torch.Tensor) -> torch.Tensor:
         """``L`` of every prefix of each image's ordered patches ``(B, k)`` -> ``(B, k)``."""
@@ -123,7 +211,7 @@ class Objective:
 
 @torch.no_grad()
 def losses(model: MAE, images: torch.Tensor, visible: torch.Tensor, image_index: torch.Tensor | None = None, *,
-           chunk_size: int = DEFAULT_CHUNK, precision: str = "float32") -> torch.Tensor:
+           chunk_size: int = DEFAULT_CHUNK, precision: str = DEFAULT_PRECISION) -> torch.Tensor:
     """``L(S)`` for many visible sets of one or more images.
 
     Parameters

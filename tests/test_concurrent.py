@@ -87,7 +87,7 @@ def test_a_killed_run_is_finished_by_the_next(photos, tmp_path):
         time.sleep(0.2)
     time.sleep(0.5)
     with ResultStore(out, create=False) as s:
-        assert len(s.claims()) == 1  # the image in flight
+        assert len(s.claims()) == 2  # the image in flight and the next one, decoded ahead
     os.kill(child.pid, signal.SIGKILL)
     child.wait(timeout=30)
     assert len(_records(out)) == 5

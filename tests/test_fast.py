@@ -35,7 +35,7 @@ def _plain_losses(model: MAE, images: torch.Tensor, sets: torch.Tensor, ii: torc
         return model.masked_mse(pred, model.targets(images)[ii], sets)
 
 
-@pytest.mark.parametrize("decoder_depth", [1, 2])
+@pytest.mark.parametrize("decoder_depth", [1, 2, 3])
 def test_fast_losses_equal_full_predictions(decoder_depth):
     cfg = MAEConfig(image_size=64, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32,
                     decoder_depth=decoder_depth, decoder_num_heads=4)

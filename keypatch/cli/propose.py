@@ -42,8 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed for randomised strategies (random, stochastic, swap, attention's ties); each image "
                         "draws from the seed and its own pixels")
-    p.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
-                   help="greedy: arithmetic of the MAE passes (default float32, exact)")
+    p.add_argument("--precision", choices=["auto", "float32", "mixed", "bfloat16"], default=None,
+                   help="MAE arithmetic of the search strategies: float32 (exact), mixed (bfloat16 screening, "
+                        "float32 re-scoring: float32's picks), bfloat16 (fastest, can change picks); default "
+                        "auto: mixed where bfloat16 is native (CUDA, AVX512-BF16/AMX CPUs), else float32")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", type=parse_option,
                    help="strategy option, repeatable (e.g. -o eps=0.01 for stochastic, -o top=24 for local, "
                         "-o base=greedy -o rounds=1 for swap)")

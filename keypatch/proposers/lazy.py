@@ -18,6 +18,7 @@ import torch
 from keypatch.objective import DEFAULT_CHUNK, Objective
 from keypatch.proposers.base import register
 from keypatch.proposers.search import GainSearchProposer, GainStart
+from keypatch.reconstructors.precision import DEFAULT_PRECISION
 
 
 @register
@@ -46,7 +47,7 @@ class LazyGreedy(GainSearchProposer):
     options = {**GainSearchProposer.options, "batch": int}
 
     def __init__(self, start: str = "center", batch: int = 4, chunk_size: int = DEFAULT_CHUNK,
-                 precision: str = "float32") -> None:
+                 precision: str = DEFAULT_PRECISION) -> None:
         super().__init__(start, chunk_size, precision)
         if batch < 1:
             raise ValueError(f"batch must be positive, got {batch}")

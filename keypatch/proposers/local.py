@@ -21,6 +21,7 @@ import torch
 from keypatch.objective import DEFAULT_CHUNK, Objective
 from keypatch.proposers.base import register
 from keypatch.proposers.search import GainSearchProposer, GainStart
+from keypatch.reconstructors.precision import DEFAULT_PRECISION
 
 
 @register
@@ -50,7 +51,7 @@ class LocalRefresh(GainSearchProposer):
     options = {**GainSearchProposer.options, "radius": int, "top": int}
 
     def __init__(self, start: str = "center", radius: int = 2, top: int = 16, chunk_size: int = DEFAULT_CHUNK,
-                 precision: str = "float32") -> None:
+                 precision: str = DEFAULT_PRECISION) -> None:
         super().__init__(start, chunk_size, precision)
         if radius < 0 or top < 1:
             raise ValueError(f"radius must be >= 0 and top >= 1, got radius={radius}, top={top}")

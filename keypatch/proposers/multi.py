@@ -18,6 +18,7 @@ import torch
 from keypatch.objective import DEFAULT_CHUNK, Objective
 from keypatch.proposers.base import register
 from keypatch.proposers.search import SearchProposer, remaining_count, start_state
+from keypatch.reconstructors.precision import DEFAULT_PRECISION
 
 
 @register
@@ -44,7 +45,7 @@ class MultiGreedy(SearchProposer):
     options = {**SearchProposer.options, "per_step": int, "min_distance": int}
 
     def __init__(self, start: str = "center", per_step: int = 3, min_distance: int = 2,
-                 chunk_size: int = DEFAULT_CHUNK, precision: str = "float32") -> None:
+                 chunk_size: int = DEFAULT_CHUNK, precision: str = DEFAULT_PRECISION) -> None:
         super().__init__(start, chunk_size, precision)
         if per_step < 1 or min_distance < 1:
             raise ValueError("per_step and min_distance must be positive")

@@ -15,7 +15,7 @@ import torch
 from keypatch.objective import DEFAULT_CHUNK, Objective
 from keypatch.proposers.base import Proposer, image_seeds
 from keypatch.reconstructors.mae import MAE
-from keypatch.reconstructors.precision import check_precision
+from keypatch.reconstructors.precision import DEFAULT_PRECISION, check_precision
 
 STARTS = ("center", "none")
 """Where the greedy-like strategies begin: the central patch (the paper) or nothing (its ablation)."""
@@ -29,18 +29,20 @@ class SearchProposer(Proposer):
     start : {"center", "none"}
         Begin from the central patch (the paper's P0) or from the empty set (its ablation).
     chunk_size : int
-        Visible sets per MAE pass (bounds memory).
-    precision : {"float32", "bfloat16"}
-        Compute precision of the MAE passes (float32 is exact).
+        Visible sets per MAE pass (bounds memory); 0 (the default) sizes it for the device.
+    precision : {"auto", "float32", "mixed", "bfloat16"}
+        Compute precision of the MAE passes (:mod:`keypatch.reconstructors.precision`): float32
+        and mixed pick alike; ``"auto"`` is mixed where bfloat16 is native, else float32.
     """
 
     options = {"start": str, "chunk_size": int, "precision": str}
 
-    def __init__(self, start: str = "center", chunk_size: int = DEFAULT_CHUNK, precision: str = "float32") -> None:
+    def __init__(self, start: str = "center", chunk_size: int = DEFAULT_CHUNK,
+                 precision: str = DEFAULT_PRECISION) -> None:
         if start not in STARTS:
             raise ValueError(f"start must be 'center' or 'none', got {start!r}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        if chunk_size < 0:
+            raise ValueError(f"chunk_size must be positive (or 0: sized for the device), got {chunk_size}")
         self.start, self.chunk_size, self.precision = start, int(chunk_size), check_precision(precision)
 
     def objective(self, model: MAE, images: torch.Tensor) -> Objective:

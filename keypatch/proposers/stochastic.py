@@ -16,6 +16,7 @@ import torch
 from keypatch.objective import DEFAULT_CHUNK, Objective
 from keypatch.proposers.base import register
 from keypatch.proposers.search import SearchProposer, start_state
+from keypatch.reconstructors.precision import DEFAULT_PRECISION
 
 
 def sample_size(n: int, k: int, eps: float) -> int:
@@ -47,7 +48,7 @@ class StochasticGreedy(SearchProposer):
     options = {**SearchProposer.options, "eps": float}
 
     def __init__(self, start: str = "center", eps: float = 0.1, chunk_size: int = DEFAULT_CHUNK,
-                 precision: str = "float32") -> None:
+                 precision: str = DEFAULT_PRECISION) -> None:
         super().__init__(start, chunk_size, precision)
         if not 0.0 < eps < 1.0:
             raise ValueError(f"eps must be in (0, 1), got {eps!r}")

@@ -24,6 +24,7 @@ import torch
 from keypatch.objective import DEFAULT_CHUNK, Objective
 from keypatch.proposers.base import get_proposer, register
 from keypatch.proposers.search import SearchProposer
+from keypatch.reconstructors.precision import DEFAULT_PRECISION
 
 BASES = ("greedy", "local", "lazy", "stochastic", "multi")
 """Strategies ``swap`` can refine (they share ``start``, ``chunk_size`` and ``precision``)."""
@@ -66,7 +67,7 @@ class SwapRefine(SearchProposer):
     options_pass_through = True  # the base strategy's own options; the base checks them
 
     def __init__(self, base: str = "stochastic", rounds: int = 2, reach: int = 1, start: str = "center",
-                 chunk_size: int = DEFAULT_CHUNK, precision: str = "float32", **base_options) -> None:
+                 chunk_size: int = DEFAULT_CHUNK, precision: str = DEFAULT_PRECISION, **base_options) -> None:
         if base not in BASES:
             raise ValueError(f"base must be one of {', '.join(BASES)}, got {base!r}")
         if rounds < 0 or reach < 1:

@@ -10,23 +10,27 @@ visible set; :func:`context_losses` then scores ``M`` sets of those images. It c
   ``Dd``-wide decoder output ``h`` is needed, and only at the masked positions.
 * **set-independent rows.** The first encoder block's ``qkv(norm1(.))`` of a token does not depend
   on the set: it is computed once per image and gathered.
-* **mask-token attention (one-block decoders).** A masked position's decoder input is
+* **mask-token rows of the first decoder block.** A masked position's decoder input is
   ``mask_token + pos``, the same for every set, so its query, key and value, and the softmax
   totals over *all* masked keys, are constants (:class:`MaskTokenConstants`); a set's attention
   is those totals minus its visible patches' terms, merged with its visible tokens' (stable
-  softmax). Deeper decoders run their blocks on all ``N + 1`` positions.
+  softmax). Only the masked rows go through the last decoder block
+  (:mod:`keypatch.reconstructors.decoding`, for any decoder depth).
 
-Without autocast the blocks work in place (:mod:`keypatch.reconstructors.inplace`).
+The blocks work in place where they can (:mod:`keypatch.reconstructors.inplace`). Reduced
+precision runs a bfloat16 copy of the model on :func:`reduced_context` (the loss's final
+quadratic form stays float32).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
 
-from keypatch.reconstructors.inplace import Workspace, block_, buffer, inplace_ok, mlp_, run_block
+from keypatch.reconstructors.decoding import decode_deep, decode_one_block
+from keypatch.reconstructors.inplace import Workspace, block_, buffer, inplace_ok
 from keypatch.reconstructors.mae import MAE
 
 
@@ -51,6 +55,9 @@ class MaskTokenConstants:
         ``(h, N, hd)``: ``exp_scores @ value`` over all keys.
     exp_total : torch.Tensor
         ``(h, N)``: ``exp_scores.sum(-1)`` over all keys.
+    key_value : torch.Tensor
+        ``(N, 2, h, hd)``: the masked positions' keys and values (for the visible rows' queries
+        of a deeper decoder).
     """
 
     residual: torch.Tensor
@@ -60,6 +67,11 @@ class MaskTokenConstants:
     value: torch.Tensor
     exp_value_total: torch.Tensor
     exp_total: torch.Tensor
+    key_value: torch.Tensor
+
+    def to(self, dtype: torch.dtype) -> MaskTokenConstants:
+        """These constants in ``dtype``."""
+        return MaskTokenConstants(*(t.to(dtype) for t in (getattr(self, f.name) for f in fields(self))))
 
 
 @dataclass
@@ -80,8 +92,8 @@ class LossContext:
         ``(B, N+1, D)``: the encoder's input rows, cls token first.
     qkv0 : torch.Tensor
         ``(B, N+1, 3 D)``: the first encoder block's ``qkv(norm1(.))`` of every row of ``embedded``.
-    mask_tokens : MaskTokenConstants or None
-        For a one-block decoder; None for deeper decoders.
+    mask_tokens : MaskTokenConstants
+        The first decoder block's mask-token constants.
     workspace : dict
         Scratch buffers reused from call to call.
     """
@@ -92,7 +104,7 @@ class LossContext:
     gram: torch.Tensor
     embedded: torch.Tensor
     qkv0: torch.Tensor
-    mask_tokens: MaskTokenConstants | None
+    mask_tokens: MaskTokenConstants
     workspace: Workspace = field(default_factory=dict)
 
     @property
@@ -102,9 +114,8 @@ class LossContext:
 
 
 DECODER_BLOCK_SETS = 16
-"""Visible sets per decoder pass in :func:`context_losses` (bounds the working set)."""
-DECODER_BLOCK_ROWS = 1024
-"""Decoder rows (masked patches) per MLP pass of a one-block decoder (cache-sized)."""
+"""Visible sets per decoder pass in :func:`context_losses` on CPUs (bounds the working set to the
+caches); GPUs decode a whole pass at once."""
 
 
 @torch.no_grad()
@@ -117,8 +128,15 @@ def loss_context(model: MAE, images: torch.Tensor) -> LossContext:
     embedded = torch.cat([cls.expand(tokens.shape[0], 1, -1), tokens], dim=1)
     blk = model.blocks[0]
     qkv0 = blk.attn.qkv(blk.norm1(embedded))
-    consts = mask_token_constants(model) if len(model.decoder_blocks) == 1 else None
+    consts = mask_token_constants(model)
     return LossContext(tokens, resid @ w, resid.pow(2).sum(-1), w.t() @ w, embedded, qkv0, consts)
+
+
+def reduced_context(ctx: LossContext, dtype: torch.dtype) -> LossContext:
+    """``ctx`` for a copy of the model in ``dtype``: the network's inputs cast (from their float32
+    values), the loss's terms (``u``, ``c``, ``gram``) kept in float32."""
+    return replace(ctx, tokens=ctx.tokens.to(dtype), embedded=ctx.embedded.to(dtype), qkv0=ctx.qkv0.to(dtype),
+                   mask_tokens=ctx.mask_tokens.to(dtype), workspace={})
 
 
 def mask_token_constants(model: MAE) -> MaskTokenConstants:
@@ -131,8 +149,9 @@ def mask_token_constants(model: MAE) -> MaskTokenConstants:
     s0 = q0 @ k0.transpose(1, 2)  # (h, N, N)
     m0 = s0.amax(-1, keepdim=True)
     e0, v0 = torch.exp(s0 - m0), v0.contiguous()
+    key_value = torch.stack([k0, v0]).permute(2, 0, 1, 3).contiguous()  # (N, 2, h, hd)
     x0 = x0 + blk.attn.proj.bias if blk.attn.proj.bias is not None else x0
-    return MaskTokenConstants(x0, q0, m0, e0.transpose(1, 2).contiguous(), v0, e0 @ v0, e0.sum(-1))
+    return MaskTokenConstants(x0, q0, m0, e0.transpose(1, 2).contiguous(), v0, e0 @ v0, e0.sum(-1), key_value)
 
 
 def masked_patches(visible: torch.Tensor, n: int) -> torch.Tensor:
@@ -159,9 +178,9 @@ def context_losses(model: MAE, ctx: LossContext, visible: torch.Tensor, image_in
     Returns
     -------
     torch.Tensor
-        ``(M,)`` float32 losses (0 where every patch is visible). Call it inside
-        :func:`~keypatch.reconstructors.precision.autocast` for reduced precision; the final
-        quadratic form is always evaluated in float32.
+        ``(M,)`` float32 losses (0 where every patch is visible). For reduced precision pass a
+        copy of the model in that dtype (:func:`~keypatch.reconstructors.precision.reduced_copy`)
+        with :func:`reduced_context`; the final quadratic form is always evaluated in float32.
     """
     m, k = visible.shape
     n = ctx.tokens.shape[1]
@@ -169,8 +188,8 @@ def context_losses(model: MAE, ctx: LossContext, visible: torch.Tensor, image_in
         return torch.zeros(m, device=visible.device)
     masked = masked_patches(visible, n)
     z = encode(model, ctx, visible, image_index)
-    decode = _decode_one_block if ctx.mask_tokens is not None else _decode_deep
-    step = DECODER_BLOCK_SETS
+    decode = decode_one_block if len(model.decoder_blocks) == 1 else decode_deep
+    step = DECODER_BLOCK_SETS if visible.device.type == "cpu" else m
     if m <= step:
         return decode(model, ctx, z, visible, masked, image_index)
     return torch.cat([decode(model, ctx, z[s : s + step], visible[s : s + step], masked[s : s + step],
@@ -196,88 +215,3 @@ def encode(model: MAE, ctx: LossContext, visible: torch.Tensor, image_index: tor
     for i, blk in enumerate(model.blocks):
         block_(blk, x, ctx.workspace, qkv0 if i == 0 else None)
     return model.decoder_embed(model.norm(x))
-
-
-def patch_errors(ctx: LossContext, hid: torch.Tensor, img: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Summed squared error of each predicted patch from decoder outputs ``hid (..., Dd)`` (float32).
-
-    ``img`` and ``pos`` index (broadcastably) the image and patch of each row of ``hid``.
-    """
-    n, dd = ctx.u.shape[1], ctx.u.shape[2]
-    flat = (img * n + pos).expand(hid.shape[:-1]).reshape(-1)  # row of each patch in (B N)
-    u = ctx.u.view(-1, dd).index_select(0, flat)
-    c = ctx.c.view(-1).index_select(0, flat).view(hid.shape[:-1])
-    with torch.autocast(hid.device.type, enabled=False):
-        hid = hid.float().reshape(-1, dd)
-        # h^T G h + 2 h^T u + c, with "G h + 2 u" as one GEMM
-        return torch.linalg.vecdot(hid, torch.addmm(u, hid, ctx.gram, beta=2.0)).view(c.shape) + c
-
-
-def _decode_deep(model: MAE, ctx: LossContext, z: torch.Tensor, visible: torch.Tensor, masked: torch.Tensor,
-                 image_index: torch.Tensor) -> torch.Tensor:
-    """Losses ``(M,)`` from the encoder output ``z (M, k+1, Dd)``: every decoder block on all positions."""
-    m, k = visible.shape
-    n, dd = ctx.tokens.shape[1], z.shape[-1]
-    x = model.mask_token.to(z.dtype).expand(m, n + 1, dd).clone()
-    x[:, :1] = z[:, :1]
-    x.scatter_(1, (visible + 1)[..., None].expand(m, k, dd), z[:, 1:])
-    x += model.decoder_pos_embed.to(z.dtype)
-    for blk in model.decoder_blocks:
-        x = run_block(blk, x, ctx.workspace)
-    hid = model.decoder_norm(x[torch.arange(m, device=z.device)[:, None], masked + 1])  # (M, R, Dd)
-    err = patch_errors(ctx, hid, image_index[:, None], masked)
-    return err.sum(1) / (masked.shape[1] * model.config.patch_dim)
-
-
-def _decode_one_block(model: MAE, ctx: LossContext, z: torch.Tensor, visible: torch.Tensor, masked: torch.Tensor,
-                      image_index: torch.Tensor) -> torch.Tensor:
-    """Losses ``(M,)`` from the encoder output ``z (M, k+1, Dd)`` with a one-block decoder."""
-    mt = ctx.mask_tokens
-    blk = model.decoder_blocks[0]
-    m, j, dd = z.shape
-    h = mt.query.shape[0]
-    hd = dd // h
-    r = masked.shape[1]
-    dt = z.dtype
-    pos = model.decoder_pos_embed[0].to(dt)[F.pad(visible + 1, (1, 0))]  # (M, k+1, Dd), cls at 0
-    kv = F.linear(blk.norm1(z + pos), blk.attn.qkv.weight[dd:], blk.attn.qkv.bias[dd:]).view(m, j, 2, h, hd)
-    kvis = kv[:, :, 0].permute(2, 3, 0, 1).reshape(h, hd, m * j)  # (h, hd, M j)
-    vvis = kv[:, :, 1].permute(2, 0, 1, 3)  # (h, M, j, hd)
-    # all in (h, M, N, .) layout; every patch position is queried with its mask-token query (rows of
-    # visible positions are computed but not used). The queries are shared by all sets: one product
-    # per head, (N, hd) x (hd, M j), rather than M small ones
-    sv = torch.bmm(mt.query.to(dt), kvis).view(h, -1, m, j).transpose(1, 2)  # (h, M, N, j) visible-key scores
-    # softmax mass on the masked keys: the totals over all keys minus the visible patches' terms
-    ev = mt.exp_scores_t.to(dt)[:, visible].transpose(-1, -2)  # (h, M, N, k)
-    m0 = mt.row_max[:, None, :, 0].to(dt)  # (h, 1, N)
-    mx = torch.maximum(sv.amax(-1), m0)  # (h, M, N): the stable softmax's row maxima
-    pv = torch.exp(sv - mx[..., None])
-    alpha = torch.exp(m0 - mx)
-    den = (mt.exp_total.to(dt)[:, None] - ev.sum(-1)).mul_(alpha).add_(pv.sum(-1))  # (h, M, N)
-    # one product for both corrections: + visible tokens' values, - visible patches' mask-token values;
-    # the totals come in with one fused multiply-add
-    coef = torch.cat([pv, ev.mul(alpha[..., None]).neg_()], dim=-1).div_(den[..., None])
-    vals = torch.cat([vvis, mt.value.to(dt)[:, visible]], dim=2)  # (h, M, j + k, hd)
-    num = torch.matmul(coef, vals).addcmul_(mt.exp_value_total.to(dt)[:, None], alpha.div_(den)[..., None])
-    # the masked positions only: (M R, Dd) rows, decoded in cache-sized row blocks
-    att = num.permute(1, 2, 0, 3)[torch.arange(m, device=z.device)[:, None], masked].reshape(m * r, dd)
-    img = image_index[:, None].expand(m, r).reshape(-1)
-    pos_flat = masked.reshape(-1)
-    rows = DECODER_BLOCK_ROWS
-    err = torch.cat([_one_block_tail(model, ctx, att[t : t + rows], img[t : t + rows], pos_flat[t : t + rows])
-                     for t in range(0, m * r, rows)])
-    return err.view(m, r).sum(1) / (r * model.config.patch_dim)
-
-
-def _one_block_tail(model: MAE, ctx: LossContext, att: torch.Tensor, img: torch.Tensor,
-                    pos: torch.Tensor) -> torch.Tensor:
-    """From the attention outputs of masked rows to their summed squared errors (one-block decoder)."""
-    blk = model.decoder_blocks[0]
-    residual = ctx.mask_tokens.residual  # holds the projection's bias
-    if not inplace_ok(att, blk.mlp.fc1.weight):
-        y = residual.to(att.dtype)[pos] + F.linear(att, blk.attn.proj.weight)
-        y = y + blk.mlp(blk.norm2(y))
-    else:
-        y = residual.index_select(0, pos).addmm_(att, blk.attn.proj.weight.t())
-        mlp_(blk.mlp, y, blk.norm2(y), ctx.workspace)
-    return patch_errors(ctx, model.decoder_norm(y), img, pos)

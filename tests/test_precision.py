@@ -1,0 +1,146 @@
+"""Precision: ``auto`` resolves by device, ``mixed`` picks exactly as float32, records say what was used."""
+
+import warnings
+
+import pytest
+import torch
+
+from keypatch import objective as objective_module
+from keypatch.batch import run_propose
+from keypatch.experiments.photos import load_test_photos
+from keypatch.geometry import load_images
+from keypatch.objective import Objective
+from keypatch.proposers import get_proposer
+from keypatch.reconstructors import MAE, MAEConfig, load_mae
+from keypatch.reconstructors import precision as precision_module
+from keypatch.reconstructors.precision import native_bf16, reduced_copy, resolve_precision
+from keypatch.store import ResultStore
+
+
+def _deep_model() -> MAE:
+    """Narrow, but with the paper's 14x14 grid and a three-block decoder."""
+    cfg = MAEConfig(embed_dim=48, depth=2, num_heads=3, decoder_embed_dim=32, decoder_depth=3, decoder_num_heads=4)
+    model = MAE(cfg)
+    model.reset_parameters(seed=1)
+    with torch.no_grad():
+        model.mask_token.normal_(0, 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def photos():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_images(list(load_test_photos().values())[:3])
+
+
+def test_auto_is_mixed_only_where_bfloat16_is_native(monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    assert native_bf16("cpu") and resolve_precision("auto", "cpu") == "mixed"
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert not native_bf16("cpu") and resolve_precision("auto", "cpu") == "float32"
+    assert resolve_precision("bf16", "cpu") == "bfloat16" and resolve_precision("fp32", "cpu") == "float32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("float16", "cpu")
+
+
+@pytest.mark.parametrize("model_name", ["default", "deep"])
+def test_mixed_picks_equal_float32_picks(photos, model_name):
+    model = load_mae("default") if model_name == "default" else _deep_model()
+    fp32, _, _ = get_proposer("greedy", precision="float32").select(model, photos, 8, 0)
+    proposer = get_proposer("greedy", precision="mixed")
+    objective = proposer.objective(model, photos)
+    mixed, losses = proposer.search(objective, 8, [0] * 3)
+    assert torch.equal(mixed, fp32)
+    # the reported losses are float32's: L of each prefix of the picks, scored in float32
+    exact = Objective(model, photos, precision="float32").prefix_losses(mixed)
+    assert torch.allclose(losses, exact, rtol=1e-6)
+    assert 0 < objective.refined < objective.evaluations.sum()
+    assert (objective.relative_error > 0).all() and (objective.relative_error < 0.05).all()
+
+
+def test_mixed_widens_its_margin_when_the_rescores_demand_it(photos, monkeypatch):
+    """With one candidate re-scored up front, the first step's errors force more re-scores."""
+    monkeypatch.setattr(objective_module, "MIXED_REFINE", 1)
+    model = load_mae("default")
+    proposer = get_proposer("greedy", precision="mixed")
+    objective = proposer.objective(model, photos)
+    mixed, _ = proposer.search(objective, 6, [0] * 3)
+    assert objective.widened >= 1
+    assert torch.equal(mixed, get_proposer("greedy", precision="float32").select(model, photos, 6, 0)[0])
+
+
+def test_mixed_step_scores(photos):
+    """Candidates near the minimum carry float32 scores; the rest bfloat16 ones above it."""
+    model = load_mae("default")
+    chosen = torch.full((3, 1), model.grid.center)
+    cand = torch.stack([torch.tensor([c for c in range(196) if c != model.grid.center])] * 3)
+    fp32 = Objective(model, photos, precision="float32").step(chosen, cand)
+    mixed_obj = Objective(model, photos, precision="mixed")
+    mixed = mixed_obj.step(chosen, cand)
+    assert torch.equal(mixed.argmin(1), fp32.argmin(1))
+    assert torch.allclose(mixed.amin(1), fp32.amin(1), rtol=1e-6)
+    exact = torch.isclose(mixed, fp32, rtol=1e-6, atol=0)
+    assert exact.sum() >= 3 * 8  # at least MIXED_REFINE per image re-scored
+    assert (mixed[~exact] > fp32.amin(1, keepdim=True).expand_as(mixed)[~exact]).all()
+    assert mixed_obj.evaluations.tolist() == [195] * 3  # a re-scored set counts once
+
+
+def test_bfloat16_copy_is_cached_and_follows_the_weights():
+    model = _deep_model()
+    a = reduced_copy(model)
+    assert reduced_copy(model) is a and a.cls_token.dtype == torch.bfloat16
+    with torch.no_grad():
+        model.cls_token.add_(1.0)
+    b = reduced_copy(model)
+    assert b is not a and torch.allclose(b.cls_token.float(), model.cls_token, atol=1e-2)
+
+
+def test_records_store_the_precision_used(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "chelsea.png"
+    Image.fromarray(next(iter(load_test_photos().values()))).save(path)
+    auto = run_propose([path], 0.02, model="default", out_dir=tmp_path, progress=False)
+    assert auto["options"]["precision"] == resolve_precision("auto", "cpu") != "auto"
+    fp32 = run_propose([path], 0.02, model="default", out_dir=tmp_path, progress=False, precision="float32")
+    assert fp32["options"]["precision"] == "float32"
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        stored = {r.options["precision"] for r in store.records()}
+    assert stored == {"float32", resolve_precision("auto", "cpu")}
+
+
+@pytest.mark.skipif(not native_bf16("cpu"), reason="bfloat16 is emulated on this CPU (several times slower)")
+def test_mixed_picks_equal_float32_on_vit_b(photos):
+    model = load_mae("random:base")
+    fp32, _, _ = get_proposer("greedy", precision="float32").select(model, photos[:1], 3, 0)
+    mixed, _, _ = get_proposer("greedy", precision="mixed").select(model, photos[:1], 3, 0)
+    assert torch.equal(mixed, fp32)
+
+
+@pytest.mark.cuda
+def test_mixed_on_cuda_picks_as_float32_on_cpu(photos):
+    model = load_mae("default")
+    cpu, _, _ = get_proposer("greedy", precision="float32").select(model, photos, 8, 0)
+    gpu_model = load_mae("default", device="cuda")
+    for precision in ("float32", "mixed"):
+        got, _, _ = get_proposer("greedy", precision=precision).select(gpu_model, photos.cuda(), 8, 0)
+        assert torch.equal(got.cpu(), cpu), precision
+
+
+def test_chunk_size_is_sized_for_the_device(photos):
+    from keypatch.objective import CPU_CHUNK
+
+    model = load_mae("default")
+    assert Objective(model, photos[:1]).chunk_size == CPU_CHUNK
+    assert Objective(model, photos[:1], chunk_size=5).chunk_size == 5
+    with pytest.raises(ValueError, match="chunk_size"):
+        Objective(model, photos[:1], chunk_size=-1)
+
+
+@pytest.mark.cuda
+def test_chunk_size_on_cuda_follows_free_memory():
+    from keypatch.objective import CPU_CHUNK, auto_chunk
+
+    chunk = auto_chunk(load_mae("random:base", device="cuda"))
+    assert CPU_CHUNK <= chunk <= 16384
