@@ -19,8 +19,10 @@ explicit matrices, GELU MLP); ``fused=True`` uses keypatch's own blocks (PyTorch
 ``scaled_dot_product_attention``) instead, to show how much of the speed-up fusion alone gives.
 It is not a registered strategy; ``benchmarks/bench_kpp.py`` times it against
 :class:`keypatch.proposers.greedy.Greedy`.
-It starts from the central patch like ``Greedy(start="center")`` (the paper's code starts from a
-fixed patch too) so that the two must choose the same patches.
+It starts from the central patch like ``Greedy(start="center")`` by default, so that the two must
+choose the same patches; ``start=98``, :func:`reference_count` and :func:`load_reference_image`
+give the authors' released behaviour (start patch, patch count, resize), which keypatch's
+``preset="reference"`` reproduces (``tests/test_reference.py``).
 """
 
 from __future__ import annotations
@@ -87,8 +89,28 @@ def _batch_loss(model: MAE, image: torch.Tensor, pred: torch.Tensor, mask: torch
     return (per_patch * mask).sum(dim=-1) / mask.sum(dim=-1)
 
 
+def load_reference_image(path, size: int = 224) -> torch.Tensor:
+    """An image file as the authors' code reads it: ``Image.open(path).convert("RGB")``, then
+    ``transforms.Resize((size, size))`` (on a PIL image: PIL's bilinear filter), ``ToTensor`` and
+    ``Normalize`` with the ImageNet mean and std; ``(3, size, size)``."""
+    import numpy as np
+    from PIL import Image
+
+    pil = Image.open(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    x = torch.from_numpy(np.asarray(pil, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def reference_count(n: int, ratio: float) -> int:
+    """Patches the authors' loop ends with: its start patch, then ``int(n * ratio)`` more."""
+    return int(n * ratio) + 1
+
+
 @torch.no_grad()
-def reference_kpp(model: MAE, image: torch.Tensor, k: int, fused: bool = False) -> tuple[list[int], list[float]]:
+def reference_kpp(model: MAE, image: torch.Tensor, k: int, fused: bool = False,
+                  start: int | None = None) -> tuple[list[int], list[float]]:
     """Greedy KPP of one image the way the paper's loop computes it.
 
     Parameters
@@ -98,21 +120,24 @@ def reference_kpp(model: MAE, image: torch.Tensor, k: int, fused: bool = False) 
     image : torch.Tensor
         ``(3, H, W)`` or ``(1, 3, H, W)`` normalised image on the model's device.
     k : int
-        Patches to choose, the central one included.
+        Patches to choose, the start patch included.
     fused : bool
         Use keypatch's blocks (fused attention) instead of timm 0.3.2's explicit attention.
+    start : int, optional
+        The first patch: the centre by default (the paper's text, keypatch's ``start="center"``);
+        98 in the authors' released code (``KPP_main.py``: ``patch_list = [98]``).
 
     Returns
     -------
     patches : list of int
-        In order of choice (the centre first).
+        In order of choice (the start patch first).
     losses : list of float
-        The minimum ``L`` of each step (one fewer than ``patches``: the centre is not scored).
+        The minimum ``L`` of each step (one fewer than ``patches``: the start is not scored).
     """
     image = image if image.dim() == 4 else image[None]
     tokens = model.embed(image)
     n = tokens.shape[1]
-    chosen = [model.grid.center]
+    chosen = [model.grid.center if start is None else int(start)]
     losses: list[float] = []
     while len(chosen) < k:
         remaining, keep, ids_restore, mask = _step_inputs(n, chosen, tokens.device)

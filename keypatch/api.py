@@ -12,8 +12,9 @@ import torch
 
 from keypatch.geometry import ImageLike, load_images
 from keypatch.objective import Objective, losses
-from keypatch.proposers import Proposal, Proposer, get_proposer
-from keypatch.proposers.base import check_seed, make_proposer
+from keypatch.presets import RunSettings, run_settings
+from keypatch.proposers import Proposal, Proposer
+from keypatch.proposers.base import check_seed, make_proposer, takes_option
 from keypatch.reconstructors import MAE, load_mae, resolve_device
 
 ModelLike = MAE | str | None
@@ -70,10 +71,11 @@ def check_patches(patches: Sequence[int] | torch.Tensor, n: int) -> list[int]:
 
 
 def propose_normalised(images: torch.Tensor, ratio: float, proposer: Proposer, model: MAE,
-                       seed: int = 0) -> list[Proposal]:
+                       seed: int = 0, count: str = "round") -> list[Proposal]:
     """:func:`propose_batch` on images already loaded by :func:`keypatch.load_images` (on the model's
-    device), with a constructed proposer: what the engines call."""
-    k = model.grid.count(ratio)
+    device), with a constructed proposer: what the engines call. ``count`` is the rule that turns
+    ``ratio`` into a number of patches (:meth:`~keypatch.geometry.PatchGrid.count`)."""
+    k = model.grid.count(ratio, count)
     t0 = time.perf_counter()
     patches, losses, evals = proposer.select(model, images, k, check_seed(seed))
     if torch.isnan(losses).any():
@@ -96,6 +98,9 @@ def propose_batch(
     *,
     seed: int = 0,
     device: str = "auto",
+    preset: str | None = None,
+    count: str | None = None,
+    resize: str | None = None,
     **options,
 ) -> list[Proposal]:
     """Key patches of many images at once (images x candidates share each MAE pass).
@@ -106,8 +111,8 @@ def propose_batch(
         Paths, PIL images or arrays, read by the rules of :func:`keypatch.load_image` (resized to
         the model's size and normalised).
     ratio : float
-        Fraction of patches to keep, in ``(0, 1]``; ``round(ratio * N)`` patches are chosen, and a
-        ratio that keeps less than one patch is a ValueError.
+        Fraction of patches to keep, in ``(0, 1]``; ``round(ratio * N)`` patches are chosen (see
+        ``count``), and a ratio that keeps less than one patch is a ValueError.
     strategy : str or Proposer
         A registered strategy name (see :func:`keypatch.proposers.available`) or an instance.
     model : MAE, str or None
@@ -117,6 +122,13 @@ def propose_batch(
         pixels, so an image gets the same answer alone or in any batch.
     device : {"auto", "cpu", "cuda"}
         Where to compute.
+    preset : {"paper", "reference"}, optional
+        ``"reference"``: the KPP authors' released code (start at patch 98, ``int(ratio * N) + 1``
+        patches, bilinear resize); default the paper's text (:mod:`keypatch.presets`).
+    count : {"round", "reference"}, optional
+        Overrides the preset's count rule (:meth:`~keypatch.geometry.PatchGrid.count`).
+    resize : {"bicubic", "bilinear"}, optional
+        Overrides the preset's resize filter (for images that are not normalised tensors yet).
     **options
         Strategy options, e.g. ``start="none"`` or ``precision="bfloat16"`` for ``greedy``.
 
@@ -134,13 +146,28 @@ def propose_batch(
     check_seed(seed)
     if isinstance(strategy, Proposer) and options:
         raise ValueError("pass options either to the Proposer instance or as keywords with a strategy name")
-    proposer = get_proposer(strategy, **options)
+    start = options.pop("start", None)
+    settings = run_settings(preset, start, count, resize)
+    proposer = build_proposer(strategy, settings, options, start_given=start is not None)
     if not isinstance(images, torch.Tensor) and not isinstance(images, (str, Path)) and len(images) == 0:
         raise ValueError("no images given (an empty batch)")
     mae = resolve_model(model, device)
-    mae.grid.count(ratio)  # a bad ratio fails before any image is read
-    x = load_images(images, mae.config.image_size).to(mae.device)
-    return propose_normalised(x, ratio, proposer, mae, seed)
+    mae.grid.count(ratio, settings.count)  # a bad ratio fails before any image is read
+    x = load_images(images, mae.config.image_size, resize=settings.resize).to(mae.device)
+    return propose_normalised(x, ratio, proposer, mae, seed, settings.count)
+
+
+def build_proposer(strategy: str | Proposer, settings: RunSettings, options: dict | None = None, *,
+                   start_given: bool = True) -> Proposer:
+    """The proposer of a run with ``settings``: their ``start`` goes to strategies that take one.
+
+    A start that came from a preset (``start_given=False``) is left out for strategies without a
+    start (``random``, ``attention``); one given explicitly to them is a ValueError.
+    """
+    start = settings.start
+    if not start_given and not (isinstance(strategy, Proposer) or takes_option(strategy, "start")):
+        start = "center"
+    return make_proposer(strategy, start, options)
 
 
 def propose(
@@ -148,9 +175,12 @@ def propose(
     ratio: float,
     strategy: str | Proposer = "greedy",
     model: ModelLike = None,
-    start: str = "center",
+    start: str | int | tuple[int, int] | None = None,
     seed: int = 0,
     device: str = "auto",
+    preset: str | None = None,
+    count: str | None = None,
+    resize: str | None = None,
     **options,
 ) -> Proposal:
     """Key patches of one image.
@@ -158,21 +188,24 @@ def propose(
     Parameters
     ----------
     image : str, Path, PIL.Image, numpy array or tensor
-        The image (resized to 224x224 bicubic for the default model, ImageNet-normalised).
+        The image (resized to the model's side, 224x224 bicubic by default, ImageNet-normalised).
     ratio : float
         Fraction of patches to keep, in ``(0, 1]``.
     strategy : str
         ``"greedy"`` (KPP, exact), ``"random"``, or any registered strategy.
     model : MAE, str or None
         The reconstructor or a :func:`keypatch.load_mae` spec; None = the embedded default.
-    start : {"center", "none"}
-        For greedy strategies: begin from the central patch (paper) or from nothing (ablation).
+    start : {"center", "none"}, int or (row, col), optional
+        For greedy strategies: begin from the central patch (paper, the default), from nothing
+        (ablation) or from a given patch (98 in the authors' code).
     seed : int
         Seed for randomised strategies.
     device : {"auto", "cpu", "cuda"}
         Where to compute.
+    preset, count, resize
+        ``preset="reference"`` reproduces the KPP authors' released code; see :func:`propose_batch`.
     **options
-        Further strategy options (e.g. ``precision="bfloat16"``, ``chunk_size=128``).
+        Further strategy options (e.g. ``precision="float32"``, ``chunk_size=128``).
 
     Returns
     -------
@@ -186,13 +219,15 @@ def propose(
     >>> r.patches[:3], round(r.loss, 3)                      # doctest: +SKIP
     ([105, 92, 18], 0.412)
     """
-    proposer = make_proposer(strategy, start, options)
-    return propose_batch([image], ratio, proposer, model, seed=seed, device=device)[0]
+    settings = run_settings(preset, start, count, resize)
+    proposer = build_proposer(strategy, settings, options, start_given=start is not None)
+    return propose_batch([image], ratio, proposer, model, seed=seed, device=device, count=settings.count,
+                         resize=settings.resize)[0]
 
 
 @torch.no_grad()
 def reconstruction_loss(image: ImageLike, patches: Sequence[int], model: ModelLike = None,
-                        device: str = "auto") -> float:
+                        device: str = "auto", resize: str = "bicubic") -> float:
     """``L(S)``: masked-patch MSE of the MAE's reconstruction from the patches ``S`` alone.
 
     Independent of every proposer: one MAE pass with exactly ``patches`` visible.
@@ -206,6 +241,8 @@ def reconstruction_loss(image: ImageLike, patches: Sequence[int], model: ModelLi
         TypeError or ValueError naming the offending index).
     model : MAE, str or None
         The reconstructor (default: the embedded model).
+    resize : {"bicubic", "bilinear"}
+        The filter that brings the image to the model's side (bilinear: the KPP authors' code).
 
     Returns
     -------
@@ -214,16 +251,17 @@ def reconstruction_loss(image: ImageLike, patches: Sequence[int], model: ModelLi
     """
     mae = resolve_model(model, device)
     idx = check_patches(patches, mae.grid.n)
-    x = load_images([image], mae.config.image_size).to(mae.device)
+    x = load_images([image], mae.config.image_size, resize=resize).to(mae.device)
     return float(losses(mae, x, torch.tensor([idx]))[0])
 
 
 @torch.no_grad()
 def reconstruct(image: ImageLike, patches: Sequence[int], model: ModelLike = None,
-                device: str = "auto") -> torch.Tensor:
+                device: str = "auto", resize: str = "bicubic") -> torch.Tensor:
     """The MAE's reconstruction of ``image`` from ``patches``, a normalised ``(3, H, W)`` tensor
-    (visible patches pasted back); see :func:`keypatch.geometry.to_pil` to view it."""
+    (visible patches pasted back); see :func:`keypatch.geometry.to_pil` to view it. ``resize`` as
+    in :func:`reconstruction_loss`."""
     mae = resolve_model(model, device)
     idx = check_patches(patches, mae.grid.n)
-    x = load_images([image], mae.config.image_size)[0].to(mae.device)
+    x = load_images([image], mae.config.image_size, resize=resize)[0].to(mae.device)
     return mae.reconstruct(x, idx)

@@ -18,7 +18,10 @@ import torch
 
 from keypatch.geometry.decode import InputNote
 from keypatch.geometry.files import list_image_files
-from keypatch.proposers.base import Proposer, make_proposer
+from keypatch.geometry.grid import PatchGrid
+from keypatch.presets import RunSettings, run_settings
+from keypatch.proposers.base import Proposer
+from keypatch.proposers.search import start_patch
 from keypatch.reconstructors.precision import resolve_precision
 
 DEFAULT_OUT = "keypatch-results"
@@ -35,17 +38,23 @@ def _check_ratio(ratio: Any) -> float:
     return float(ratio)
 
 
-def stored_settings(proposer: Proposer, seed: int,
-                    device: torch.device | str = "cpu") -> tuple[str, dict[str, Any]]:
+def stored_settings(proposer: Proposer, seed: int, device: torch.device | str = "cpu",
+                    settings: RunSettings | None = None, grid: PatchGrid | None = None) -> tuple[str, dict[str, Any]]:
     """``(start, options)`` a record of ``proposer`` is stored under: its :meth:`~Proposer.settings`,
     with the ``seed`` only where the answer depends on it, ``precision`` as used on ``device``
-    (``"auto"`` resolved) and ``start`` (``""`` if it takes none)."""
+    (``"auto"`` resolved), the run's ``count`` and ``resize`` where they are not the paper's
+    (:meth:`~keypatch.presets.RunSettings.stored`), and ``start`` (``""`` if it takes none; a
+    ``"row,col"`` start as its index on ``grid``)."""
     start = getattr(proposer, "start", "") if "start" in proposer.options else ""
+    if grid is not None and start and start_patch(start, grid) is not None and start != "center":
+        start = str(start_patch(start, grid))
     options = proposer.settings()
     if "precision" in options:
         options["precision"] = resolve_precision(options["precision"], device)
     if proposer.uses_seed:
         options["seed"] = int(seed)
+    if settings is not None:
+        options.update(settings.stored())
     return start, options
 
 
@@ -79,7 +88,7 @@ def run_propose(
     ratio: float,
     strategy: str | Proposer = "greedy",
     model: Any = "default",
-    start: str = "center",
+    start: str | int | tuple[int, int] | None = None,
     device: str = "auto",
     out_dir: str | Path = DEFAULT_OUT,
     batch_size: int = 1,
@@ -87,6 +96,9 @@ def run_propose(
     progress: bool = True,
     lease: float | None = None,
     poll: float = 1.0,
+    preset: str | None = None,
+    count: str | None = None,
+    resize: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Propose key patches for every image under ``paths`` and store one record per image.
@@ -114,8 +126,9 @@ def run_propose(
         A registered strategy (:func:`keypatch.available`).
     model : str or MAE
         A :func:`keypatch.load_mae` spec (``"default"``, ``"random:toy"``, a file...) or a model.
-    start : {"center", "none"}
-        For strategies that take a start (greedy); stored as ``""`` for the others.
+    start : {"center", "none"}, int or (row, col), optional
+        For strategies that take a start (greedy; default the centre); stored as ``""`` for the
+        others.
     device : {"auto", "cpu", "cuda"}
         Where to compute.
     out_dir : str or Path
@@ -131,6 +144,12 @@ def run_propose(
         :data:`keypatch.store.sqlite.DEFAULT_LEASE`); this run renews its claims while it lives.
     poll : float
         Seconds between looks at images held by another run.
+    preset : {"paper", "reference"}, optional
+        ``"reference"``: the KPP authors' released code (start 98, ``int(ratio * N) + 1``
+        patches, bilinear resize); default the paper's text (:mod:`keypatch.presets`).
+    count, resize : str, optional
+        Override the preset's count rule and resize filter; stored in the record's options where
+        they are not the paper's.
     **options
         Further strategy options (e.g. ``precision="bfloat16"``).
 
@@ -156,13 +175,16 @@ def run_propose(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     seed = check_seed(seed)
     lease = DEFAULT_LEASE if lease is None else float(lease)
-    proposer = make_proposer(strategy, start, options)  # ValueError if bad
+    from keypatch.api import build_proposer
+
+    settings = run_settings(preset, start, count, resize)
+    proposer = build_proposer(strategy, settings, options, start_given=start is not None)  # ValueError if bad
     files = list_image_files(paths)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the results folder {out_dir} is a file")
     mae = resolve_model(model, device)
-    job = _Job(mae, proposer, ratio, seed, lease, len(files))
+    job = _Job(mae, proposer, ratio, seed, lease, len(files), settings)
     with ResultStore(out_dir / STORE_NAME) as store, Heartbeat(store, job.run, lease), \
             tqdm(total=len(files), desc="propose", unit="img", disable=not progress) as bar:
         job.summary["store"] = str(store.path)
@@ -178,13 +200,15 @@ def run_propose(
 class _Job:
     """One :func:`run_propose`: its settings, its summary, and the claim-load-compute-store steps."""
 
-    def __init__(self, mae: Any, proposer: Proposer, ratio: float, seed: int, lease: float, found: int) -> None:
+    def __init__(self, mae: Any, proposer: Proposer, ratio: float, seed: int, lease: float, found: int,
+                 settings: RunSettings | None = None) -> None:
         from keypatch.geometry import InputNotes
         from keypatch.store.sqlite import RunId
 
         self.mae, self.proposer, self.ratio, self.seed, self.lease = mae, proposer, ratio, seed, lease
-        self.k = mae.grid.count(ratio)
-        self.start, self.options = stored_settings(proposer, seed, mae.device)
+        self.settings = settings or run_settings()
+        self.k = mae.grid.count(ratio, self.settings.count)
+        self.start, self.options = stored_settings(proposer, seed, mae.device, self.settings, mae.grid)
         self.notes, self.run = InputNotes(), RunId()
         self.store: Any = None
         self.bar: Any = None
@@ -284,7 +308,8 @@ class _Job:
                 self.skip()
                 continue
             try:
-                todo.append((path, digest, load_image(path, self.mae.config.image_size, self.notes)))
+                todo.append((path, digest, load_image(path, self.mae.config.image_size, self.notes,
+                                                            resize=self.settings.resize)))
             except (OSError, ValueError) as exc:
                 self.store.release(self.run, [self.key_of(digest)])
                 self.fail(path, exc)
@@ -298,7 +323,8 @@ class _Job:
         if self.mae.device.type == "cpu":  # runs sharing this machine split its cores
             torch.set_num_threads(max(1, self.threads // max(1, self.store.live_runs())))
         images = torch.stack([x for _, _, x in todo]).to(self.mae.device)
-        results = propose_normalised(images, self.ratio, self.proposer, self.mae, self.seed)
+        results = propose_normalised(images, self.ratio, self.proposer, self.mae, self.seed,
+                                     self.settings.count)
         for (path, digest, _), res in zip(todo, results, strict=True):
             record = Record(
                 image_path=str(path.absolute()), sha256=digest, model_id=self.mae.model_id,

@@ -14,7 +14,8 @@ from keypatch.experiments.pictures import MARGIN, TITLE_HEIGHT, triptych
 from keypatch.geometry import PatchGrid, list_image_files, load_image, to_pil
 from keypatch.reconstructors import load_mae
 from keypatch.store import DuplicateRecordError, Record, ResultStore, sha256_file
-from keypatch.store.export import check_one_setting, export_json, unique_stems
+from keypatch.store.export import check_one_setting, export_json
+from keypatch.store.patch_ids import unique_names, write_patch_ids_per_folder
 
 
 def make_record(**kw) -> Record:
@@ -118,21 +119,41 @@ def test_sha256_file(tmp_path):
 # -- export helpers -------------------------------------------------------------------------------
 
 
-def test_unique_stems_suffix_only_clashing_names():
+def test_unique_names_suffix_only_clashing_names():
     recs = [make_record(image_path="/a/cat.jpg", sha256="1" * 64),
             make_record(image_path="/b/Cat.png", sha256="2" * 64),
-            make_record(image_path="/b/dog.png", sha256="3" * 64)]
-    assert unique_stems(recs) == ["cat-11111111", "Cat-22222222", "dog"]
-    assert unique_stems(recs[::-1]) == ["dog", "Cat-22222222", "cat-11111111"]  # independent of order
+            make_record(image_path="/b/dog.v2.png", sha256="3" * 64)]
+    assert unique_names(recs) == ["cat-11111111", "Cat-22222222", "dog"]  # up to the first dot, as the authors
+    assert unique_names(recs[::-1]) == ["dog", "Cat-22222222", "cat-11111111"]  # independent of order
 
 
 def test_export_json_reference_format(tmp_path):
+    """As the authors' ``update_data`` writes it: a loss per added patch (none for the start), indent 4."""
     recs = [make_record(image_path="/a/cat.jpg", sha256="1" * 64),
             make_record(image_path="/b/dog.png", sha256="2" * 64, patches=[3], losses=[0.25])]
     path = export_json(recs, tmp_path / "out" / "patch_ids.json")
     data = json.loads(path.read_text())
-    assert data == {"cat": {"patch": [5, 1, 9, 2], "loss": [0.9, 0.7, 0.6, 0.55]},
-                    "dog": {"patch": [3], "loss": [0.25]}}
+    assert data == {"cat": {"patch": [5, 1, 9, 2], "loss": [0.7, 0.6, 0.55]},
+                    "dog": {"patch": [3], "loss": []}}
+    assert path.read_text() == json.dumps(data, indent=4)
+
+
+def test_patch_ids_per_folder_merge_like_the_authors(tmp_path):
+    (tmp_path / "n01").mkdir()
+    (tmp_path / "n02").mkdir()
+    (tmp_path / "n01" / "patch_ids.json").write_text(json.dumps({"old": {"patch": [1, 2], "loss": [0.5]},
+                                                                "a": {"patch": [0, 1], "loss": [9.0]}}))
+    recs = [make_record(image_path=str(tmp_path / "n01" / "a.JPEG"), sha256="1" * 64),
+            make_record(image_path=str(tmp_path / "n02" / "a.JPEG"), sha256="2" * 64)]
+    written = write_patch_ids_per_folder(recs)
+    assert sorted(written) == [tmp_path / "n01" / "patch_ids.json", tmp_path / "n02" / "patch_ids.json"]
+    one = json.loads((tmp_path / "n01" / "patch_ids.json").read_text())
+    assert one == {"old": {"patch": [1, 2], "loss": [0.5]}, "a": {"patch": [5, 1, 9, 2], "loss": [0.7, 0.6, 0.55]}}
+    assert set(json.loads((tmp_path / "n02" / "patch_ids.json").read_text())) == {"a"}  # names unique per folder
+    (tmp_path / "n02" / "patch_ids.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a patch_ids.json"):
+        write_patch_ids_per_folder(recs)
+    assert json.loads((tmp_path / "n01" / "patch_ids.json").read_text()) == one  # nothing written
 
 
 def test_export_refuses_mixed_settings(tmp_path):

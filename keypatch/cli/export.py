@@ -27,10 +27,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", default=None, help="only records of this strategy")
     p.add_argument("--ratio", type=float, default=None, help="only records of this ratio")
     p.add_argument("--model", default=None, help="only records of this model id (e.g. 'default')")
-    p.add_argument("--start", choices=["center", "none"], default=None, help="only records with this start")
+    p.add_argument("--start", default=None, metavar="center|none|INDEX",
+                   help="only records with this start")
     p.add_argument("--seed", type=int, default=None, help="only records stored with this seed")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", type=parse_option,
                    help="only records stored with this option value, repeatable (e.g. -o eps=0.2)")
+    p.add_argument("--per-folder", action="store_true",
+                   help="also write a patch_ids.json into each image folder (ROOT/CLASS/patch_ids.json, where the "
+                        "KPP authors' fine-tuning reads it), merged into one already there")
     p.add_argument("--each-setting", action="store_true",
                    help="write one export per setting into DIR/exports/STRATEGY-rRATIO-...-HASH/ (with setting.json)")
     add_device(p, "where to reconstruct for the pictures")
@@ -40,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _line(s: dict) -> str:
     line = f"{s['records']} records -> {s['json']}"
+    if s.get("json_per_folder"):
+        line += f" and {len(s['json_per_folder'])} per-folder patch_ids.json"
     if s["pictures_dir"]:
         line += f"; {s['pictures']} pictures -> {s['pictures_dir']}"
         if s["skipped"]:
@@ -57,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         s = export_results(args.out, args.ids, args.pictures, pictures=not args.no_pictures, device=args.device,
                            progress=not args.quiet, each_setting=args.each_setting,
                            options=dict(args.option), seed=args.seed, strategy=args.strategy, ratio=args.ratio,
-                           model_id=args.model, start=args.start)
+                           model_id=args.model, start=args.start, per_folder=args.per_folder)
     if "exports" in s:
         lines = [f"[{e['setting']}] {_line(e)}" for e in s["exports"]]
         report(args, s, "\n".join([*lines, f"{len(s['exports'])} settings, {s['records']} records"]))

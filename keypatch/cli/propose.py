@@ -33,8 +33,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", default="greedy",
                    help=f"proposal strategy: {', '.join(available())} (default: greedy = KPP, exact; "
                         "swap = stochastic greedy + neighbour moves, lower loss in 1/6 of the evaluations)")
-    p.add_argument("--start", choices=["center", "none"], default="center",
-                   help="greedy-like strategies: begin from the central patch (paper) or from nothing")
+    p.add_argument("--start", default=None, metavar="center|none|INDEX|ROW,COL",
+                   help="greedy-like strategies: begin from the central patch (paper, default), from nothing "
+                        "(ablation), or from a patch (98 or 7,0 in the KPP authors' code)")
+    p.add_argument("--preset", choices=["paper", "reference"], default=None,
+                   help="paper (default): the paper's text; reference: the KPP authors' released code (start 98, "
+                        "int(ratio*N)+1 patches, bilinear resize); --start/--count/--resize override it")
+    p.add_argument("--reference", dest="preset", action="store_const", const="reference",
+                   help="the same as --preset reference")
+    p.add_argument("--count", choices=["round", "reference"], default=None,
+                   help="patches kept at a ratio: round(ratio*N) (paper) or int(ratio*N)+1 (authors' code)")
+    p.add_argument("--resize", choices=["bicubic", "bilinear"], default=None,
+                   help="resampling filter to the model's side: bicubic (default) or bilinear (authors' code)")
     add_model(p)
     add_device(p)
     add_results(p)
@@ -69,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         warnings.showwarning = show_warnings_as_lines("propose")
         s = run_propose(args.paths, args.ratio, strategy=args.strategy, model=args.model, start=args.start,
                         device=args.device, out_dir=args.out, batch_size=args.batch_size, seed=args.seed,
-                        progress=not args.quiet, **options)
+                        progress=not args.quiet, preset=args.preset, count=args.count, resize=args.resize,
+                        **options)
     start = f", start {s['start']}" if s["start"] else ""
     report(args, s, f"{s['done']} new, {s['skipped']} already stored, {s['failed']} unreadable (of {s['found']}) -> "
           f"{s['store']}  [model {s['model_id']}, {s['strategy']}{start}, ratio {s['ratio']:g} = {s['k']} patches, "

@@ -57,7 +57,7 @@ def kept_panel(image: torch.Tensor, patches: Sequence[int], grid: PatchGrid) -> 
 
 @torch.no_grad()
 def triptych(image: ImageLike, patches: Sequence[int], model: MAE | str | None = None,
-             grid: PatchGrid | None = None, notes: InputNotes | None = None) -> Image.Image:
+             grid: PatchGrid | None = None, notes: InputNotes | None = None, resize: str = "bicubic") -> Image.Image:
     """Three panels with small titles: the original, the kept patches, the MAE's reconstruction.
 
     Parameters
@@ -73,6 +73,8 @@ def triptych(image: ImageLike, patches: Sequence[int], model: MAE | str | None =
         The grid ``patches`` refer to (e.g. ``Proposal.grid``); checked against the model's.
     notes : InputNotes, optional
         Collects the loading notes (see :func:`keypatch.load_image`) instead of warning.
+    resize : {"bicubic", "bilinear"}
+        The filter the image was resized with when its patches were chosen.
 
     Returns
     -------
@@ -91,7 +93,7 @@ def triptych(image: ImageLike, patches: Sequence[int], model: MAE | str | None =
     bad = [p for p in idx if not 0 <= p < g.n]
     if bad:
         raise ValueError(f"patches {bad} are outside the model's grid of {g.n} patches")
-    x = load_image(image, g.image_size, notes)
+    x = load_image(image, g.image_size, notes, resize=resize)
     recon = mae.reconstruct(x.to(mae.device), idx)
     panels = [to_pil(x), kept_panel(x, idx, g), to_pil(recon.cpu())]
     titles = ["original", f"kept {len(set(idx))}/{g.n}", "reconstruction"]

@@ -2,11 +2,13 @@
 
 from keypatch.geometry.decode import InputNote, InputNotes, to_rgb8
 from keypatch.geometry.files import IMAGE_SUFFIXES, list_image_files
-from keypatch.geometry.grid import PatchGrid
+from keypatch.geometry.grid import COUNT_RULES, PatchGrid
 from keypatch.geometry.image import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    RESIZE_FILTERS,
     ImageLike,
+    check_resize,
     denormalize,
     load_image,
     load_images,
@@ -17,10 +19,13 @@ from keypatch.geometry.image import (
 )
 
 __all__ = [
+    "COUNT_RULES",
     "IMAGE_SUFFIXES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageLike",
+    "RESIZE_FILTERS",
+    "check_resize",
     "InputNote",
     "InputNotes",
     "PatchGrid",

@@ -26,9 +26,10 @@ Numpy arrays
     - floats: values in ``[0, 1]``; a value outside that range, NaN or inf is a ValueError naming
       the range found.
 
-The result is resized (bicubic, no crop: a non-square image is squashed, as the KPP reference code
-does) by :func:`keypatch.geometry.load_image`. What is changed on purpose (alpha dropped, first frame,
-squashed, rotated by EXIF) is recorded in :class:`InputNotes`, which the commands report once per run.
+The result is resized (bicubic by default, bilinear on request; no crop: a non-square image is
+squashed, as the KPP reference code does) by :func:`keypatch.geometry.load_image`. What is changed
+on purpose (alpha dropped, first frame, squashed, rotated by EXIF) is recorded in
+:class:`InputNotes`, which the commands report once per run.
 """
 
 from __future__ import annotations

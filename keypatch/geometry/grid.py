@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+COUNT_RULES = ("round", "reference")
+"""How a ratio becomes a patch count (:meth:`PatchGrid.count`)."""
+
 
 @dataclass(frozen=True)
 class PatchGrid:
@@ -66,17 +69,30 @@ class PatchGrid:
             raise IndexError(f"patch {index} is outside a grid of {self.n} patches")
         return divmod(index, self.cols)
 
-    def count(self, ratio: float) -> int:
-        """Number of patches kept at ``ratio``: ``round(ratio * N)``.
+    def count(self, ratio: float, rule: str = "round") -> int:
+        """Number of patches kept at ``ratio``.
+
+        Parameters
+        ----------
+        ratio : float
+            In ``(0, 1]``.
+        rule : {"round", "reference"}
+            ``"round"``: ``round(ratio * N)`` (the paper's text); ``"reference"``:
+            ``int(ratio * N) + 1``, at most ``N`` (the KPP authors' code, which keeps its start
+            patch and then adds ``int(ratio * N)``: 50 at ratio 0.25).
 
         Raises
         ------
         ValueError
-            If ``ratio`` is not a number in ``(0, 1]``, or keeps less than one patch
-            (``round(ratio * N) == 0``: below ``0.5 / N``).
+            If ``ratio`` is not a number in ``(0, 1]``, ``rule`` is unknown, or the ratio keeps
+            less than one patch (``round(ratio * N) == 0``: below ``0.5 / N``).
         """
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) <= 1.0:
             raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+        if rule not in COUNT_RULES:
+            raise ValueError(f"count rule must be one of {', '.join(COUNT_RULES)}, got {rule!r}")
+        if rule == "reference":
+            return min(self.n, int(float(ratio) * self.n) + 1)
         k = min(self.n, round(float(ratio) * self.n))
         if k < 1:
             smallest = 0.5 / self.n

@@ -22,6 +22,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 """Anything :func:`load_image` accepts."""
 
+RESIZE_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+"""How an image is resized to the model's side: ``"bicubic"`` (keypatch's default, MAE's evaluation
+transform) or ``"bilinear"`` (what the KPP authors' ``transforms.Resize((224, 224))`` does to a PIL
+image: PIL's antialiased bilinear filter)."""
+
+
+def check_resize(resize: str) -> str:
+    """``resize`` if it names one of :data:`RESIZE_FILTERS`; a ValueError naming them otherwise."""
+    if resize not in RESIZE_FILTERS:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_FILTERS)}, got {resize!r}")
+    return resize
+
 
 def _stats(device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
@@ -68,7 +80,7 @@ def _check_tensor(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def load_image(image: ImageLike, size: int = 224, notes: InputNotes | None = None,
-               name: str | None = None) -> torch.Tensor:
+               name: str | None = None, resize: str = "bicubic") -> torch.Tensor:
     """Load one image as a normalised ``(3, size, size)`` float32 tensor.
 
     Parameters
@@ -80,19 +92,23 @@ def load_image(image: ImageLike, size: int = 224, notes: InputNotes | None = Non
         shape ``(3, size, size)`` (an integer tensor, or one whose values look like raw pixels, is
         refused with a ValueError).
     size : int
-        Output side; the image is resized with PIL bicubic, without cropping (a non-square image is
-        squashed, as the KPP reference code does).
+        Output side; the image is resized without cropping (a non-square image is squashed, as
+        the KPP reference code does).
     notes : InputNotes, optional
         Collects the deliberate changes (alpha dropped, first frame, squashed, rotated); without it
         each kind is warned once per process as an :class:`~keypatch.geometry.decode.InputNote`.
     name : str, optional
         The image's name in notes (default: its path).
+    resize : {"bicubic", "bilinear"}
+        PIL's resampling filter (:data:`RESIZE_FILTERS`); ``"bilinear"`` is the KPP authors' code.
+        Tensors are taken as they are.
 
     Returns
     -------
     torch.Tensor
         ``(3, size, size)``, normalised with the ImageNet mean and std.
     """
+    check_resize(resize)
     if isinstance(image, torch.Tensor):
         return _check_tensor(image, size)
     name = name or (str(image) if isinstance(image, (str, Path)) else "image")
@@ -102,13 +118,13 @@ def load_image(image: ImageLike, size: int = 224, notes: InputNotes | None = Non
             notes.add("squashed", name)
         else:
             warnings.warn(note_text("squashed"), InputNote, stacklevel=2)
-    pil = Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC)
+    pil = Image.fromarray(rgb).resize((size, size), RESIZE_FILTERS[resize])
     x = torch.from_numpy(np.asarray(pil, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
     return normalize(x)
 
 
 def load_images(images: Sequence[ImageLike] | ImageLike, size: int = 224,
-                notes: InputNotes | None = None) -> torch.Tensor:
+                notes: InputNotes | None = None, resize: str = "bicubic") -> torch.Tensor:
     """Load one or many images into a ``(B, 3, size, size)`` normalised batch (see :func:`load_image`).
 
     Raises
@@ -124,7 +140,7 @@ def load_images(images: Sequence[ImageLike] | ImageLike, size: int = 224,
         images = list(images)
     if not images:
         raise ValueError("no images given (an empty batch)")
-    return torch.stack([load_image(x, size, notes) for x in images])
+    return torch.stack([load_image(x, size, notes, resize=resize) for x in images])
 
 
 def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:

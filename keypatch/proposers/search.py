@@ -8,17 +8,67 @@ the evaluations.
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
+from keypatch.geometry import PatchGrid
 from keypatch.objective import DEFAULT_CHUNK, Objective
 from keypatch.proposers.base import Proposer, image_seeds
 from keypatch.reconstructors.mae import MAE
 from keypatch.reconstructors.precision import DEFAULT_PRECISION, check_precision
 
 STARTS = ("center", "none")
-"""Where the greedy-like strategies begin: the central patch (the paper) or nothing (its ablation)."""
+"""Where the greedy-like strategies begin, by name: the central patch (the paper) or nothing (its
+ablation). A patch index (``98``, the KPP authors' code) or ``(row, col)`` is accepted too
+(:func:`parse_start`)."""
+
+REFERENCE_START = 98
+"""The KPP authors' code's first patch: row 7, column 0 of the 14x14 grid (the left end of the
+middle row), not the centre (105) that the paper's text describes."""
+
+
+def parse_start(start: Any) -> str:
+    """``start`` in its canonical text: ``"center"``, ``"none"``, a patch index (``"98"``) or ``"row,col"``.
+
+    Accepts those names (``"centre"`` too), an int, a digit string, a ``(row, col)`` pair or its
+    text ``"7,0"``. Whether an index lies on the grid is checked with the grid
+    (:func:`start_patch`). A ValueError names the value otherwise.
+    """
+    if isinstance(start, str):
+        text = start.strip().lower().replace(" ", "")
+        if text in ("center", "centre"):
+            return "center"
+        if text == "none":
+            return "none"
+        parts = text.split(",")
+        if 1 <= len(parts) <= 2 and all(p.isdigit() for p in parts):
+            return ",".join(str(int(p)) for p in parts)
+    elif isinstance(start, int) and not isinstance(start, bool) and start >= 0:
+        return str(start)
+    elif isinstance(start, (tuple, list)) and len(start) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in start):
+        return f"{start[0]},{start[1]}"
+    raise ValueError(f"start must be 'center', 'none', a patch index (e.g. {REFERENCE_START}) or 'row,col' "
+                     f"(e.g. '7,0'), got {start!r}")
+
+
+def start_patch(start: str, grid: PatchGrid) -> int | None:
+    """The first patch of canonical ``start`` (:func:`parse_start`) on ``grid``; None for ``"none"``.
+
+    Raises IndexError naming the grid for a patch outside it.
+    """
+    if start == "none":
+        return None
+    if start == "center":
+        return grid.center
+    if "," in start:
+        row, col = (int(v) for v in start.split(","))
+        return grid.index(row, col)
+    index = int(start)
+    if index >= grid.n:
+        raise IndexError(f"start patch {index} is outside a grid of {grid.n} patches (0-{grid.n - 1})")
+    return index
 
 
 class SearchProposer(Proposer):
@@ -26,8 +76,9 @@ class SearchProposer(Proposer):
 
     Parameters
     ----------
-    start : {"center", "none"}
-        Begin from the central patch (the paper's P0) or from the empty set (its ablation).
+    start : {"center", "none"}, int or (row, col)
+        Begin from the central patch (the paper's P0), from the empty set (its ablation) or from
+        a given patch (98 in the KPP authors' code; :func:`parse_start`).
     chunk_size : int
         Visible sets per MAE pass (bounds memory); 0 (the default) sizes it for the device.
     precision : {"auto", "float32", "mixed", "bfloat16"}
@@ -35,15 +86,13 @@ class SearchProposer(Proposer):
         and mixed pick alike; ``"auto"`` is mixed where bfloat16 is native, else float32.
     """
 
-    options = {"start": str, "chunk_size": int, "precision": str}
+    options = {"start": (str, int, tuple, list), "chunk_size": int, "precision": str}
 
     def __init__(self, start: str = "center", chunk_size: int = DEFAULT_CHUNK,
                  precision: str = DEFAULT_PRECISION) -> None:
-        if start not in STARTS:
-            raise ValueError(f"start must be 'center' or 'none', got {start!r}")
         if chunk_size < 0:
             raise ValueError(f"chunk_size must be positive (or 0: sized for the device), got {chunk_size}")
-        self.start, self.chunk_size, self.precision = start, int(chunk_size), check_precision(precision)
+        self.start, self.chunk_size, self.precision = parse_start(start), int(chunk_size), check_precision(precision)
 
     def objective(self, model: MAE, images: torch.Tensor) -> Objective:
         """The objective this strategy scores ``images`` with (its ``chunk_size`` and ``precision``)."""
@@ -86,13 +135,14 @@ class StartState(NamedTuple):
 
 
 def start_state(objective: Objective, start: str) -> StartState:
-    """The centre and ``L({centre})`` for ``start="center"``; nothing for ``start="none"``."""
+    """The start patch and its ``L`` (the centre for ``start="center"``); nothing for ``start="none"``."""
     b, grid, dev = objective.batch, objective.grid, objective.device
     remaining = torch.ones(b, grid.n, dtype=torch.bool, device=dev)
-    if start == "none":
+    first = start_patch(start, grid)
+    if first is None:
         return StartState(torch.empty(b, 0, dtype=torch.long, device=dev), torch.empty(b, 0, device=dev), remaining)
-    chosen = torch.full((b, 1), grid.center, dtype=torch.long, device=dev)
-    remaining[:, grid.center] = False
+    chosen = torch.full((b, 1), first, dtype=torch.long, device=dev)
+    remaining[:, first] = False
     return StartState(chosen, objective.score_each(chosen)[:, None], remaining)
 
 

@@ -63,7 +63,7 @@ class SwapRefine(SearchProposer):
     """
 
     name = "swap"
-    options = {"base": str, "rounds": int, "reach": int, "start": str, "chunk_size": int, "precision": str}
+    options = {"base": str, "rounds": int, "reach": int, **SearchProposer.options}
     options_pass_through = True  # the base strategy's own options; the base checks them
 
     def __init__(self, base: str = "stochastic", rounds: int = 2, reach: int = 1, start: str = "center",

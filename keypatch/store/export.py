@@ -1,8 +1,9 @@
-"""Export stored proposals: the KPP reference code's ``patch_ids.json`` and one picture per image.
+"""Export stored proposals: the KPP authors' ``patch_ids.json`` and one picture per image.
 
-``patch_ids.json`` maps an image's file stem to its ordered patches and per-step losses::
+``patch_ids.json`` maps an image's name to its ordered patches and the loss after each added
+patch (:mod:`keypatch.store.patch_ids`)::
 
-    {"ILSVRC2012_val_00000001": {"patch": [105, 92, 18], "loss": [0.61, 0.52, 0.47]}, ...}
+    {"ILSVRC2012_val_00000001": {"patch": [105, 92, 18], "loss": [0.52, 0.47]}, ...}
 
 The format holds one setting (model, strategy, ratio, start, options) per file, so the records
 exported together must share one: select one by any stored setting (model, strategy, ratio, start,
@@ -19,9 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from keypatch.store.patch_ids import JSON_NAME, unique_names, write_patch_ids, write_patch_ids_per_folder
 from keypatch.store.sqlite import Record, ResultStore, sha256_file
 
-JSON_NAME = "patch_ids.json"
+__all__ = ["JSON_NAME", "export_json", "export_pictures", "export_results", "unique_names"]
 PICTURES_NAME = "pictures"
 EXPORTS_NAME = "exports"
 
@@ -69,27 +71,8 @@ def match_options(records: Sequence[Record], options: dict[str, Any] | None) -> 
     return [r for r in records if all(k in r.options and same(r.options[k], v) for k, v in options.items())]
 
 
-def unique_stems(records: Sequence[Record]) -> list[str]:
-    """One distinct name per record, from its image's file stem.
-
-    Records whose images share a stem, ignoring case (``a/cat.jpg`` and ``b/Cat.png``), all get
-    ``"-" + sha256[:8]`` of their own file appended (``cat-1a2b3c4d``), so names stay stable
-    whatever the order of the records; should that still collide, the whole sha256 is used.
-    """
-    stems = [Path(r.image_path).stem for r in records]
-    count: dict[str, int] = defaultdict(int)
-    for s in stems:
-        count[s.casefold()] += 1  # casefold: Cat.jpg and cat.png would share one PNG on some file systems
-    for digits in (8, 64):
-        names = [f"{s}-{r.sha256[:digits]}" if count[s.casefold()] > 1 else s
-                 for s, r in zip(stems, records, strict=True)]
-        if len({n.casefold() for n in names}) == len(names):
-            return names
-    raise ValueError("two records are for the same image with the same settings; cannot name them apart")
-
-
 def export_json(records: Sequence[Record], path: str | Path) -> Path:
-    """Write ``records`` as the KPP reference ``patch_ids.json``.
+    """Write ``records`` as the KPP authors' ``patch_ids.json`` (:mod:`keypatch.store.patch_ids`).
 
     Parameters
     ----------
@@ -101,20 +84,11 @@ def export_json(records: Sequence[Record], path: str | Path) -> Path:
     Returns
     -------
     Path
-        ``path``. Keys are image file stems; when two images share a stem, each gets a short
-        sha256 suffix (see :func:`unique_stems`).
+        ``path``. Keys are image file names up to the first dot; when two images share one, each
+        gets a short sha256 suffix (see :func:`~keypatch.store.patch_ids.unique_names`).
     """
     check_one_setting(records)
-    data = {
-        name: {"patch": [int(p) for p in r.patches], "loss": [float(v) for v in r.losses]}
-        for name, r in zip(unique_stems(records), records, strict=True)
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data) + "\n")
-    tmp.replace(path)
-    return path
+    return write_patch_ids(records, path)
 
 
 def export_pictures(records: Sequence[Record], model: Any = None, out_dir: str | Path = PICTURES_NAME, *,
@@ -124,7 +98,8 @@ def export_pictures(records: Sequence[Record], model: Any = None, out_dir: str |
     Parameters
     ----------
     records : sequence of Record
-        The proposals (named as in :func:`unique_stems`, so the PNGs match ``patch_ids.json``).
+        The proposals (named as in :func:`~keypatch.store.patch_ids.unique_names`, so the PNGs
+        match ``patch_ids.json``).
     model : MAE, str or None
         The reconstructor for every record; None loads each record's ``model_id`` as a
         :func:`keypatch.load_mae` spec (each distinct one once).
@@ -152,7 +127,7 @@ def export_pictures(records: Sequence[Record], model: Any = None, out_dir: str |
     models: dict[str, Any] = {}
     written = []
     notes = InputNotes()
-    for name, r in tqdm(list(zip(unique_stems(records), records, strict=True)), desc="pictures", unit="img",
+    for name, r in tqdm(list(zip(unique_names(records), records, strict=True)), desc="pictures", unit="img",
                         disable=not progress):
         path = Path(r.image_path)
         try:
@@ -170,7 +145,8 @@ def export_pictures(records: Sequence[Record], model: Any = None, out_dir: str |
                 models[r.model_id] = load_mae(r.model_id, device=device)
             mae = models[r.model_id]
         try:
-            picture = triptych(path, r.patches, mae, notes=notes)  # propose has reported them
+            picture = triptych(path, r.patches, mae, notes=notes,  # propose has reported them
+                               resize=r.options.get("resize", "bicubic"))
         except ValueError as exc:  # unreadable image, or patches outside the model's grid
             warnings.warn(f"{path}: {exc}; no picture for it", ExportWarning, stacklevel=2)
             continue
@@ -181,10 +157,12 @@ def export_pictures(records: Sequence[Record], model: Any = None, out_dir: str |
 
 
 def _export_one(records: Sequence[Record], json_file: Path, pic_dir: Path | None, device: str,
-                progress: bool) -> dict[str, Any]:
+                progress: bool, per_folder: bool = False) -> dict[str, Any]:
     json_file = export_json(records, json_file)
     out: dict[str, Any] = {"records": len(records), "json": str(json_file), "pictures": 0, "pictures_dir": None,
                            "skipped": 0, "setting": setting_flags(records[0].settings)}
+    if per_folder:
+        out["json_per_folder"] = [str(p) for p in write_patch_ids_per_folder(records)]
     if pic_dir is not None:
         written = export_pictures(records, None, pic_dir, device=device, progress=progress)
         out.update(pictures=len(written), pictures_dir=str(pic_dir), skipped=len(records) - len(written))
@@ -193,7 +171,8 @@ def _export_one(records: Sequence[Record], json_file: Path, pic_dir: Path | None
 
 def export_results(out_dir: str | Path, json_path: str | Path | None = None, pictures_dir: str | Path | None = None,
                    *, pictures: bool = True, device: str = "auto", progress: bool = True, each_setting: bool = False,
-                   options: dict[str, Any] | None = None, seed: int | None = None, **filters: Any) -> dict[str, Any]:
+                   options: dict[str, Any] | None = None, seed: int | None = None, per_folder: bool = False,
+                   **filters: Any) -> dict[str, Any]:
     """Export the records of the store in ``out_dir`` (what ``keypatch export`` does).
 
     Parameters
@@ -216,6 +195,10 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
         Only records whose stored options include these ``key: value`` pairs (e.g. ``{"eps": 0.2}``).
     seed : int, optional
         Only records stored with this seed (the same as ``options={"seed": seed}``).
+    per_folder : bool
+        Also write one ``patch_ids.json`` into each folder of images, where the authors' fine-tuning
+        dataset reads it (``ROOT/CLASS/patch_ids.json``), merged into one already there
+        (:func:`~keypatch.store.patch_ids.write_patch_ids_per_folder`); listed as ``json_per_folder``.
     **filters
         Passed to :meth:`ResultStore.records` (``strategy``, ``ratio``, ``model_id``, ``start``...);
         None values are ignored.
@@ -254,7 +237,11 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
     if not each_setting:
         check_one_setting(records)
         pic_dir = (Path(pictures_dir) if pictures_dir else folder / PICTURES_NAME) if pictures else None
-        return _export_one(records, Path(json_path) if json_path else folder / JSON_NAME, pic_dir, dev, progress)
+        return _export_one(records, Path(json_path) if json_path else folder / JSON_NAME, pic_dir, dev, progress,
+                           per_folder)
+    if per_folder:
+        raise ValueError("--per-folder writes beside the images, which holds one setting; select one instead of "
+                         "--each-setting")
     if json_path or pictures_dir:
         raise ValueError("--json and --pictures name one export; with --each-setting every setting gets its own "
                          "folder under OUT/exports/")
