@@ -32,6 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="only records stored with this seed")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", type=parse_option,
                    help="only records stored with this option value, repeatable (e.g. -o eps=0.2)")
+    p.add_argument("--format", dest="formats", action="append", default=None,
+                   choices=["json", "coco", "labelstudio", "masks"],
+                   help="also write annotation-tool files at the images' original resolution, repeatable: coco "
+                        "(DIR/coco.json), labelstudio (DIR/labelstudio_tasks.json + labelstudio_config.xml), "
+                        "masks (DIR/masks/, VOC/CVAT PNG masks); patch_ids.json is always written")
     p.add_argument("--per-folder", action="store_true",
                    help="also write a patch_ids.json into each image folder (ROOT/CLASS/patch_ids.json, where the "
                         "KPP authors' fine-tuning reads it), merged into one already there")
@@ -46,6 +51,9 @@ def _line(s: dict) -> str:
     line = f"{s['records']} records -> {s['json']}"
     if s.get("json_per_folder"):
         line += f" and {len(s['json_per_folder'])} per-folder patch_ids.json"
+    for key in ("coco", "labelstudio", "masks"):
+        if key in s:
+            line += f"; {key} -> {s[key]}"
     if s["pictures_dir"]:
         line += f"; {s['pictures']} pictures -> {s['pictures_dir']}"
         if s["skipped"]:
@@ -63,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         s = export_results(args.out, args.ids, args.pictures, pictures=not args.no_pictures, device=args.device,
                            progress=not args.quiet, each_setting=args.each_setting,
                            options=dict(args.option), seed=args.seed, strategy=args.strategy, ratio=args.ratio,
-                           model_id=args.model, start=args.start, per_folder=args.per_folder)
+                           model_id=args.model, start=args.start, per_folder=args.per_folder,
+                           formats=tuple(args.formats or ("json",)))
     if "exports" in s:
         lines = [f"[{e['setting']}] {_line(e)}" for e in s["exports"]]
         report(args, s, "\n".join([*lines, f"{len(s['exports'])} settings, {s['records']} records"]))

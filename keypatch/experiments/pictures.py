@@ -35,9 +35,13 @@ def _font(titles: Sequence[str], width: int) -> ImageFont.ImageFont | ImageFont.
     return font
 
 
-def kept_panel(image: torch.Tensor, patches: Sequence[int], grid: PatchGrid) -> Image.Image:
+NUMBER_SIZE = 8
+"""Font size of the pick numbers drawn in the kept patches."""
+
+
+def kept_panel(image: torch.Tensor, patches: Sequence[int], grid: PatchGrid, numbers: bool = False) -> Image.Image:
     """``image`` (normalised ``(3, H, W)``) with every patch not in ``patches`` darkened, and a thin
-    frame inside each kept one."""
+    frame inside each kept one; with ``numbers``, each kept patch shows its pick number (1 first)."""
     from keypatch.geometry import denormalize, normalize
 
     keep = torch.zeros(grid.n, dtype=torch.bool)
@@ -52,12 +56,26 @@ def kept_panel(image: torch.Tensor, patches: Sequence[int], grid: PatchGrid) -> 
     for i in set(int(i) for i in patches):
         r, c = grid.rc(i)
         draw.rectangle((c * p, r * p, c * p + p - 1, r * p + p - 1), outline=OUTLINE)
+    if numbers:
+        font = _sized_font(NUMBER_SIZE)
+        for rank, i in enumerate(patches, start=1):
+            r, c = grid.rc(int(i))
+            draw.text((c * p + p / 2, r * p + p / 2), str(rank), fill=(255, 255, 255), font=font, anchor="mm",
+                      stroke_width=1, stroke_fill=(0, 0, 0))
     return panel
+
+
+def _sized_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # pragma: no cover - Pillow without FreeType: one bitmap size
+        return ImageFont.load_default()
 
 
 @torch.no_grad()
 def triptych(image: ImageLike, patches: Sequence[int], model: MAE | str | None = None,
-             grid: PatchGrid | None = None, notes: InputNotes | None = None, resize: str = "bicubic") -> Image.Image:
+             grid: PatchGrid | None = None, notes: InputNotes | None = None, resize: str = "bicubic",
+             name: str | None = None, loss: float | None = None, numbers: bool = True) -> Image.Image:
     """Three panels with small titles: the original, the kept patches, the MAE's reconstruction.
 
     Parameters
@@ -75,6 +93,12 @@ def triptych(image: ImageLike, patches: Sequence[int], model: MAE | str | None =
         Collects the loading notes (see :func:`keypatch.load_image`) instead of warning.
     resize : {"bicubic", "bilinear"}
         The filter the image was resized with when its patches were chosen.
+    name : str, optional
+        Shown above the original (e.g. the file name; default "original").
+    loss : float, optional
+        ``L`` of the kept set, shown above the reconstruction.
+    numbers : bool
+        Number the kept patches in the order of ``patches`` (their pick order).
 
     Returns
     -------
@@ -95,8 +119,9 @@ def triptych(image: ImageLike, patches: Sequence[int], model: MAE | str | None =
         raise ValueError(f"patches {bad} are outside the model's grid of {g.n} patches")
     x = load_image(image, g.image_size, notes, resize=resize)
     recon = mae.reconstruct(x.to(mae.device), idx)
-    panels = [to_pil(x), kept_panel(x, idx, g), to_pil(recon.cpu())]
-    titles = ["original", f"kept {len(set(idx))}/{g.n}", "reconstruction"]
+    panels = [to_pil(x), kept_panel(x, idx, g, numbers), to_pil(recon.cpu())]
+    titles = [name or "original", f"kept {len(set(idx))}/{g.n}" + (", in pick order" if numbers else ""),
+              "reconstruction" + (f", L = {loss:.4f}" if loss is not None else "")]
 
     s = g.image_size
     out = Image.new("RGB", (3 * s + 4 * MARGIN, s + TITLE_HEIGHT + 2 * MARGIN), BACKGROUND)

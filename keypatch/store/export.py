@@ -23,7 +23,7 @@ from typing import Any
 from keypatch.store.patch_ids import JSON_NAME, unique_names, write_patch_ids, write_patch_ids_per_folder
 from keypatch.store.sqlite import Record, ResultStore, sha256_file
 
-__all__ = ["JSON_NAME", "export_json", "export_pictures", "export_results", "unique_names"]
+__all__ = ["FORMATS", "JSON_NAME", "export_json", "export_pictures", "export_results", "unique_names"]
 PICTURES_NAME = "pictures"
 EXPORTS_NAME = "exports"
 
@@ -146,7 +146,7 @@ def export_pictures(records: Sequence[Record], model: Any = None, out_dir: str |
             mae = models[r.model_id]
         try:
             picture = triptych(path, r.patches, mae, notes=notes,  # propose has reported them
-                               resize=r.options.get("resize", "bicubic"))
+                               resize=r.options.get("resize", "bicubic"), name=path.name, loss=r.loss)
         except ValueError as exc:  # unreadable image, or patches outside the model's grid
             warnings.warn(f"{path}: {exc}; no picture for it", ExportWarning, stacklevel=2)
             continue
@@ -156,13 +156,39 @@ def export_pictures(records: Sequence[Record], model: Any = None, out_dir: str |
     return written
 
 
+FORMATS = ("json", "coco", "labelstudio", "masks")
+"""What :func:`export_results` writes: ``patch_ids.json`` (and pictures), COCO JSON, Label Studio
+tasks, VOC/CVAT masks (:mod:`keypatch.store.annotations`)."""
+
+
+def _annotations(records: Sequence[Record], folder: Path, formats: Sequence[str], device: str) -> dict[str, Any]:
+    """The annotation exports of one setting's ``records`` into ``folder``: their paths by format."""
+    from keypatch.reconstructors import load_mae
+    from keypatch.store import annotations
+
+    wanted = [f for f in formats if f != "json"]
+    if not wanted:
+        return {}
+    grid = load_mae(records[0].model_id, device=device).grid  # the patches' grid
+    out: dict[str, Any] = {}
+    if "coco" in wanted:
+        out["coco"] = str(annotations.export_coco(records, folder / "coco.json", grid))
+    if "labelstudio" in wanted:
+        out["labelstudio"] = str(annotations.export_labelstudio(records, folder / "labelstudio_tasks.json", grid))
+    if "masks" in wanted:
+        out["masks"] = str(folder / "masks")
+        out["mask_files"] = len(annotations.export_masks(records, folder / "masks", grid))
+    return out
+
+
 def _export_one(records: Sequence[Record], json_file: Path, pic_dir: Path | None, device: str,
-                progress: bool, per_folder: bool = False) -> dict[str, Any]:
+                progress: bool, per_folder: bool = False, formats: Sequence[str] = ("json",)) -> dict[str, Any]:
     json_file = export_json(records, json_file)
     out: dict[str, Any] = {"records": len(records), "json": str(json_file), "pictures": 0, "pictures_dir": None,
                            "skipped": 0, "setting": setting_flags(records[0].settings)}
     if per_folder:
         out["json_per_folder"] = [str(p) for p in write_patch_ids_per_folder(records)]
+    out.update(_annotations(records, json_file.parent, formats, device))
     if pic_dir is not None:
         written = export_pictures(records, None, pic_dir, device=device, progress=progress)
         out.update(pictures=len(written), pictures_dir=str(pic_dir), skipped=len(records) - len(written))
@@ -172,7 +198,7 @@ def _export_one(records: Sequence[Record], json_file: Path, pic_dir: Path | None
 def export_results(out_dir: str | Path, json_path: str | Path | None = None, pictures_dir: str | Path | None = None,
                    *, pictures: bool = True, device: str = "auto", progress: bool = True, each_setting: bool = False,
                    options: dict[str, Any] | None = None, seed: int | None = None, per_folder: bool = False,
-                   **filters: Any) -> dict[str, Any]:
+                   formats: Sequence[str] = ("json",), **filters: Any) -> dict[str, Any]:
     """Export the records of the store in ``out_dir`` (what ``keypatch export`` does).
 
     Parameters
@@ -199,6 +225,10 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
         Also write one ``patch_ids.json`` into each folder of images, where the authors' fine-tuning
         dataset reads it (``ROOT/CLASS/patch_ids.json``), merged into one already there
         (:func:`~keypatch.store.patch_ids.write_patch_ids_per_folder`); listed as ``json_per_folder``.
+    formats : sequence of str
+        Also write, beside ``patch_ids.json``, any of ``"coco"`` (``coco.json``), ``"labelstudio"``
+        (``labelstudio_tasks.json`` and ``labelstudio_config.xml``) and ``"masks"`` (``masks/``), at
+        each image's original resolution (:mod:`keypatch.store.annotations`).
     **filters
         Passed to :meth:`ResultStore.records` (``strategy``, ``ratio``, ``model_id``, ``start``...);
         None values are ignored.
@@ -222,6 +252,9 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
         from keypatch.reconstructors.loading import default_model_id
 
         filters["model_id"] = default_model_id()
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown export format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
     options = dict(options or {})
     if seed is not None:
         options["seed"] = seed
@@ -238,7 +271,7 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
         check_one_setting(records)
         pic_dir = (Path(pictures_dir) if pictures_dir else folder / PICTURES_NAME) if pictures else None
         return _export_one(records, Path(json_path) if json_path else folder / JSON_NAME, pic_dir, dev, progress,
-                           per_folder)
+                           per_folder, formats)
     if per_folder:
         raise ValueError("--per-folder writes beside the images, which holds one setting; select one instead of "
                          "--each-setting")
@@ -257,5 +290,5 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
             {"model_id": model_id, "strategy": strategy, "ratio": ratio, "start": start,
              "options": json.loads(options_json), "records": len(group)}, indent=1) + "\n")
         exports.append(_export_one(group, target / JSON_NAME, target / PICTURES_NAME if pictures else None, dev,
-                                   progress))
+                                   progress, formats=formats))
     return {"records": len(records), "exports": exports}

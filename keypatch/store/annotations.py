@@ -1,0 +1,214 @@
+"""Annotation-tool exports of stored proposals, at each image's original resolution.
+
+The paper's purpose is active learning for segmentation: annotators label only the key patches.
+These writers map each kept patch back through the resize (the image was squashed to the model's
+square side, so patch column ``c`` covers ``[round(c W / cols), round((c + 1) W / cols))`` of the
+original width ``W``, and likewise for rows) and write:
+
+* :func:`export_coco`: COCO JSON, one annotation per kept patch (its box, its mask as an
+  uncompressed RLE with ``iscrowd: 1`` as COCO stores masks, and its pick order and loss under
+  ``"keypatch"``); pycocotools reads it (``COCO(path).annToMask``).
+* :func:`export_labelstudio`: Label Studio import tasks, one per image, with the kept patches as a
+  ``BrushLabels`` pre-annotation in Label Studio's RLE (the rle-pack format its brush tool and
+  label-studio-sdk's converter read), and the labelling config to create the project with.
+* :func:`export_masks`: one palette PNG mask per image (0 background, 1 key patch) in the
+  Pascal VOC layout CVAT imports (``SegmentationClass/``, ``ImageSets/Segmentation/default.txt``,
+  ``labelmap.txt``).
+
+Sizes are those of the image as keypatch reads it (after its EXIF orientation is applied).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from keypatch.geometry import PatchGrid
+from keypatch.store.patch_ids import unique_names
+from keypatch.store.record import Record
+
+LABEL = "key_patch"
+"""The one label of every export."""
+MASK_COLOR = (128, 0, 0)
+"""The key patches' colour in the mask PNGs (Pascal VOC's first class colour)."""
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file as keypatch reads it (EXIF orientation applied)."""
+    with Image.open(path) as im:
+        if im.getexif().get(0x0112, 1) != 1:
+            return ImageOps.exif_transpose(im).size
+        return im.size
+
+
+def patch_box(grid: PatchGrid, patch: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)`` (end exclusive) of ``patch`` in an image of ``width x height`` pixels.
+
+    The boxes of all patches tile the image exactly: no gap, no overlap.
+    """
+    row, col = grid.rc(patch)
+    x0, x1 = round(col * width / grid.cols), round((col + 1) * width / grid.cols)
+    y0, y1 = round(row * height / grid.rows), round((row + 1) * height / grid.rows)
+    return x0, y0, x1, y1
+
+
+def kept_mask(grid: PatchGrid, patches: Sequence[int], width: int, height: int) -> np.ndarray:
+    """``(height, width)`` bool mask of the kept ``patches`` at the original resolution."""
+    mask = np.zeros((height, width), dtype=bool)
+    for p in patches:
+        x0, y0, x1, y1 = patch_box(grid, int(p), width, height)
+        mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def coco_rle(mask: np.ndarray) -> dict:
+    """COCO's uncompressed RLE of a bool mask: run lengths in column-major order, zeros first."""
+    flat = mask.flatten(order="F").astype(np.uint8)
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        counts = [0, *counts]
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+
+
+def labelstudio_rle(mask: np.ndarray) -> list[int]:
+    """Label Studio's brush RLE of a bool mask (RGBA bytes, 255 where kept, in rle-pack's bit format).
+
+    The stream: the value count (32 bits), the word size less one (5 bits: 8-bit words), four run
+    size classes less one (4 bits each: 3, 4, 8, 16 bits), then runs: a 1 bit (a repeated value),
+    the size class (2 bits), the run length less one in that class's bits, and the value.
+    """
+    values = np.repeat(mask.reshape(-1).astype(np.uint8) * 255, 4)
+    sizes = (3, 4, 8, 16)
+    bits = [f"{values.size:032b}", f"{8 - 1:05b}", *(f"{s - 1:04b}" for s in sizes)]
+    change = np.flatnonzero(np.diff(values)) + 1
+    starts = np.concatenate([[0], change])
+    lengths = np.diff(np.concatenate([starts, [values.size]]))
+    for start, length in zip(starts.tolist(), lengths.tolist(), strict=True):
+        value = f"{int(values[start]):08b}"
+        while length > 0:
+            run = min(length, 1 << 16)
+            cls = next(i for i, s in enumerate(sizes) if run <= 1 << s)
+            bits.append(f"1{cls:02b}{run - 1:0{sizes[cls]}b}{value}")
+            length -= run
+    stream = "".join(bits)
+    stream += "0" * (-len(stream) % 8)
+    return [int(stream[i : i + 8], 2) for i in range(0, len(stream), 8)]
+
+
+def _sized(records: Sequence[Record]) -> list[tuple[str, Record, int, int]]:
+    """``(name, record, width, height)`` for every record whose image can be read; the others are
+    skipped with an :class:`~keypatch.store.export.ExportWarning`."""
+    import warnings
+
+    from keypatch.store.export import ExportWarning
+
+    out = []
+    for name, r in zip(unique_names(records), records, strict=True):
+        try:
+            w, h = image_size(r.image_path)
+        except OSError as exc:
+            warnings.warn(f"{r.image_path}: cannot read it ({exc}); left out of the annotations", ExportWarning,
+                          stacklevel=3)
+            continue
+        out.append((name, r, w, h))
+    return out
+
+
+def export_coco(records: Sequence[Record], path: str | Path, grid: PatchGrid) -> Path:
+    """Write ``records`` as a COCO JSON file at ``path``: one image each, one annotation per kept patch.
+
+    Every annotation carries ``bbox`` ``[x, y, w, h]``, ``area``, ``segmentation`` (uncompressed
+    RLE), ``iscrowd: 1`` and ``keypatch: {"patch", "rank", "loss"}`` (the pick order from 1, and
+    ``L`` once that patch was added).
+    """
+    images, annotations = [], []
+    for image_id, (name, r, w, h) in enumerate(_sized(records), start=1):
+        images.append({"id": image_id, "file_name": str(r.image_path), "width": w, "height": h,
+                       "keypatch": {"name": name, "loss": float(r.loss), "strategy": r.strategy,
+                                    "ratio": r.ratio}})
+        for rank, p in enumerate(r.patches, start=1):
+            x0, y0, x1, y1 = patch_box(grid, int(p), w, h)
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 1,
+                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                "segmentation": coco_rle(kept_mask(grid, [p], w, h)),
+                "keypatch": {"patch": int(p), "rank": rank, "loss": float(r.losses[rank - 1])},
+            })
+    data = {"info": {"description": "key patches (keypatch)"}, "images": images, "annotations": annotations,
+            "categories": [{"id": 1, "name": LABEL, "supercategory": LABEL}]}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+LABELSTUDIO_CONFIG = f"""<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="tag" toName="image">
+    <Label value="{LABEL}" background="rgba({MASK_COLOR[0]}, {MASK_COLOR[1]}, {MASK_COLOR[2]}, 0.7)"/>
+  </BrushLabels>
+</View>
+"""
+"""The labelling config the tasks of :func:`export_labelstudio` fit."""
+
+
+def export_labelstudio(records: Sequence[Record], path: str | Path, grid: PatchGrid,
+                       image_prefix: str | None = None) -> Path:
+    """Write Label Studio import tasks (a JSON list) at ``path`` and the config beside it.
+
+    Each task's ``data.image`` is the image's absolute path, or ``image_prefix`` followed by its
+    path relative to the images' common folder (e.g. ``"/data/local-files/?d=photos/"``). Its
+    ``predictions`` hold one ``brushlabels`` result with the kept patches (``score``: ``-L``).
+    The config is written to ``labelstudio_config.xml`` in the same folder.
+    """
+    sized = _sized(records)
+    paths = [Path(r.image_path).absolute() for _, r, _, _ in sized]
+    root = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else Path()
+    tasks = []
+    for (name, r, w, h), p in zip(sized, paths, strict=True):
+        image = str(p) if image_prefix is None else image_prefix + p.relative_to(root).as_posix()
+        result = {"id": name[:40], "from_name": "tag", "to_name": "image", "type": "brushlabels",
+                  "original_width": w, "original_height": h, "image_rotation": 0,
+                  "value": {"format": "rle", "rle": labelstudio_rle(kept_mask(grid, r.patches, w, h)),
+                            "brushlabels": [LABEL]}}
+        tasks.append({"data": {"image": image, "name": name, "patches": [int(x) for x in r.patches],
+                               "loss": float(r.loss)},
+                      "predictions": [{"model_version": f"keypatch {r.strategy} r={r.ratio:g}",
+                                       "score": -float(r.loss), "result": [result]}]})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(tasks))
+    (path.parent / "labelstudio_config.xml").write_text(LABELSTUDIO_CONFIG)
+    return path
+
+
+def export_masks(records: Sequence[Record], out_dir: str | Path, grid: PatchGrid) -> list[Path]:
+    """One palette PNG mask per record in Pascal VOC's layout under ``out_dir``; returns the masks.
+
+    ``SegmentationClass/NAME.png`` (index 0 background, 1 key patch), ``ImageSets/Segmentation/
+    default.txt`` (the names) and ``labelmap.txt`` (``label:color_rgb:parts:actions``, as CVAT
+    writes it).
+    """
+    out = Path(out_dir)
+    (out / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+    (out / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+    palette = [0, 0, 0, *MASK_COLOR] + [0, 0, 0] * 254
+    written, names = [], []
+    for name, r, w, h in _sized(records):
+        im = Image.fromarray(kept_mask(grid, r.patches, w, h).astype(np.uint8))  # mode L: 0 and 1
+        im.putpalette(palette)  # L -> P: index 1 shows in MASK_COLOR
+        target = out / "SegmentationClass" / f"{name}.png"
+        im.save(target)
+        written.append(target)
+        names.append(name)
+    (out / "ImageSets" / "Segmentation" / "default.txt").write_text("".join(f"{n}\n" for n in names))
+    color = ",".join(str(c) for c in MASK_COLOR)
+    (out / "labelmap.txt").write_text(f"# label:color_rgb:parts:actions\nbackground:0,0,0::\n{LABEL}:{color}::\n")
+    return written
