@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import sys
 
-COMMANDS = ["propose", "export", "store", "ablation", "classify",
+COMMANDS = ["propose", "export", "report", "store", "ablation", "classify",
             "select", "compare", "diversity"]
 
 

@@ -1,0 +1,189 @@
+"""``keypatch report``: a static HTML gallery of a results store (``index.html`` and its pictures).
+
+One section per image, one card per stored record, so strategies, ratios and starts of the same
+image stand side by side. A card shows the picture (the original titled with its file name, the
+kept patches numbered in pick order, the reconstruction titled with its loss), the loss-vs-patches
+curve (inline SVG) and the record's numbers. The sections sort by the loss of any setting, by
+name, or by how much the settings differ, with a few lines of inline JavaScript: no server, no
+network, nothing outside the folder but links to the original images.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from keypatch.store.export import ExportWarning, setting_flags
+from keypatch.store.record import Record
+from keypatch.store.sqlite import ResultStore, sha256_file
+
+REPORT_NAME = "report"
+"""Default folder of the gallery, inside the results folder."""
+
+CURVE_W, CURVE_H = 220, 90
+
+
+def setting_label(r: Record) -> str:
+    """A short human label of a record's setting: strategy, ratio, start and options."""
+    parts = [r.strategy, f"r={r.ratio:g}"]
+    if r.start:
+        parts.append(f"start {r.start}")
+    parts += [f"{k}={v}" for k, v in sorted(r.options.items())]
+    return " ".join(parts)
+
+
+def curve_svg(losses: Sequence[float]) -> str:
+    """The loss after each added patch as an inline SVG polyline with its axis labels."""
+    values = [float(v) for v in losses]
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    n = max(1, len(values) - 1)
+    pad = 22
+    pts = " ".join(f"{pad + i * (CURVE_W - pad - 4) / n:.1f},{4 + (hi - v) * (CURVE_H - 20) / span:.1f}"
+                   for i, v in enumerate(values))
+    return (f'<svg class="curve" width="{CURVE_W}" height="{CURVE_H}" viewBox="0 0 {CURVE_W} {CURVE_H}" '
+            f'role="img" aria-label="loss after each patch">'
+            f'<polyline fill="none" stroke="#c0392b" stroke-width="1.5" points="{pts}"/>'
+            f'<text x="0" y="12">{hi:.3f}</text><text x="0" y="{CURVE_H - 14}">{lo:.3f}</text>'
+            f'<text x="{pad}" y="{CURVE_H - 2}">1</text>'
+            f'<text x="{CURVE_W - 4}" y="{CURVE_H - 2}" text-anchor="end">{len(values)} patches</text></svg>')
+
+
+STYLE = """
+body { font: 13px system-ui, sans-serif; margin: 16px; color: #222; }
+h1 { font-size: 18px; } h2 { font-size: 14px; margin: 18px 0 6px; }
+.controls { margin: 8px 0 16px; } .controls select { margin: 0 12px 0 4px; }
+.row { display: flex; gap: 12px; overflow-x: auto; }
+.card { border: 1px solid #ccc; border-radius: 6px; padding: 8px; min-width: 360px; background: #fafafa; }
+.card img { width: 100%; max-width: 712px; height: auto; display: block; }
+.card .meta { display: flex; gap: 12px; align-items: center; }
+.card table td { padding: 0 8px 0 0; } .curve text { font-size: 9px; fill: #555; }
+.loss { font-weight: 600; }
+"""
+
+SCRIPT = """
+function sortSections() {
+  const how = document.getElementById('sort').value, key = document.getElementById('setting').value;
+  const box = document.getElementById('images');
+  const secs = Array.from(box.querySelectorAll('section.image'));
+  const loss = s => { const c = s.querySelector('.card[data-setting="' + CSS.escape(key) + '"]');
+                      return c ? parseFloat(c.dataset.loss) : Infinity; };
+  const spread = s => { const v = Array.from(s.querySelectorAll('.card')).map(c => parseFloat(c.dataset.loss));
+                        return Math.max(...v) - Math.min(...v); };
+  const cmp = { 'loss-asc': (a, b) => loss(a) - loss(b), 'loss-desc': (a, b) => loss(b) - loss(a),
+                'spread': (a, b) => spread(b) - spread(a),
+                'name': (a, b) => a.dataset.name.localeCompare(b.dataset.name) }[how];
+  secs.sort(cmp).forEach(s => box.appendChild(s));
+}
+"""
+
+
+def _card(r: Record, picture: str | None) -> str:
+    label = setting_label(r)
+    img = (f'<img src="{html.escape(picture)}" alt="{html.escape(Path(r.image_path).name)}: {html.escape(label)}" '
+           f'loading="lazy">' if picture else "<p>(no picture: the image is missing or changed)</p>")
+    rows = [("loss", f'<span class="loss">{r.loss:.4f}</span>'), ("patches", str(len(r.patches))),
+            ("evaluations", f"{r.evaluations:,}"), ("seconds", f"{r.seconds:.2f}"), ("model", html.escape(r.model_id))]
+    table = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
+    return (f'<div class="card" data-setting="{html.escape(label)}" data-loss="{r.loss:.6g}">'
+            f"<h3>{html.escape(label)}</h3>{img}"
+            f'<div class="meta">{curve_svg(r.losses)}<table>{table}</table></div>'
+            f'<p>picks: {html.escape(" ".join(str(p) for p in r.patches))}</p></div>')
+
+
+def _page(sections: list[str], settings: list[str], title: str, count: int) -> str:
+    options = "".join(f'<option value="{html.escape(s)}">{html.escape(s)}</option>' for s in settings)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p>{count} records of {len(sections)} images, {len(settings)} settings. Each picture: the original, "
+            "the kept patches numbered in pick order, the MAE's reconstruction; the curve is the loss after each "
+            "added patch.</p>"
+            '<div class="controls">sort images by <select id="sort" onchange="sortSections()">'
+            '<option value="name">name</option><option value="loss-asc">loss, lowest first</option>'
+            '<option value="loss-desc">loss, highest first</option>'
+            '<option value="spread">loss spread between settings</option></select>'
+            f'loss of <select id="setting" onchange="sortSections()">{options}</select></div>'
+            f'<div id="images">{"".join(sections)}</div><script>{SCRIPT}</script></body></html>\n')
+
+
+def write_report(out_dir: str | Path, report_dir: str | Path | None = None, *, device: str = "auto",
+                 progress: bool = True, **filters: Any) -> dict[str, Any]:
+    """Write the gallery of the store in ``out_dir`` into ``report_dir`` (default ``out_dir/report``).
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        The results folder (or the store file).
+    report_dir : str or Path, optional
+        Where ``index.html`` and ``img/`` go.
+    device : str
+        Where to run the reconstructions of the pictures.
+    progress : bool
+        Show a progress bar.
+    **filters
+        Passed to :meth:`ResultStore.records` (``strategy``, ``ratio``, ``model_id``...).
+
+    Returns
+    -------
+    dict
+        ``index`` (path), ``records``, ``images``, ``settings``, ``pictures`` (written) and
+        ``missing`` (records whose image is gone or changed: a card without picture).
+    """
+    from tqdm.auto import tqdm
+
+    from keypatch.experiments.pictures import triptych
+    from keypatch.geometry import InputNotes
+    from keypatch.reconstructors import load_mae, resolve_device
+
+    with ResultStore(out_dir, create=False) as store:
+        folder = store.path.parent
+        records = store.records(**{k: v for k, v in filters.items() if v is not None})
+    if not records:
+        raise ValueError(f"no records in {folder} to report")
+    target = Path(report_dir) if report_dir else folder / REPORT_NAME
+    (target / "img").mkdir(parents=True, exist_ok=True)
+    dev = str(resolve_device(device))
+    models: dict[str, Any] = {}
+    by_image: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_image[r.sha256].append(r)
+    sections, written, missing, notes = [], 0, 0, InputNotes()
+    bar = tqdm(total=len(records), desc="report", unit="rec", disable=not progress)
+    for sha, group in sorted(by_image.items(), key=lambda kv: Path(kv[1][0].image_path).name.lower()):
+        group.sort(key=lambda r: (r.strategy, r.ratio, r.start, r.options_json))
+        path = Path(group[0].image_path)
+        readable = path.is_file() and sha256_file(path) == sha
+        cards = []
+        for r in group:
+            picture = None
+            if readable:
+                if r.model_id not in models:
+                    models[r.model_id] = load_mae(r.model_id, device=dev)
+                name = f"img/{r.id}.png"
+                triptych(path, r.patches, models[r.model_id], notes=notes, name=path.name, loss=r.loss,
+                         resize=r.options.get("resize", "bicubic")).save(target / name)
+                picture, written = name, written + 1
+            else:
+                missing += 1
+            cards.append(_card(r, picture))
+            bar.update(1)
+        link = os.path.relpath(path.absolute(), target.absolute())
+        original = (f' <a href="{html.escape(Path(link).as_posix())}">original</a>' if readable else " (missing)")
+        sections.append(f'<section class="image" data-name="{html.escape(path.name)}">'
+                        f"<h2>{html.escape(path.name)}{original}</h2>"
+                        f'<div class="row">{"".join(cards)}</div></section>')
+    bar.close()
+    if missing:
+        warnings.warn(f"{missing} records have no picture: their image is missing or changed", ExportWarning,
+                      stacklevel=2)
+    settings = sorted({setting_label(r) for r in records})
+    index = target / "index.html"
+    index.write_text(_page(sections, settings, f"keypatch: {folder.name}", len(records)))
+    return {"index": str(index), "records": len(records), "images": len(by_image), "settings": len(settings),
+            "pictures": written, "missing": missing, "setting_flags": sorted({setting_flags(r.settings)
+                                                                             for r in records})}
