@@ -59,7 +59,7 @@ body { font: 13px system-ui, sans-serif; margin: 16px; color: #222; }
 h1 { font-size: 18px; } h2 { font-size: 14px; margin: 18px 0 6px; }
 .controls { margin: 8px 0 16px; } .controls select { margin: 0 12px 0 4px; }
 .row { display: flex; gap: 12px; overflow-x: auto; }
-.card { border: 1px solid #ccc; border-radius: 6px; padding: 8px; min-width: 360px; background: #fafafa; }
+.card { flex: 1 1 0; border: 1px solid #ccc; border-radius: 6px; padding: 8px; min-width: 360px; background: #fafafa; }
 .card img { width: 100%; max-width: 712px; height: auto; display: block; }
 .card .meta { display: flex; gap: 12px; align-items: center; }
 .card table td { padding: 0 8px 0 0; } .curve text { font-size: 9px; fill: #555; }
