@@ -51,7 +51,7 @@ def make_photos(folder: Path, count: int = 24) -> list[Path]:
 
 
 def propose(photos: Path, out: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "keypatch.cli.main", "propose", str(photos), "--out", str(out), "--no-progress",
+    cmd = [sys.executable, "-m", "keypatch.cli.main", "propose", str(photos), "--out", str(out), "--quiet",
            *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -24,6 +24,9 @@ from keypatch.proposers.base import Proposer
 from keypatch.proposers.search import start_patch
 from keypatch.reconstructors.precision import resolve_precision
 
+ENGINES = ("local", "ray")
+"""Where :func:`run_propose` computes: this process, or a Ray cluster (:mod:`keypatch.engines.ray_data`)."""
+
 DEFAULT_OUT = "keypatch-results"
 """Results folder used when none is given."""
 
@@ -99,6 +102,11 @@ def run_propose(
     preset: str | None = None,
     count: str | None = None,
     resize: str | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int = 2,
+    cpus_per_worker: float = 1,
+    gpus_per_worker: float = 0,
     **options: Any,
 ) -> dict[str, Any]:
     """Propose key patches for every image under ``paths`` and store one record per image.
@@ -150,6 +158,14 @@ def run_propose(
     count, resize : str, optional
         Override the preset's count rule and resize filter; stored in the record's options where
         they are not the paper's.
+    engine : {"local", "ray"}
+        ``"ray"``: decode on Ray tasks and propose on ``workers`` Ray actors
+        (:mod:`keypatch.engines.ray_data`; needs the ``ray`` extra), the records streamed back into
+        the same store. ``paths`` may then also be a Ray Dataset with a ``path`` column.
+    address : str, optional
+        Ray: the cluster to join (default: start a local instance with the workers' CPUs and one more).
+    workers, cpus_per_worker, gpus_per_worker
+        Ray: actors, and the CPUs (torch threads) and GPUs each one holds.
     **options
         Further strategy options (e.g. ``precision="bfloat16"``).
 
@@ -179,12 +195,27 @@ def run_propose(
 
     settings = run_settings(preset, start, count, resize)
     proposer = build_proposer(strategy, settings, options, start_given=start is not None)  # ValueError if bad
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "ray":
+        from keypatch.engines.ray_data import RayJob, dataset_paths, require_ray
+
+        require_ray()
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        if hasattr(paths, "select_columns"):  # a Ray Dataset
+            paths = dataset_paths(paths)
     files = list_image_files(paths)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the results folder {out_dir} is a file")
     mae = resolve_model(model, device)
-    job = _Job(mae, proposer, ratio, seed, lease, len(files), settings)
+    if engine == "ray":
+        job: _Job = RayJob(mae, proposer, ratio, seed, lease, len(files), settings)
+        job.configure(model if isinstance(model, str) else mae, address=address, workers=workers,
+                      cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
+    else:
+        job = _Job(mae, proposer, ratio, seed, lease, len(files), settings)
     with ResultStore(out_dir / STORE_NAME) as store, Heartbeat(store, job.run, lease), \
             tqdm(total=len(files), desc="propose", unit="img", disable=not progress) as bar:
         job.summary["store"] = str(store.path)

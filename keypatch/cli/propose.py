@@ -56,6 +56,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="MAE arithmetic of the search strategies: float32 (exact), mixed (bfloat16 screening, "
                         "float32 re-scoring: float32's picks), bfloat16 (fastest, can change picks); default "
                         "auto: mixed where bfloat16 is native (CUDA, AVX512-BF16/AMX CPUs), else float32")
+    ray = p.add_argument_group("engine", "where the job computes: this process, or a Ray cluster (pip install "
+                               "'keypatch[ray]'; records stream back into the same store)")
+    ray.add_argument("--engine", choices=["local", "ray"], default="local",
+                     help="local (default): this process, files decoded ahead in a thread; ray: Ray Data, decoding "
+                          "in Ray tasks and proposing on --workers actors")
+    ray.add_argument("--address", default=None, help="ray: the cluster to join (default: a local instance)")
+    ray.add_argument("--workers", type=int, default=2, help="ray: model actors (default 2)")
+    ray.add_argument("--cpus-per-worker", type=float, default=1, help="ray: CPUs (torch threads) per actor (default 1)")
+    ray.add_argument("--gpus-per-worker", type=float, default=0, help="ray: GPUs per actor (default 0)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", type=parse_option,
                    help="strategy option, repeatable (e.g. -o eps=0.01 for stochastic, -o top=24 for local, "
                         "-o base=greedy -o rounds=1 for swap)")
@@ -80,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         s = run_propose(args.paths, args.ratio, strategy=args.strategy, model=args.model, start=args.start,
                         device=args.device, out_dir=args.out, batch_size=args.batch_size, seed=args.seed,
                         progress=not args.quiet, preset=args.preset, count=args.count, resize=args.resize,
-                        **options)
+                        engine=args.engine, address=args.address, workers=args.workers,
+                        cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, **options)
     start = f", start {s['start']}" if s["start"] else ""
     report(args, s, f"{s['done']} new, {s['skipped']} already stored, {s['failed']} unreadable (of {s['found']}) -> "
           f"{s['store']}  [model {s['model_id']}, {s['strategy']}{start}, ratio {s['ratio']:g} = {s['k']} patches, "

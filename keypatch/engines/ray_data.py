@@ -1,0 +1,220 @@
+"""The Ray Data engine: the same job as the local engine, over a Ray cluster's workers.
+
+Ray Data's batch-inference pattern: the driver lists and hashes the files, claims the images that
+are not stored yet in the SQLite store (so a re-run, or another run on the same store, skips
+them), and builds a dataset of their paths. Ray tasks decode and resize the images
+(:func:`decode_batch`); a pool of stateful actors (:class:`ProposeActor`, one per worker, each
+holding the MAE on its CPU threads or GPU) runs the same proposers as the local engine; the driver
+stores each record as it streams back, so a killed driver loses at most the batches in flight.
+Ray restarts a killed actor and retries its batch; the driver's store refuses a second record of
+the same image and setting, so nothing is stored twice.
+
+Decoding and proposing run in Ray's worker processes: an unreadable image comes back as a failure
+row, is reported and never stops the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from keypatch.batch import _Job
+
+RAY_PACKAGES = {"ray": "ray[data]"}
+
+
+def require_ray() -> Any:
+    """``ray`` and ``ray.data``, or :class:`~keypatch.classifiers.MissingExtraError` naming the extra."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        from keypatch.classifiers import MissingExtraError
+
+        raise MissingExtraError("--engine ray needs Ray Data, the 'ray' extra (ray[data] is missing): "
+                                "pip install 'keypatch[ray]'") from exc
+    return ray
+
+
+def decode_batch(batch: dict[str, np.ndarray], size: int, resize: str) -> dict[str, np.ndarray]:
+    """A Ray task: the images of ``batch["path"]`` decoded, resized and normalised as the local engine
+    does; ``error`` holds the message of an image that could not be read (its image is zeros) and
+    ``notes`` the deliberate changes made (JSON list of kinds)."""
+    from keypatch.geometry import InputNotes, load_image
+
+    images, errors, notes = [], [], []
+    for path in batch["path"]:
+        found = InputNotes()
+        try:
+            images.append(load_image(str(path), size, found, resize=resize).numpy())
+            errors.append("")
+        except (OSError, ValueError) as exc:
+            images.append(np.zeros((3, size, size), dtype=np.float32))
+            errors.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+        notes.append(json.dumps(sorted(found.counts)))
+    return {**batch, "image": np.stack(images), "error": np.array(errors, dtype=object),
+            "notes": np.array(notes, dtype=object)}
+
+
+class ProposeActor:
+    """A Ray actor: the MAE and the proposer, made once; each call proposes for one batch of images.
+
+    Parameters
+    ----------
+    model : str or MAE
+        A :func:`keypatch.load_mae` spec or a model.
+    proposer : Proposer
+        The strategy, built by the driver (it pickles with its options).
+    ratio, count, seed
+        As in :func:`keypatch.api.propose_normalised`.
+    threads : int
+        torch threads of this actor (its CPUs).
+    device : str
+        ``"cuda"`` for actors given a GPU, else ``"cpu"``.
+    """
+
+    def __init__(self, model: Any, proposer: Any, ratio: float, count: str, seed: int, threads: int,
+                 device: str) -> None:
+        import torch
+
+        from keypatch.api import resolve_model
+
+        torch.set_num_threads(max(1, int(threads)))
+        self.mae = resolve_model(model, device)
+        self.proposer, self.ratio, self.count, self.seed = proposer, ratio, count, seed
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from keypatch.api import propose_normalised
+
+        n = len(batch["path"])
+        patches, losses = np.array([""] * n, dtype=object), np.array([""] * n, dtype=object)
+        evals, seconds = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.float64)
+        good = np.array([not e for e in batch["error"]], dtype=bool)
+        if good.any():
+            x = torch.from_numpy(np.ascontiguousarray(batch["image"][good])).to(self.mae.device)
+            results = propose_normalised(x, self.ratio, self.proposer, self.mae, self.seed, self.count)
+            for i, res in zip(np.flatnonzero(good), results, strict=True):
+                patches[i], losses[i] = json.dumps(res.patches), json.dumps(res.losses)
+                evals[i], seconds[i] = res.evaluations, res.seconds
+        return {"path": batch["path"], "sha256": batch["sha256"], "error": batch["error"], "notes": batch["notes"],
+                "patches": patches, "losses": losses, "evaluations": evals, "seconds": seconds,
+                "pid": np.full(n, os.getpid(), dtype=np.int64)}
+
+
+class RayJob(_Job):
+    """:class:`keypatch.batch._Job` whose images are decoded and proposed on Ray workers."""
+
+    def configure(self, model: Any, *, address: str | None, workers: int, cpus_per_worker: float,
+                  gpus_per_worker: float, source: Any = None) -> None:
+        """Set the Ray resources (and a user's Ray Dataset with a ``path`` column as ``source``)."""
+        self.model_spec, self.address, self.workers = model, address, int(workers)
+        self.cpus, self.gpus, self.source = float(cpus_per_worker), float(gpus_per_worker), source
+        self.summary.update(engine="ray", workers=self.workers)
+
+    def run_all(self, files: list[Path], batch_size: int, poll: float) -> None:
+        """Claim the images not stored yet, stream them through Ray, store each record as it comes back;
+        then wait, as the local engine does, for images another run holds."""
+        ray = require_ray()
+        try:
+            todo, waiting = self._claimed(files)
+            if todo:
+                self._stream(ray, todo, batch_size)
+            while waiting:
+                self.bar.set_postfix_str(f"{len(waiting)} held by another run")
+                time.sleep(poll)
+                still: list[Path] = []
+                for s in range(0, len(waiting), batch_size):
+                    still += self.process(waiting[s : s + batch_size])
+                waiting = still
+        finally:
+            self.store.release(self.run)
+
+    def _claimed(self, files: list[Path]) -> tuple[list[tuple[Path, str]], list[Path]]:
+        """Hash and claim ``files``: ``(path, sha256)`` to compute here, and the paths another run holds."""
+        items = self.hashed(files)
+        statuses = self.store.claim([self.key_of(d) for _, d in items], self.run, self.lease)
+        todo, busy = [], []
+        for (path, digest), status in zip(items, statuses, strict=True):
+            if status == "busy":
+                busy.append(path)
+                continue
+            self.seen.add(digest)
+            if status == "stored":
+                self.skip()
+            else:
+                todo.append((path, digest))
+        return todo, busy
+
+    def _start(self, ray: Any) -> None:
+        import logging
+
+        logging.getLogger("ray").setLevel(logging.WARNING)  # Ray Data's plan and timing lines
+        if ray.is_initialized():
+            return
+        if self.address:
+            ray.init(address=self.address, logging_level=logging.WARNING, log_to_driver=False)
+            return
+        # a local instance: the actors' CPUs, and one for the decoding tasks
+        cpus = int(np.ceil(self.workers * self.cpus)) + 1
+        ray.init(num_cpus=cpus, num_gpus=int(np.ceil(self.workers * self.gpus)) or None, include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=False)
+
+    def _stream(self, ray: Any, todo: list[tuple[Path, str]], batch_size: int) -> None:
+        self._start(ray)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # the driver's own bar counts images
+        digests = {str(p): d for p, d in todo}
+        ds = ray.data.from_items([{"path": str(p), "sha256": d} for p, d in todo],
+                                 override_num_blocks=max(1, min(len(todo), 4 * self.workers)))
+        ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=0.5,
+                            fn_kwargs={"size": self.mae.config.image_size, "resize": self.settings.resize})
+        device = "cuda" if self.gpus > 0 else "cpu"
+        ds = ds.map_batches(
+            ProposeActor, batch_size=batch_size, batch_format="numpy", concurrency=self.workers,
+            num_cpus=self.cpus, num_gpus=self.gpus or None,
+            fn_constructor_kwargs={"model": self.model_spec, "proposer": self.proposer, "ratio": self.ratio,
+                                   "count": self.settings.count, "seed": self.seed,
+                                   "threads": max(1, int(self.cpus)), "device": device},
+        )
+        for row in ds.iter_rows():
+            path = Path(row["path"])
+            for kind in json.loads(row["notes"]):
+                self.notes.add(kind, str(path))
+            if row["error"]:
+                self.store.release(self.run, [self.key_of(digests[str(path)])])
+                self.fail(path, row["error"])
+                continue
+            self._store(path, row)
+
+    def _store(self, path: Path, row: dict[str, Any]) -> None:
+        from keypatch.store import DuplicateRecordError, Record
+
+        record = Record(
+            image_path=str(path.absolute()), sha256=row["sha256"], model_id=self.mae.model_id,
+            strategy=self.proposer.name, ratio=self.ratio, start=self.start, options=self.options,
+            patches=json.loads(row["patches"]), losses=json.loads(row["losses"]),
+            evaluations=int(row["evaluations"]), seconds=float(row["seconds"]),
+        )
+        try:
+            self.store.add(record)
+            self.summary["done"] += 1
+        except DuplicateRecordError:  # stored meanwhile by a run whose claim had expired
+            self.summary["recomputed"] += 1
+            self.skip()
+        else:
+            self.bar.update(1)
+
+
+def dataset_paths(dataset: Any) -> list[Path]:
+    """The ``path`` column of a user's Ray Dataset (e.g. ``ray.data.read_images(..., include_paths=True)``)."""
+    if "path" not in (dataset.columns() or []):
+        raise ValueError("a Ray Dataset of images needs a 'path' column (read_images(..., include_paths=True) or "
+                         "read_binary_files(..., include_paths=True) give one)")
+    return [Path(p) for p in dataset.select_columns(["path"]).to_pandas()["path"]]

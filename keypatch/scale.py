@@ -1,0 +1,22 @@
+"""Datasets beyond one machine: :func:`propose_dataset` runs a propose job on Ray Data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keypatch.batch import run_propose
+
+
+def propose_dataset(source: Any, ratio: float, strategy: Any = "greedy", *, workers: int = 2,
+                    cpus_per_worker: float = 1, gpus_per_worker: float = 0, address: str | None = None,
+                    **kwargs: Any) -> dict[str, Any]:
+    """Propose key patches for image files, folders or a Ray Dataset with a ``path`` column, on Ray.
+
+    The same job and store as :func:`keypatch.batch.run_propose` (``out_dir``, ``model``, ``seed``,
+    ``batch_size``, strategy options... pass through), with ``engine="ray"``: decoding in Ray tasks,
+    ``workers`` stateful actors holding the MAE (``cpus_per_worker`` torch threads and
+    ``gpus_per_worker`` GPUs each), records streamed back into the SQLite store as they arrive;
+    images already stored are left out before anything is scheduled. Returns the run's summary.
+    """
+    return run_propose(source, ratio, strategy, engine="ray", workers=workers, cpus_per_worker=cpus_per_worker,
+                       gpus_per_worker=gpus_per_worker, address=address, **kwargs)

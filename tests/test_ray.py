@@ -1,0 +1,130 @@
+"""The Ray Data engine: the local engine's records, failures that never stop a job, killed processes.
+
+A local Ray instance with one-thread actors and small models; skipped where Ray is not installed.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("ray.data")
+
+from keypatch.batch import run_propose  # noqa: E402
+from keypatch.store import ResultStore  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _records(out: Path) -> dict[str, tuple[list[int], list[float]]]:
+    path = out / "results.sqlite"
+    if not path.exists():
+        return {}
+    with ResultStore(path, create=False) as s:
+        recs = s.records()
+    assert len({r.sha256 for r in recs}) == len(recs)  # never one image twice
+    return {r.sha256: (r.patches, r.losses) for r in recs}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, photo_dir):
+    """12 distinct images (3 photos, 4 crops each) and one file that is not an image."""
+    d = tmp_path_factory.mktemp("rayphotos")
+    for src in sorted(photo_dir.iterdir()):
+        im = Image.open(src)
+        for i in range(4):
+            w, h = im.size
+            im.crop((i * 10, 0, w - 10 * (3 - i), h)).save(d / f"{src.stem}-{i}.jpg", quality=95)
+    (d / "broken.jpg").write_bytes(b"not a jpeg")
+    return d
+
+
+def test_ray_engine_stores_what_the_local_engine_stores(photos, tmp_path):
+    local = run_propose([photos], 0.25, model="random:toy", out_dir=tmp_path / "local", progress=False)
+    ray = run_propose([photos], 0.25, model="random:toy", out_dir=tmp_path / "ray", progress=False, engine="ray",
+                      workers=2, batch_size=2)
+    assert ray["engine"] == "ray" and ray["done"] == local["done"] == 12
+    assert ray["failed"] == local["failed"] == 1 and ray["failed_paths"] == [str(photos / "broken.jpg")]
+    got, want = _records(tmp_path / "ray"), _records(tmp_path / "local")
+    assert got.keys() == want.keys()
+    for key, (patches, losses) in want.items():
+        assert got[key][0] == patches and got[key][1] == pytest.approx(losses, rel=1e-6)
+    # a re-run filters the stored images out before scheduling anything
+    again = run_propose([photos], 0.25, model="random:toy", out_dir=tmp_path / "ray", progress=False, engine="ray")
+    assert again["done"] == 0 and again["skipped"] == 12
+
+
+def _start(out: Path, photos: Path, batch: int) -> subprocess.Popen:
+    code = ("import sys; from keypatch.cli.main import main; sys.exit(main(['propose', sys.argv[1], '--ratio', "
+            "'0.06', '--model', 'random:small', '--engine', 'ray', '--workers', '2', '--batch-size', sys.argv[3], "
+            "'--quiet', '--out', sys.argv[2], '--precision', 'float32']))")
+    return subprocess.Popen([sys.executable, "-c", code, str(photos), str(out), str(batch)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _wait_for_records(out: Path, n: int, child: subprocess.Popen, limit: float = 240) -> None:
+    t0 = time.time()
+    while len(_records(out)) < n:
+        assert child.poll() is None, child.communicate()
+        assert time.time() - t0 < limit, "no records in time"
+        time.sleep(0.5)
+
+
+def _actor_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "ProposeActor"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split() if int(p) != os.getpid()]
+
+
+def test_a_killed_worker_is_retried_and_every_image_stored_once(photos, tmp_path):
+    out = tmp_path / "res"
+    child = _start(out, photos, 1)
+    _wait_for_records(out, 2, child)
+    pids = _actor_pids()
+    assert pids, "no actor process found"
+    os.kill(pids[0], signal.SIGKILL)
+    _, err = child.communicate(timeout=600)
+    assert child.returncode == 0, err.decode()[-2000:]
+    assert len(_records(out)) == 12
+
+
+def test_a_killed_driver_loses_nothing_and_the_same_command_finishes(photos, tmp_path):
+    out = tmp_path / "res"
+    child = _start(out, photos, 1)
+    _wait_for_records(out, 2, child)
+    os.kill(child.pid, signal.SIGKILL)  # the driver alone
+    child.wait(timeout=60)
+    time.sleep(1)
+    try:  # what it started is not needed for the rerun (a local Ray ends with its driver)
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    kept = _records(out)
+    assert 2 <= len(kept) < 12
+    rerun = _start(out, photos, 1)
+    _, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err.decode()[-2000:]
+    final = _records(out)
+    assert len(final) == 12 and all(final[k] == v for k, v in kept.items())
+
+
+def test_ray_is_named_when_missing(monkeypatch, photos, tmp_path, capsys):
+    import builtins
+
+    from keypatch.cli.main import main
+
+    real = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    assert main(["propose", str(photos), "--ratio", "0.1", "--engine", "ray", "--out", str(tmp_path)]) == 2
+    assert "pip install 'keypatch[ray]'" in capsys.readouterr().err
+    assert not (tmp_path / "results.sqlite").exists()
