@@ -21,6 +21,15 @@ from keypatch.store import ResultStore  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _ray_down():
+    """The in-process tests start a local Ray; stop it when this module is done."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
 def _records(out: Path) -> dict[str, tuple[list[int], list[float]]]:
     path = out / "results.sqlite"
     if not path.exists():
