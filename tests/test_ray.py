@@ -70,7 +70,7 @@ def test_ray_engine_stores_what_the_local_engine_stores(photos, tmp_path):
 
 def _start(out: Path, photos: Path, batch: int) -> subprocess.Popen:
     code = ("import sys; from keypatch.cli.main import main; sys.exit(main(['propose', sys.argv[1], '--ratio', "
-            "'0.06', '--model', 'random:small', '--engine', 'ray', '--workers', '2', '--batch-size', sys.argv[3], "
+            "'0.05', '--model', 'random:small', '--engine', 'ray', '--workers', '2', '--batch-size', sys.argv[3], "
             "'--quiet', '--out', sys.argv[2], '--precision', 'float32']))")
     return subprocess.Popen([sys.executable, "-c", code, str(photos), str(out), str(batch)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)

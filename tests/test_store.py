@@ -176,7 +176,7 @@ def toy():
 def test_triptych_layout_and_panels(toy):
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 256, size=(80, 120, 3), dtype=np.uint8)
-    pic = triptych(arr, [5, 6, 10], toy)
+    pic = triptych(arr, [5, 6, 10], toy, numbers=False)
     s = toy.config.image_size
     assert pic.mode == "RGB" and pic.size == (3 * s + 4 * MARGIN, s + TITLE_HEIGHT + 2 * MARGIN)
     top = MARGIN + TITLE_HEIGHT
@@ -193,6 +193,16 @@ def test_triptych_layout_and_panels(toy):
         assert np.abs(recon[cell] - original[cell]).max() <= 1  # visible patches pasted back
     masked = (slice(3 * p, 4 * p), slice(0, p))  # patch 12, not kept: darkened
     assert kept[masked].mean() < original[masked].astype(int).mean()
+    # by default each kept patch carries its pick number, the rest of the picture is the same
+    numbered = np.asarray(triptych(arr, [5, 6, 10], toy)).astype(int)
+    changed = np.abs(numbered - np.asarray(pic).astype(int)).sum(-1) > 0
+    x0 = MARGIN + s + MARGIN
+    for idx in (5, 6, 10):
+        r, c = divmod(idx, 4)
+        assert changed[top + r * p : top + (r + 1) * p, x0 + c * p : x0 + (c + 1) * p].any()
+    changed[:top] = False  # the titles say "in pick order"
+    changed[top + 0 : top + s, x0 : x0 + s] = False
+    assert not changed.any()
 
 
 def test_triptych_checks_patches_and_grid(toy):
