@@ -49,7 +49,7 @@ def stored_settings(proposer: Proposer, seed: int, device: torch.device | str = 
     (:meth:`~keypatch.presets.RunSettings.stored`), and ``start`` (``""`` if it takes none; a
     ``"row,col"`` start as its index on ``grid``)."""
     start = getattr(proposer, "start", "") if "start" in proposer.options else ""
-    if grid is not None and start and start_patch(start, grid) is not None and start != "center":
+    if grid is not None and "," in start:  # "row,col" is stored as its index, like a start given so
         start = str(start_patch(start, grid))
     options = proposer.settings()
     if "precision" in options:
@@ -271,16 +271,20 @@ class _Job:
                     waiting += busy
                     if todo:
                         self.compute(todo)
-            while waiting:  # images another run holds: wait until stored, or take them over
-                self.bar.set_postfix_str(f"{len(waiting)} held by another run")
-                time.sleep(poll)
-                still: list[Path] = []
-                for s in range(0, len(waiting), batch_size):
-                    still += self.process(waiting[s : s + batch_size])
-                waiting = still
+            self.wait_for(waiting, batch_size, poll)
         finally:
             self.store.release(self.run)
             torch.set_num_threads(self.threads)
+
+    def wait_for(self, waiting: list[Path], batch_size: int, poll: float) -> None:
+        """Images another run holds: wait until they are stored, or take them over (and compute them here)."""
+        while waiting:
+            self.bar.set_postfix_str(f"{len(waiting)} held by another run")
+            time.sleep(poll)
+            still: list[Path] = []
+            for s in range(0, len(waiting), batch_size):
+                still += self.process(waiting[s : s + batch_size])
+            waiting = still
 
     def fail(self, path: Path, reason: object) -> None:
         text = str(reason) if str(path) in str(reason) else f"{path}: {reason}"
@@ -323,10 +327,9 @@ class _Job:
             self.compute(todo)
         return busy
 
-    def prepare(self, batch: list[Path]) -> tuple[list[Path], list[tuple[Path, str, torch.Tensor]]]:
-        """Hash, claim and decode ``batch``: the paths another run holds, and ``(path, sha256, image)`` to compute."""
-        from keypatch.geometry import load_image
-
+    def claimed(self, batch: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+        """Hash and claim ``batch``: the paths another run holds, and ``(path, sha256)`` to compute here
+        (images already stored are counted as skipped)."""
         items = self.hashed(batch)
         busy, todo = [], []
         statuses = self.store.claim([self.key_of(d) for _, d in items], self.run, self.lease)
@@ -337,19 +340,32 @@ class _Job:
             self.seen.add(digest)
             if status == "stored":
                 self.skip()
-                continue
+            else:
+                todo.append((path, digest))
+        return busy, todo
+
+    def prepare(self, batch: list[Path]) -> tuple[list[Path], list[tuple[Path, str, torch.Tensor]]]:
+        """Hash, claim and decode ``batch``: the paths another run holds, and ``(path, sha256, image)`` to compute."""
+        from keypatch.geometry import load_image
+
+        busy, claimed = self.claimed(batch)
+        todo = []
+        for path, digest in claimed:
             try:
                 todo.append((path, digest, load_image(path, self.mae.config.image_size, self.notes,
-                                                            resize=self.settings.resize)))
+                                                      resize=self.settings.resize)))
             except (OSError, ValueError) as exc:
-                self.store.release(self.run, [self.key_of(digest)])
-                self.fail(path, exc)
+                self.unreadable(path, digest, exc)
         return busy, todo
+
+    def unreadable(self, path: Path, digest: str, reason: object) -> None:
+        """Give up the claim on an image that could not be read, and report it."""
+        self.store.release(self.run, [self.key_of(digest)])
+        self.fail(path, reason)
 
     def compute(self, todo: list[tuple[Path, str, torch.Tensor]]) -> None:
         """Propose for the loaded images and store one record each."""
         from keypatch.api import propose_normalised
-        from keypatch.store import DuplicateRecordError, Record
 
         if self.mae.device.type == "cpu":  # runs sharing this machine split its cores
             torch.set_num_threads(max(1, self.threads // max(1, self.store.live_runs())))
@@ -357,16 +373,24 @@ class _Job:
         results = propose_normalised(images, self.ratio, self.proposer, self.mae, self.seed,
                                      self.settings.count)
         for (path, digest, _), res in zip(todo, results, strict=True):
-            record = Record(
-                image_path=str(path.absolute()), sha256=digest, model_id=self.mae.model_id,
-                strategy=self.proposer.name, ratio=self.ratio, start=self.start, options=self.options,
-                patches=res.patches, losses=res.losses, evaluations=res.evaluations, seconds=res.seconds,
-            )
-            try:
-                self.store.add(record)
-                self.summary["done"] += 1
-            except DuplicateRecordError:  # stored meanwhile by a run whose claim had expired
-                self.summary["recomputed"] += 1
-                self.skip()
-            else:
-                self.bar.update(1)
+            self.keep(path, digest, res.patches, res.losses, res.evaluations, res.seconds)
+
+    def keep(self, path: Path, digest: str, patches: list[int], losses: list[float], evaluations: int,
+             seconds: float) -> None:
+        """Store the answer for one image as this run's record (counted as recomputed when another
+        run stored it meanwhile, after its claim had expired)."""
+        from keypatch.store import DuplicateRecordError, Record
+
+        record = Record(
+            image_path=str(path.absolute()), sha256=digest, model_id=self.mae.model_id,
+            strategy=self.proposer.name, ratio=self.ratio, start=self.start, options=self.options,
+            patches=patches, losses=losses, evaluations=evaluations, seconds=seconds,
+        )
+        try:
+            self.store.add(record)
+            self.summary["done"] += 1
+        except DuplicateRecordError:
+            self.summary["recomputed"] += 1
+            self.skip()
+        else:
+            self.bar.update(1)

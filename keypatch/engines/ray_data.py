@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, resize: str) -> dict[s
             errors.append("")
         except (OSError, ValueError) as exc:
             images.append(np.zeros((3, size, size), dtype=np.float32))
-            errors.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+            errors.append(str(exc))  # the driver's report names the file
         notes.append(json.dumps(sorted(found.counts)))
     return {**batch, "image": np.stack(images), "error": np.array(errors, dtype=object),
             "notes": np.array(notes, dtype=object)}
@@ -123,34 +122,12 @@ class RayJob(_Job):
         then wait, as the local engine does, for images another run holds."""
         ray = require_ray()
         try:
-            todo, waiting = self._claimed(files)
+            waiting, todo = self.claimed(files)
             if todo:
                 self._stream(ray, todo, batch_size)
-            while waiting:
-                self.bar.set_postfix_str(f"{len(waiting)} held by another run")
-                time.sleep(poll)
-                still: list[Path] = []
-                for s in range(0, len(waiting), batch_size):
-                    still += self.process(waiting[s : s + batch_size])
-                waiting = still
+            self.wait_for(waiting, batch_size, poll)
         finally:
             self.store.release(self.run)
-
-    def _claimed(self, files: list[Path]) -> tuple[list[tuple[Path, str]], list[Path]]:
-        """Hash and claim ``files``: ``(path, sha256)`` to compute here, and the paths another run holds."""
-        items = self.hashed(files)
-        statuses = self.store.claim([self.key_of(d) for _, d in items], self.run, self.lease)
-        todo, busy = [], []
-        for (path, digest), status in zip(items, statuses, strict=True):
-            if status == "busy":
-                busy.append(path)
-                continue
-            self.seen.add(digest)
-            if status == "stored":
-                self.skip()
-            else:
-                todo.append((path, digest))
-        return todo, busy
 
     def _start(self, ray: Any) -> None:
         import logging
@@ -188,28 +165,10 @@ class RayJob(_Job):
             for kind in json.loads(row["notes"]):
                 self.notes.add(kind, str(path))
             if row["error"]:
-                self.store.release(self.run, [self.key_of(digests[str(path)])])
-                self.fail(path, row["error"])
-                continue
-            self._store(path, row)
-
-    def _store(self, path: Path, row: dict[str, Any]) -> None:
-        from keypatch.store import DuplicateRecordError, Record
-
-        record = Record(
-            image_path=str(path.absolute()), sha256=row["sha256"], model_id=self.mae.model_id,
-            strategy=self.proposer.name, ratio=self.ratio, start=self.start, options=self.options,
-            patches=json.loads(row["patches"]), losses=json.loads(row["losses"]),
-            evaluations=int(row["evaluations"]), seconds=float(row["seconds"]),
-        )
-        try:
-            self.store.add(record)
-            self.summary["done"] += 1
-        except DuplicateRecordError:  # stored meanwhile by a run whose claim had expired
-            self.summary["recomputed"] += 1
-            self.skip()
-        else:
-            self.bar.update(1)
+                self.unreadable(path, digests[str(path)], row["error"])
+            else:
+                self.keep(path, row["sha256"], json.loads(row["patches"]), json.loads(row["losses"]),
+                          int(row["evaluations"]), float(row["seconds"]))
 
 
 def dataset_paths(dataset: Any) -> list[Path]:
