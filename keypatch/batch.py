@@ -18,10 +18,10 @@ import torch
 
 from keypatch.geometry.decode import InputNote
 from keypatch.geometry.files import list_image_files
-from keypatch.geometry.grid import PatchGrid
 from keypatch.presets import RunSettings, run_settings
 from keypatch.proposers.base import Proposer
 from keypatch.proposers.search import start_patch
+from keypatch.reconstructors.mae import MAE
 from keypatch.reconstructors.precision import resolve_precision
 
 ENGINES = ("local", "ray")
@@ -41,19 +41,20 @@ def _check_ratio(ratio: Any) -> float:
     return float(ratio)
 
 
-def stored_settings(proposer: Proposer, seed: int, device: torch.device | str = "cpu",
-                    settings: RunSettings | None = None, grid: PatchGrid | None = None) -> tuple[str, dict[str, Any]]:
+def stored_settings(proposer: Proposer, seed: int, mae: MAE | None = None,
+                    settings: RunSettings | None = None) -> tuple[str, dict[str, Any]]:
     """``(start, options)`` a record of ``proposer`` is stored under: its :meth:`~Proposer.settings`,
-    with the ``seed`` only where the answer depends on it, ``precision`` as used on ``device``
-    (``"auto"`` resolved), the run's ``count`` and ``resize`` where they are not the paper's
-    (:meth:`~keypatch.presets.RunSettings.stored`), and ``start`` (``""`` if it takes none; a
-    ``"row,col"`` start as its index on ``grid``)."""
+    with the ``seed`` only where the answer depends on it, ``precision`` as used with the MAE
+    ``mae`` (``"auto"`` resolved for it and its device; the CPU without one), the run's ``count``
+    and ``resize`` where they are not the paper's (:meth:`~keypatch.presets.RunSettings.stored`),
+    and ``start`` (``""`` if it takes none; a ``"row,col"`` start as its index on ``mae``'s grid)."""
     start = getattr(proposer, "start", "") if "start" in proposer.options else ""
-    if grid is not None and "," in start:  # "row,col" is stored as its index, like a start given so
-        start = str(start_patch(start, grid))
+    if mae is not None and "," in start:  # "row,col" is stored as its index, like a start given so
+        start = str(start_patch(start, mae.grid))
     options = proposer.settings()
     if "precision" in options:
-        options["precision"] = resolve_precision(options["precision"], device)
+        device, width = (mae.device, mae.config.embed_dim) if mae is not None else ("cpu", None)
+        options["precision"] = resolve_precision(options["precision"], device, width)
     if proposer.uses_seed:
         options["seed"] = int(seed)
     if settings is not None:
@@ -239,7 +240,7 @@ class _Job:
         self.mae, self.proposer, self.ratio, self.seed, self.lease = mae, proposer, ratio, seed, lease
         self.settings = settings or run_settings()
         self.k = mae.grid.count(ratio, self.settings.count)
-        self.start, self.options = stored_settings(proposer, seed, mae.device, self.settings, mae.grid)
+        self.start, self.options = stored_settings(proposer, seed, mae, self.settings)
         self.notes, self.run = InputNotes(), RunId()
         self.store: Any = None
         self.bar: Any = None

@@ -58,7 +58,7 @@ class Objective:
         Visible sets per MAE pass (bounds memory); 0 sizes it for the device (:func:`auto_chunk`).
     precision : {"auto", "float32", "bfloat16", "mixed"}
         Compute precision of the passes (:mod:`keypatch.reconstructors.precision`); ``"auto"``
-        is resolved for the model's device. The loss is accumulated in float32. With ``"mixed"``,
+        is resolved for the model and its device. The loss is accumulated in float32. With ``"mixed"``,
         :meth:`score` is float32 and :meth:`step` screens in bfloat16.
 
     Attributes
@@ -86,7 +86,7 @@ class Objective:
         """Where the model and every returned tensor live."""
         self.images = images
         self.chunk_size = chunk_size or auto_chunk(model)
-        self.precision = resolve_precision(precision, model.device)
+        self.precision = resolve_precision(precision, model.device, model.config.embed_dim)
         with torch.no_grad():
             self.context = loss_context(model, images)
         if self.precision == "float32":

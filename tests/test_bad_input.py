@@ -22,7 +22,6 @@ import keypatch
 from keypatch.cli.main import main
 from keypatch.geometry import InputNote, load_image, normalize
 from keypatch.geometry.decode import ImageSizeWarning
-from keypatch.reconstructors.precision import resolve_precision
 from keypatch.store import ResultStore
 
 TOY = ["--model", "random:toy", "--quiet"]
@@ -300,7 +299,7 @@ def test_deterministic_strategies_do_not_key_on_the_seed(tmp_path, capsys):
         assert main(["propose", str(tmp_path / "a.png"), "--ratio", "0.25", "--seed", seed, "--out", str(out),
                      *TOY]) == 0
     assert "0 new, 1 already stored" in capsys.readouterr().out
-    assert len(stored(out)) == 1 and stored(out)[0].options == {"precision": resolve_precision("auto", "cpu")}
+    assert len(stored(out)) == 1 and stored(out)[0].options == {"precision": "float32"}
     # an option given at its default is the same setting as no option
     for extra in ([], ["-o", "eps=0.1"]):
         assert main(["propose", str(tmp_path / "a.png"), "--ratio", "0.25", "--strategy", "stochastic",

@@ -12,7 +12,6 @@ import keypatch.api
 from keypatch.batch import ImageWarning, run_propose
 from keypatch.cli.main import main
 from keypatch.experiments.pictures import MARGIN, TITLE_HEIGHT
-from keypatch.reconstructors.precision import resolve_precision
 from keypatch.store import ResultStore, sha256_file
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -55,7 +54,7 @@ def test_propose_stores_one_record_per_image(proposed, photos):
         assert r.patches[0] == 10  # greedy starts at the centre of the 4x4 grid
         assert len(r.losses) == 4 and r.loss == r.losses[-1] and r.evaluations > 0 and r.seconds > 0
         assert r.sha256 == sha256_file(r.image_path) and r.image_path.startswith(str(photos))
-        assert r.options == {"precision": resolve_precision("auto", "cpu")}  # keyed on its settings, not the seed
+        assert r.options == {"precision": "float32"}  # keyed on its settings, not the seed (auto: float32 here)
     # the stored losses are the real L of each prefix
     r = recs[0]
     expected = [keypatch.api.reconstruction_loss(r.image_path, r.patches[: j + 1], "random:toy", device="cpu")

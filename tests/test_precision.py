@@ -40,6 +40,10 @@ def test_auto_is_mixed_only_where_bfloat16_is_native(monkeypatch):
     monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert not native_bf16("cpu") and resolve_precision("auto", "cpu") == "float32"
     assert resolve_precision("bf16", "cpu") == "bfloat16" and resolve_precision("fp32", "cpu") == "float32"
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16"}))
+    assert resolve_precision("auto", "cpu", width=768) == resolve_precision("auto", "cpu", width=1024) == "mixed"
+    assert resolve_precision("auto", "cpu", width=192) == "float32"  # narrow models: bf16 does not pay
+    assert resolve_precision("mixed", "cpu", width=192) == "mixed"  # asked for, it is used
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("float16", "cpu")
 
@@ -102,12 +106,14 @@ def test_records_store_the_precision_used(tmp_path):
     path = tmp_path / "chelsea.png"
     Image.fromarray(next(iter(load_test_photos().values()))).save(path)
     auto = run_propose([path], 0.02, model="default", out_dir=tmp_path, progress=False)
-    assert auto["options"]["precision"] == resolve_precision("auto", "cpu") != "auto"
+    assert auto["options"]["precision"] == "float32"  # the embedded model is narrow: auto is float32 everywhere
     fp32 = run_propose([path], 0.02, model="default", out_dir=tmp_path, progress=False, precision="float32")
-    assert fp32["options"]["precision"] == "float32"
+    assert fp32["options"]["precision"] == "float32" and fp32["skipped"] == 1  # the same setting as auto's
+    mixed = run_propose([path], 0.02, model="default", out_dir=tmp_path, progress=False, precision="mixed")
+    assert mixed["options"]["precision"] == "mixed" and mixed["done"] == 1
     with ResultStore(tmp_path / "results.sqlite") as store:
-        stored = {r.options["precision"] for r in store.records()}
-    assert stored == {"float32", resolve_precision("auto", "cpu")}
+        stored = sorted(r.options["precision"] for r in store.records())
+    assert stored == ["float32", "mixed"]
 
 
 @pytest.mark.skipif(not native_bf16("cpu"), reason="bfloat16 is emulated on this CPU (several times slower)")

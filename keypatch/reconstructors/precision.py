@@ -5,7 +5,8 @@
   and on CPUs with native bf16 instructions, and it can change picks.
 * ``"mixed"``: candidates screened in bfloat16, those near each image's minimum re-scored in
   float32 (:meth:`keypatch.objective.Objective.step`): float32's picks at about bfloat16's cost.
-* ``"auto"``: ``"mixed"`` where bfloat16 is native (:func:`native_bf16`), ``"float32"`` elsewhere.
+* ``"auto"``: ``"mixed"`` for ViT-B-sized and larger models where bfloat16 is native
+  (:func:`native_bf16`), ``"float32"`` elsewhere.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ PRECISIONS = ("float32", "bfloat16", "mixed", "auto")
 
 DEFAULT_PRECISION = "auto"
 """What every search strategy and :class:`~keypatch.objective.Objective` use unless told."""
+
+MIXED_MIN_WIDTH = 768
+"""``"auto"`` is ``"mixed"`` only for models whose encoder is at least this wide (ViT-B and larger).
+Narrower models gain little from bfloat16 and lose it to the float32 re-scoring: on an AVX512-BF16
+CPU the embedded model (width 192) ran ``mixed`` 1.15x faster than float32 at r = 0.1 and 0.86x at
+r = 0.25, ViT-B 2.5x faster at k = 5 (``benchmarks/results_mixed_picks_avx512_2026-12-02.txt``)."""
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 """``/proc/cpuinfo`` flags of x86 CPUs with native bfloat16 matrix products."""
@@ -64,12 +71,15 @@ def native_bf16(device: torch.device | str) -> bool:
     return False
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``precision`` with ``"auto"`` resolved for ``device``: ``"mixed"`` where bf16 is native, else float32."""
+def resolve_precision(precision: str, device: torch.device | str, width: int | None = None) -> str:
+    """``precision`` with ``"auto"`` resolved for ``device`` and a model of encoder ``width``:
+    ``"mixed"`` where bf16 is native and the model is at least :data:`MIXED_MIN_WIDTH` wide (or
+    ``width`` is not given), else float32."""
     name = check_precision(precision)
     if name != "auto":
         return name
-    return "mixed" if native_bf16(device) else "float32"
+    wide = width is None or width >= MIXED_MIN_WIDTH
+    return "mixed" if wide and native_bf16(device) else "float32"
 
 
 _COPIES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]] = weakref.WeakKeyDictionary()
