@@ -7,11 +7,16 @@ Quick start
 >>> result.patches, result.loss                                 # doctest: +SKIP
 """
 
-from keypatch.api import propose, propose_batch, reconstruct, reconstruction_loss
-from keypatch.geometry import PatchGrid, load_image, load_images
-from keypatch.objective import Objective
-from keypatch.proposers import Proposal, Proposer, available, register
-from keypatch.reconstructors import MAE, MAEConfig, load_mae
+from typing import TYPE_CHECKING
+
+from keypatch._lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from keypatch.api import propose, propose_batch, reconstruct, reconstruction_loss
+    from keypatch.geometry import PatchGrid, load_image, load_images
+    from keypatch.objective import Objective
+    from keypatch.proposers import Proposal, Proposer, available, register
+    from keypatch.reconstructors import MAE, MAEConfig, load_mae
 
 __version__ = "0.1.0"
 
@@ -32,3 +37,12 @@ __all__ = [
     "reconstruction_loss",
     "register",
 ]
+
+_MODULES = {
+    **dict.fromkeys(["propose", "propose_batch", "reconstruct", "reconstruction_loss"], "keypatch.api"),
+    **dict.fromkeys(["PatchGrid", "load_image", "load_images"], "keypatch.geometry"),
+    "Objective": "keypatch.objective",
+    **dict.fromkeys(["Proposal", "Proposer", "available", "register"], "keypatch.proposers"),
+    **dict.fromkeys(["MAE", "MAEConfig", "load_mae"], "keypatch.reconstructors"),
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _MODULES)  # torch is imported on first use

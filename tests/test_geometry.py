@@ -76,3 +76,25 @@ def test_grid_distances_are_chebyshev():
     assert d.shape == (196, 196) and (d == d.T).all() and (d.diagonal() == 0).all()
     assert d[g.center, g.index(6, 6)] == 1 and d[g.center, g.index(7, 9)] == 2 and d[0, 195] == 13
     assert int((d[g.center] == 1).sum()) == 8 and int((d[0] == 1).sum()) == 3  # inside / corner
+
+
+def test_importing_keypatch_and_the_decoding_workers_leaves_torch_out():
+    """``import keypatch`` is cheap, and Ray's decoding tasks (keypatch.engines.ray_workers) never load torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, keypatch, keypatch.engines.ray_workers as w, numpy as np\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "x = w.decode_pixels(np.full((20, 30, 3), 255, np.uint8), 32)\n"
+            "assert 'torch' not in sys.modules and x.shape == (3, 32, 32) and x.dtype == np.float32\n"
+            "print(x[:, 0, 0].tolist())\n"
+            "assert callable(keypatch.propose) and 'torch' in sys.modules  # first use imports it\n"
+            "assert 'propose' in dir(keypatch) and keypatch.geometry.load_images\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    white = [(1.0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)]
+    assert np.allclose(eval(done.stdout), white, atol=1e-6)
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        import keypatch
+
+        keypatch.nope  # noqa: B018

@@ -16,13 +16,15 @@ row, is reported and never stops the job.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from keypatch.batch import _Job
+from keypatch.engines.ray_workers import ProposeActor, decode_batch
+
+__all__ = ["ProposeActor", "RayJob", "dataset_paths", "decode_batch", "require_ray"]
 
 RAY_PACKAGES = {"ray": "ray[data]"}
 
@@ -38,73 +40,6 @@ def require_ray() -> Any:
         raise MissingExtraError("--engine ray needs Ray Data, the 'ray' extra (ray[data] is missing): "
                                 "pip install 'keypatch[ray]'") from exc
     return ray
-
-
-def decode_batch(batch: dict[str, np.ndarray], size: int, resize: str) -> dict[str, np.ndarray]:
-    """A Ray task: the images of ``batch["path"]`` decoded, resized and normalised as the local engine
-    does; ``error`` holds the message of an image that could not be read (its image is zeros) and
-    ``notes`` the deliberate changes made (JSON list of kinds)."""
-    from keypatch.geometry import InputNotes, load_image
-
-    images, errors, notes = [], [], []
-    for path in batch["path"]:
-        found = InputNotes()
-        try:
-            images.append(load_image(str(path), size, found, resize=resize).numpy())
-            errors.append("")
-        except (OSError, ValueError) as exc:
-            images.append(np.zeros((3, size, size), dtype=np.float32))
-            errors.append(str(exc))  # the driver's report names the file
-        notes.append(json.dumps(sorted(found.counts)))
-    return {**batch, "image": np.stack(images), "error": np.array(errors, dtype=object),
-            "notes": np.array(notes, dtype=object)}
-
-
-class ProposeActor:
-    """A Ray actor: the MAE and the proposer, made once; each call proposes for one batch of images.
-
-    Parameters
-    ----------
-    model : str or MAE
-        A :func:`keypatch.load_mae` spec or a model.
-    proposer : Proposer
-        The strategy, built by the driver (it pickles with its options).
-    ratio, count, seed
-        As in :func:`keypatch.api.propose_normalised`.
-    threads : int
-        torch threads of this actor (its CPUs).
-    device : str
-        ``"cuda"`` for actors given a GPU, else ``"cpu"``.
-    """
-
-    def __init__(self, model: Any, proposer: Any, ratio: float, count: str, seed: int, threads: int,
-                 device: str) -> None:
-        import torch
-
-        from keypatch.api import resolve_model
-
-        torch.set_num_threads(max(1, int(threads)))
-        self.mae = resolve_model(model, device)
-        self.proposer, self.ratio, self.count, self.seed = proposer, ratio, count, seed
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
-        from keypatch.api import propose_normalised
-
-        n = len(batch["path"])
-        patches, losses = np.array([""] * n, dtype=object), np.array([""] * n, dtype=object)
-        evals, seconds = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.float64)
-        good = np.array([not e for e in batch["error"]], dtype=bool)
-        if good.any():
-            x = torch.from_numpy(np.ascontiguousarray(batch["image"][good])).to(self.mae.device)
-            results = propose_normalised(x, self.ratio, self.proposer, self.mae, self.seed, self.count)
-            for i, res in zip(np.flatnonzero(good), results, strict=True):
-                patches[i], losses[i] = json.dumps(res.patches), json.dumps(res.losses)
-                evals[i], seconds[i] = res.evaluations, res.seconds
-        return {"path": batch["path"], "sha256": batch["sha256"], "error": batch["error"], "notes": batch["notes"],
-                "patches": patches, "losses": losses, "evaluations": evals, "seconds": seconds,
-                "pid": np.full(n, os.getpid(), dtype=np.int64)}
 
 
 class RayJob(_Job):
@@ -132,7 +67,8 @@ class RayJob(_Job):
     def _start(self, ray: Any) -> None:
         import logging
 
-        logging.getLogger("ray").setLevel(logging.WARNING)  # Ray Data's plan and timing lines
+        for name in ("ray", "ray.data"):  # Ray Data's plan and timing lines (ray.data has its own level)
+            logging.getLogger(name).setLevel(logging.WARNING)
         if ray.is_initialized():
             return
         if self.address:
@@ -153,8 +89,10 @@ class RayJob(_Job):
         ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=0.5,
                             fn_kwargs={"size": self.mae.config.image_size, "resize": self.settings.resize})
         device = "cuda" if self.gpus > 0 else "cpu"
+        # two batches in flight per actor: one computing, one waiting; few enough that no actor idles at the end
+        pool = ray.data.ActorPoolStrategy(size=self.workers, max_tasks_in_flight_per_actor=2)
         ds = ds.map_batches(
-            ProposeActor, batch_size=batch_size, batch_format="numpy", concurrency=self.workers,
+            ProposeActor, batch_size=batch_size, batch_format="numpy", compute=pool,
             num_cpus=self.cpus, num_gpus=self.gpus or None,
             fn_constructor_kwargs={"model": self.model_spec, "proposer": self.proposer, "ratio": self.ratio,
                                    "count": self.settings.count, "seed": self.seed,

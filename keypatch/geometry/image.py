@@ -6,7 +6,6 @@ channel)`` order, so a 16x16 RGB patch is a vector of 768 values.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,25 +13,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from keypatch.geometry.decode import InputNote, InputNotes, note_text, to_rgb8
+from keypatch.geometry.decode import InputNotes
+from keypatch.geometry.pixels import IMAGENET_MEAN, IMAGENET_STD, RESIZE_FILTERS, check_resize, decode_pixels
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "RESIZE_FILTERS", "ImageLike", "check_resize", "denormalize", "load_image",
+           "load_images", "normalize", "patchify", "to_pil", "unpatchify"]
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 """Anything :func:`load_image` accepts."""
-
-RESIZE_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
-"""How an image is resized to the model's side: ``"bicubic"`` (keypatch's default, MAE's evaluation
-transform) or ``"bilinear"`` (what the KPP authors' ``transforms.Resize((224, 224))`` does to a PIL
-image: PIL's antialiased bilinear filter)."""
-
-
-def check_resize(resize: str) -> str:
-    """``resize`` if it names one of :data:`RESIZE_FILTERS`; a ValueError naming them otherwise."""
-    if resize not in RESIZE_FILTERS:
-        raise ValueError(f"resize must be one of {', '.join(RESIZE_FILTERS)}, got {resize!r}")
-    return resize
 
 
 def _stats(device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,16 +99,7 @@ def load_image(image: ImageLike, size: int = 224, notes: InputNotes | None = Non
     check_resize(resize)
     if isinstance(image, torch.Tensor):
         return _check_tensor(image, size)
-    name = name or (str(image) if isinstance(image, (str, Path)) else "image")
-    rgb = to_rgb8(image, notes, name)
-    if rgb.shape[0] != rgb.shape[1]:
-        if notes is not None:
-            notes.add("squashed", name)
-        else:
-            warnings.warn(note_text("squashed"), InputNote, stacklevel=2)
-    pil = Image.fromarray(rgb).resize((size, size), RESIZE_FILTERS[resize])
-    x = torch.from_numpy(np.asarray(pil, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-    return normalize(x)
+    return torch.from_numpy(decode_pixels(image, size, notes, name, resize))
 
 
 def load_images(images: Sequence[ImageLike] | ImageLike, size: int = 224,

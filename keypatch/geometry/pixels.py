@@ -1,0 +1,54 @@
+"""From an image input to the MAE's normalised pixels, in numpy only (no torch).
+
+:func:`decode_pixels` is what :func:`keypatch.geometry.load_image` does to a file, PIL image or
+numpy array, without torch: the Ray engine's decoding tasks run it in worker processes that never
+import torch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from keypatch.geometry.decode import InputNote, InputNotes, note_text, to_rgb8
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+RESIZE_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+"""How an image is resized to the model's side: ``"bicubic"`` (keypatch's default, MAE's evaluation
+transform) or ``"bilinear"`` (what the KPP authors' ``transforms.Resize((224, 224))`` does to a PIL
+image: PIL's antialiased bilinear filter)."""
+
+
+def check_resize(resize: str) -> str:
+    """``resize`` if it names one of :data:`RESIZE_FILTERS`; a ValueError naming them otherwise."""
+    if resize not in RESIZE_FILTERS:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_FILTERS)}, got {resize!r}")
+    return resize
+
+
+def decode_pixels(image: str | Path | Image.Image | np.ndarray, size: int = 224, notes: InputNotes | None = None,
+                  name: str | None = None, resize: str = "bicubic") -> np.ndarray:
+    """One image as a normalised ``(3, size, size)`` float32 array (see :func:`keypatch.geometry.load_image`).
+
+    The image is read by the rules of :mod:`keypatch.geometry.decode`, resized to ``size`` with
+    ``resize``'s filter without cropping (a non-square image is squashed and noted), scaled to
+    ``[0, 1]`` and normalised with the ImageNet mean and std, in float32.
+    """
+    check_resize(resize)
+    name = name or (str(image) if isinstance(image, (str, Path)) else "image")
+    rgb = to_rgb8(image, notes, name)
+    if rgb.shape[0] != rgb.shape[1]:
+        if notes is not None:
+            notes.add("squashed", name)
+        else:
+            warnings.warn(note_text("squashed"), InputNote, stacklevel=3)
+    pil = Image.fromarray(rgb).resize((size, size), RESIZE_FILTERS[resize])
+    x = np.asarray(pil, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
+    return np.ascontiguousarray((x - mean) / std)
