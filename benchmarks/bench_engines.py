@@ -1,11 +1,15 @@
 """Engines side by side: the local engine on one and on two threads, and Ray Data with one-thread actors.
 
 One run, the same 24 photos (the 13 test photos and 11 scikit-image samples, as files), model,
-strategy and ratio for every row; each row writes its own fresh store. Every row is a separate
-process started the way a user starts it (``keypatch propose ... [--engine ray]``), so Ray's
-start-up (the local instance, the actors loading the model) is part of its time. Prints seconds,
+strategy and ratio for every row; each row writes its own fresh store. The row "2 processes x 1
+thread" runs two one-thread local processes on one store at once (they share the images through
+the store's claims): what two one-thread workers get from this machine without Ray, the ceiling
+for Ray's two one-thread actors. Every row is a process started the way a user starts it
+(``keypatch propose ... [--engine ray]``), so Ray's start-up is part of its time. Prints seconds,
 images per second, the ratio to the local engine on one thread, and whether the stored picks
-equal that row's. Run from the repository root::
+equal that row's; and the same after the first record was stored (the records' ``created``
+times), which leaves out each row's start-up (Ray's: its local instance, the actors importing
+torch and loading the model). Run from the repository root::
 
     python benchmarks/bench_engines.py                  # default model, exact greedy, r = 0.08
     python benchmarks/bench_engines.py --ratio 0.05 --workers 2
@@ -19,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,21 +34,27 @@ from bench_vitb import cpu_name  # noqa: E402
 from keypatch.store import ResultStore  # noqa: E402
 
 
-def run(photos: Path, out: Path, threads: int, *extra: str) -> float:
-    """Seconds of one ``keypatch propose`` process on ``threads`` torch threads."""
+def run(photos: Path, out: Path, threads: int, *extra: str, processes: int = 1) -> tuple[float, float]:
+    """Seconds of ``processes`` ``keypatch propose`` processes on ``threads`` torch threads each, started
+    together on one store (several share the images through its claims), and their start (epoch)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "keypatch.cli.main", "propose", str(photos), "--out", str(out), "--quiet", *extra]
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    start, t0 = time.time(), time.perf_counter()
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(processes)]
+    errors = [p.communicate()[1] for p in procs]
     seconds = time.perf_counter() - t0
-    if done.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    return seconds
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{errors[0][-3000:]}")
+    return seconds, start
 
 
-def picks(out: Path) -> dict[str, list[int]]:
+def stored(out: Path) -> tuple[dict[str, list[int]], list[float]]:
+    """Picks per image, and when each record was stored (epoch seconds, sorted)."""
     with ResultStore(out / "results.sqlite", create=False) as s:
-        return {r.sha256: r.patches for r in s.records()}
+        records = list(s.records())
+    return ({r.sha256: r.patches for r in records},
+            sorted(datetime.fromisoformat(r.created).timestamp() for r in records))
 
 
 def main() -> None:
@@ -60,18 +71,29 @@ def main() -> None:
         common = ["--ratio", str(args.ratio), "--model", args.model, "--strategy", args.strategy]
         print(f"# {len(files)} photos, {args.model}, {args.strategy}, r = {args.ratio}; {cpu_name()}, "
               f"{os.cpu_count()} cores")
-        rows = [("local, 1 thread", 1, []), ("local, 2 threads", 2, []),
-                (f"ray, {args.workers} workers x 1 thread", 1,
+        rows = [("local, 1 thread", 1, 1, []), ("local, 2 threads", 2, 1, []),
+                ("local, 2 processes x 1 thread, one store", 1, 2, []),
+                (f"ray, {args.workers} workers x 1 thread", 1, 1,
                  ["--engine", "ray", "--workers", str(args.workers), "--cpus-per-worker", "1"])]
         results = []
-        for i, (label, threads, extra) in enumerate(rows):
+        for i, (label, threads, processes, extra) in enumerate(rows):
             out = tmp / f"out{i}"
-            results.append((label, run(tmp / "photos", out, threads, *common, *extra), picks(out)))
-        base_s, base_p = results[0][1], results[0][2]
-        print("\n| engine | s | images / s | vs local, 1 thread | same picks |\n|---|---|---|---|---|")
-        for label, seconds, p in results:
-            same = "yes" if p == base_p else f"NO ({sum(p.get(k) == v for k, v in base_p.items())}/{len(base_p)})"
-            print(f"| {label} | {seconds:.1f} | {len(p) / seconds:.3f} | {base_s / seconds:.2f}x | {same} |")
+            seconds, start = run(tmp / "photos", out, threads, *common, *extra, processes=processes)
+            results.append((label, seconds, start, *stored(out)))
+        report(results)
+
+
+def report(results: list[tuple[str, float, float, dict[str, list[int]], list[float]]]) -> None:
+    """The table: end to end, and from the first record stored to the last (start-up left out)."""
+    base_s, base_p = results[0][1], results[0][3]
+    steady_base = (len(results[0][4]) - 1) / (results[0][4][-1] - results[0][4][0])
+    print("\n| engine | s | images / s | vs local, 1 thread | first record after (s) | images / s after it "
+          "| vs local, 1 thread, after it | same picks |\n|---|---|---|---|---|---|---|---|")
+    for label, seconds, start, p, created in results:
+        same = "yes" if p == base_p else f"NO ({sum(p.get(k) == v for k, v in base_p.items())}/{len(base_p)})"
+        steady = (len(created) - 1) / (created[-1] - created[0])
+        print(f"| {label} | {seconds:.1f} | {len(p) / seconds:.3f} | {base_s / seconds:.2f}x "
+              f"| {created[0] - start:.1f} | {steady:.3f} | {steady / steady_base:.2f}x | {same} |")
 
 
 if __name__ == "__main__":

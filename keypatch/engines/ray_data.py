@@ -89,8 +89,9 @@ class RayJob(_Job):
         ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=0.5,
                             fn_kwargs={"size": self.mae.config.image_size, "resize": self.settings.resize})
         device = "cuda" if self.gpus > 0 else "cpu"
-        # two batches in flight per actor: one computing, one waiting; few enough that no actor idles at the end
-        pool = ray.data.ActorPoolStrategy(size=self.workers, max_tasks_in_flight_per_actor=2)
+        # one batch in flight per actor: a batch goes to the first actor free, so none idles while another
+        # holds a queue (at the start, when one actor is ready first, and at the end)
+        pool = ray.data.ActorPoolStrategy(size=self.workers, max_tasks_in_flight_per_actor=1)
         ds = ds.map_batches(
             ProposeActor, batch_size=batch_size, batch_format="numpy", compute=pool,
             num_cpus=self.cpus, num_gpus=self.gpus or None,
