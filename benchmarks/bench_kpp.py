@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{torch.get_num_threads()} torch threads, {torch.backends.cpu.get_cpu_capability()}, "
           f"native bf16: {_native_bf16()}), torch {torch.__version__}")
     print(f"photos ({n_img}): {', '.join(names)}")
-    exact = resolve_precision("auto", "cpu")  # greedy's default precision here: mixed or float32
+    exact = resolve_precision("auto", "cpu", c.embed_dim)  # greedy's default precision for this model here
     # warm-up: first-call costs (allocator, kernels) are not part of any row
     get_proposer("greedy").select(model, x[:1], 3, 0)
 
