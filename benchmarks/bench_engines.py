@@ -83,15 +83,20 @@ def main() -> None:
         report(results)
 
 
+def rate(created: list[float]) -> float:
+    """Images per second from the first record stored to the last."""
+    return (len(created) - 1) / (created[-1] - created[0])
+
+
 def report(results: list[tuple[str, float, float, dict[str, list[int]], list[float]]]) -> None:
     """The table: end to end, and from the first record stored to the last (start-up left out)."""
     base_s, base_p = results[0][1], results[0][3]
-    steady_base = (len(results[0][4]) - 1) / (results[0][4][-1] - results[0][4][0])
+    steady_base = rate(results[0][4])
     print("\n| engine | s | images / s | vs local, 1 thread | first record after (s) | images / s after it "
           "| vs local, 1 thread, after it | same picks |\n|---|---|---|---|---|---|---|---|")
     for label, seconds, start, p, created in results:
         same = "yes" if p == base_p else f"NO ({sum(p.get(k) == v for k, v in base_p.items())}/{len(base_p)})"
-        steady = (len(created) - 1) / (created[-1] - created[0])
+        steady = rate(created)
         print(f"| {label} | {seconds:.1f} | {len(p) / seconds:.3f} | {base_s / seconds:.2f}x "
               f"| {created[0] - start:.1f} | {steady:.3f} | {steady / steady_base:.2f}x | {same} |")
 

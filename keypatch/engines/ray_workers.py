@@ -8,7 +8,6 @@ and a model actor imports torch and the MAE when it is made (:class:`ProposeActo
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import numpy as np
@@ -78,5 +77,4 @@ class ProposeActor:
                 patches[i], losses[i] = json.dumps(res.patches), json.dumps(res.losses)
                 evals[i], seconds[i] = res.evaluations, res.seconds
         return {"path": batch["path"], "sha256": batch["sha256"], "error": batch["error"], "notes": batch["notes"],
-                "patches": patches, "losses": losses, "evaluations": evals, "seconds": seconds,
-                "pid": np.full(n, os.getpid(), dtype=np.int64)}
+                "patches": patches, "losses": losses, "evaluations": evals, "seconds": seconds}

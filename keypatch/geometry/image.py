@@ -96,10 +96,10 @@ def load_image(image: ImageLike, size: int = 224, notes: InputNotes | None = Non
     torch.Tensor
         ``(3, size, size)``, normalised with the ImageNet mean and std.
     """
-    check_resize(resize)
     if isinstance(image, torch.Tensor):
+        check_resize(resize)  # taken as it is, but a bad name is still an error
         return _check_tensor(image, size)
-    return torch.from_numpy(decode_pixels(image, size, notes, name, resize))
+    return torch.from_numpy(decode_pixels(image, size, notes, name, resize))  # checks resize
 
 
 def load_images(images: Sequence[ImageLike] | ImageLike, size: int = 224,
