@@ -9,7 +9,10 @@ for Ray's two one-thread actors. Every row is a process started the way a user s
 images per second, the ratio to the local engine on one thread, and whether the stored picks
 equal that row's; and the same after the first record was stored (the records' ``created``
 times), which leaves out each row's start-up (Ray's: its local instance, the actors importing
-torch and loading the model). Run from the repository root::
+torch and loading the model). Last, Ray Data's own start-up on this machine: a process that
+imports Ray, starts a local instance and streams one row through a task and a pool of the same
+number of actors that do nothing (no keypatch, no torch); with the two-process row's rate after
+its first record it bounds what Ray can reach end to end here. Run from the repository root::
 
     python benchmarks/bench_engines.py                  # default model, exact greedy, r = 0.08
     python benchmarks/bench_engines.py --ratio 0.05 --workers 2
@@ -49,6 +52,34 @@ def run(photos: Path, out: Path, threads: int, *extra: str, processes: int = 1) 
     return seconds, start
 
 
+BARE_RAY = """
+import logging, sys, time
+t0 = time.perf_counter()
+import ray, ray.data
+workers = int(sys.argv[1])
+ray.init(num_cpus=workers + 1, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+ray.data.DataContext.get_current().enable_progress_bars = False
+class Nothing:
+    def __call__(self, batch):
+        return batch
+ds = ray.data.from_items([{"x": i} for i in range(workers)], override_num_blocks=workers)
+ds = ds.map_batches(lambda b: b, batch_size=1, num_cpus=0.5)
+ds = ds.map_batches(Nothing, batch_size=1, num_cpus=1,
+                    compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1))
+next(iter(ds.iter_rows()))
+print(time.perf_counter() - t0)
+"""
+
+
+def bare_ray_startup(workers: int) -> float:
+    """Seconds from a process's start to the first row of a do-nothing Ray Data pipeline (task + actor pool)."""
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", BARE_RAY, str(workers)], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"the bare Ray Data pipeline failed:\n{out.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
 def stored(out: Path) -> tuple[dict[str, list[int]], list[float]]:
     """Picks per image, and when each record was stored (epoch seconds, sorted)."""
     with ResultStore(out / "results.sqlite", create=False) as s:
@@ -81,6 +112,12 @@ def main() -> None:
             seconds, start = run(tmp / "photos", out, threads, *common, *extra, processes=processes)
             results.append((label, seconds, start, *stored(out)))
         report(results)
+        bare = bare_ray_startup(args.workers)
+        pair = results[2]
+        best = bare + len(pair[3]) / rate(pair[4])
+        print(f"\nRay Data's own start-up here (process start to the first row, no model): {bare:.1f} s; with the "
+              f"two processes' rate after their first record, Ray's best end to end on these {len(pair[3])} photos: "
+              f"{best:.1f} s = {results[0][1] / best:.2f}x the local engine on one thread")
 
 
 def rate(created: list[float]) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import pytest
 from PIL import Image
@@ -183,6 +184,22 @@ def test_unreadable_image_is_a_warning(photos, tmp_path, capsys):
         summary = run_propose(src, 0.25, model="random:toy", out_dir=out, progress=False)
     assert (summary["skipped"], summary["failed"]) == (3, 1)
     assert summary["failed_paths"] == [str(src / "cats" / "broken.jpg")]
+
+
+def test_commands_show_their_warnings_but_not_other_packages_deprecations(capsys):
+    from keypatch.cli.common import command_warnings
+
+    with command_warnings("propose"):
+        # as Ray Data raises them when it reads its own settings
+        warnings.warn_explicit("`use_polars` is deprecated", DeprecationWarning, "context.py", 1,
+                               module="ray.data.context")
+        warnings.warn_explicit("option x is deprecated", DeprecationWarning, "batch.py", 1, module="keypatch.batch")
+        warnings.warn("an image could not be read", ImageWarning, stacklevel=1)
+        warnings.warn("an image could not be read", ImageWarning, stacklevel=1)  # every time, not once
+    err = capsys.readouterr().err
+    assert "use_polars" not in err
+    assert "keypatch propose: warning: option x is deprecated" in err
+    assert err.count("keypatch propose: warning: an image could not be read") == 2
 
 
 def test_interrupted_run_keeps_finished_images(photos, tmp_path, monkeypatch, capsys):

@@ -117,6 +117,8 @@ def test_a_killed_driver_loses_nothing_and_the_same_command_finishes(photos, tmp
     rerun = _start(out, photos, 1)
     _, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err.decode()[-2000:]
+    for chatter in ("is deprecated", "Progress bars disabled", "Token authentication"):
+        assert chatter not in err.decode()  # Ray's notices to its callers' developers, not to the user
     final = _records(out)
     assert len(final) == 12 and all(final[k] == v for k, v in kept.items())
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +68,15 @@ def parse_option(text: str) -> tuple[str, int | float | str]:
     return key, value
 
 
-def show_warnings_as_lines(command: str):
-    """A ``warnings.showwarning`` replacement printing ``keypatch COMMAND: warning: MESSAGE`` on stderr
-    (through tqdm, so a progress bar is not broken; input notes as ``note:``)."""
+@contextmanager
+def command_warnings(command: str) -> Iterator[None]:
+    """Warnings raised while ``command`` runs, each shown on a line of its own as
+    ``keypatch COMMAND: warning: MESSAGE`` on stderr (through tqdm, so a progress bar is not broken;
+    input notes as ``note:``), every time they occur.
+
+    Other packages' deprecation warnings (Ray Data's, for instance, when it reads its settings) are
+    addressed to their callers' developers, not to the command's user: they are not shown.
+    """
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         from tqdm.auto import tqdm
@@ -77,4 +86,10 @@ def show_warnings_as_lines(command: str):
         kind = "note" if issubclass(category, InputNote) else "warning"
         tqdm.write(f"keypatch {command}: {kind}: {message}", file=sys.stderr)
 
-    return show
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        for category in (DeprecationWarning, PendingDeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
+            warnings.filterwarnings("always", category=category, module=r"keypatch(\.|$)")
+        warnings.showwarning = show
+        yield

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
-from keypatch.cli.common import add_device, add_output, add_results, parse_option, report, show_warnings_as_lines
+from keypatch.cli.common import add_device, add_output, add_results, command_warnings, parse_option, report
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -65,9 +64,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``export`` for parsed ``args``."""
     from keypatch.store.export import export_results
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = show_warnings_as_lines("export")
+    with command_warnings("export"):
         s = export_results(args.out, args.ids, args.pictures, pictures=not args.no_pictures, device=args.device,
                            progress=not args.quiet, each_setting=args.each_setting,
                            options=dict(args.option), seed=args.seed, strategy=args.strategy, ratio=args.ratio,

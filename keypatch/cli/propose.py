@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import warnings
 from pathlib import Path
 
 from keypatch.cli.common import (
@@ -12,9 +11,9 @@ from keypatch.cli.common import (
     add_model,
     add_output,
     add_results,
+    command_warnings,
     parse_option,
     report,
-    show_warnings_as_lines,
 )
 
 
@@ -83,9 +82,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"-o {flagged[0]}=...: {flagged[0]} has its own flag (see keypatch propose --help)")
     if args.precision:
         options["precision"] = args.precision
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = show_warnings_as_lines("propose")
+    with command_warnings("propose"):
         s = run_propose(args.paths, args.ratio, strategy=args.strategy, model=args.model, start=args.start,
                         device=args.device, out_dir=args.out, batch_size=args.batch_size, seed=args.seed,
                         progress=not args.quiet, preset=args.preset, count=args.count, resize=args.resize,

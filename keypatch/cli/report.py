@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
-from keypatch.cli.common import add_device, add_output, add_results, report, show_warnings_as_lines
+from keypatch.cli.common import add_device, add_output, add_results, command_warnings, report
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,9 +30,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``report`` for parsed ``args``."""
     from keypatch.store.report import write_report
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = show_warnings_as_lines("report")
+    with command_warnings("report"):
         s = write_report(args.out, args.report, device=args.device, progress=not args.quiet,
                          strategy=args.strategy, ratio=args.ratio)
     report(args, s, f"{s['records']} records of {s['images']} images, {s['settings']} settings -> {s['index']}")

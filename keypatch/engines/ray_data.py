@@ -16,6 +16,7 @@ row, is reported and never stops the job.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,13 @@ from keypatch.engines.ray_workers import ProposeActor, decode_batch
 __all__ = ["ProposeActor", "RayJob", "dataset_paths", "decode_batch", "require_ray"]
 
 RAY_PACKAGES = {"ray": "ray[data]"}
+
+QUIET_LOGGERS = {
+    "ray": logging.WARNING,
+    "ray.data": logging.WARNING,  # Ray Data's plan and timing lines (it has its own level)
+    "ray.data._internal.progress": logging.ERROR,  # "Progress bars disabled": the driver's own bar counts images
+}
+"""Log levels the engine sets for Ray's loggers: warnings and errors through, Ray's chatter not."""
 
 
 def require_ray() -> Any:
@@ -65,10 +73,8 @@ class RayJob(_Job):
             self.store.release(self.run)
 
     def _start(self, ray: Any) -> None:
-        import logging
-
-        for name in ("ray", "ray.data"):  # Ray Data's plan and timing lines (ray.data has its own level)
-            logging.getLogger(name).setLevel(logging.WARNING)
+        for name, level in QUIET_LOGGERS.items():
+            logging.getLogger(name).setLevel(level)
         if ray.is_initialized():
             return
         if self.address:
@@ -76,6 +82,8 @@ class RayJob(_Job):
             return
         # a local instance: the actors' CPUs, and one for the decoding tasks
         cpus = int(np.ceil(self.workers * self.cpus)) + 1
+        # an instance of this process only, shut down with it: Ray's notice about its access token is not for the user
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(num_cpus=cpus, num_gpus=int(np.ceil(self.workers * self.gpus)) or None, include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=False)
 
