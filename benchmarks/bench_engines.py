@@ -53,8 +53,7 @@ def run(photos: Path, out: Path, threads: int, *extra: str, processes: int = 1) 
 
 
 BARE_RAY = """
-import logging, sys, time
-t0 = time.perf_counter()
+import logging, sys
 import ray, ray.data
 workers = int(sys.argv[1])
 ray.init(num_cpus=workers + 1, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
@@ -67,7 +66,6 @@ ds = ds.map_batches(lambda b: b, batch_size=1, num_cpus=0.5)
 ds = ds.map_batches(Nothing, batch_size=1, num_cpus=1,
                     compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1))
 next(iter(ds.iter_rows()))
-print(time.perf_counter() - t0)
 """
 
 

@@ -41,20 +41,20 @@ def _check_ratio(ratio: Any) -> float:
     return float(ratio)
 
 
-def stored_settings(proposer: Proposer, seed: int, mae: MAE | None = None,
+def stored_settings(proposer: Proposer, seed: int, mae: MAE,
                     settings: RunSettings | None = None) -> tuple[str, dict[str, Any]]:
-    """``(start, options)`` a record of ``proposer`` is stored under: its :meth:`~Proposer.settings`,
-    with the ``seed`` only where the answer depends on it, ``precision`` as used with the MAE
-    ``mae`` (``"auto"`` resolved for it and its device; the CPU without one), the run's ``count``
-    and ``resize`` where they are not the paper's (:meth:`~keypatch.presets.RunSettings.stored`),
-    and ``start`` (``""`` if it takes none; a ``"row,col"`` start as its index on ``mae``'s grid)."""
+    """``(start, options)`` a record of ``proposer`` run with the MAE ``mae`` is stored under: its
+    :meth:`~Proposer.settings`, with the ``seed`` only where the answer depends on it, ``precision``
+    as used (``"auto"`` resolved for ``mae`` and its device, as :class:`~keypatch.objective.Objective`
+    resolves it), the run's ``count`` and ``resize`` where they are not the paper's
+    (:meth:`~keypatch.presets.RunSettings.stored`), and ``start`` (``""`` if it takes none; a
+    ``"row,col"`` start as its index on ``mae``'s grid)."""
     start = getattr(proposer, "start", "") if "start" in proposer.options else ""
-    if mae is not None and "," in start:  # "row,col" is stored as its index, like a start given so
+    if "," in start:  # "row,col" is stored as its index, like a start given so
         start = str(start_patch(start, mae.grid))
     options = proposer.settings()
     if "precision" in options:
-        device, width = (mae.device, mae.config.embed_dim) if mae is not None else ("cpu", None)
-        options["precision"] = resolve_precision(options["precision"], device, width)
+        options["precision"] = resolve_precision(options["precision"], mae.device, mae.config.embed_dim)
     if proposer.uses_seed:
         options["seed"] = int(seed)
     if settings is not None:
