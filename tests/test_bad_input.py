@@ -212,11 +212,34 @@ def test_integer_arrays_are_scaled_by_their_range(dtype):
     assert same(wide, arr8)
 
 
-def test_int64_array_of_8bit_values_is_refused_with_a_fix():
-    arr = photo(14).astype(np.int64)
-    with pytest.raises(ValueError, match=r"int64 array .* come out black.*astype\(np\.uint8\)"):
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint32, np.int32, np.int64, np.uint64])
+def test_wide_integer_arrays_of_8bit_values_are_refused_with_the_fix(dtype):
+    arr = photo(14).astype(dtype)
+    with pytest.raises(ValueError, match=rf"{np.dtype(dtype)} array .*all lie in 0-255.*astype\(np\.uint8\)"):
         load_image(arr, SIZE)
-    assert same(arr.astype(np.uint8), photo(14))
+    assert same(arr.astype(np.uint8), photo(14))  # the fix the message names gives the 8-bit image
+
+
+def test_pil_and_16bit_file_of_8bit_values_are_refused(tmp_path):
+    arr = photo(14)[..., 0]
+    for im in (Image.fromarray(arr.astype(np.int32)), Image.fromarray(arr.astype(np.uint16))):
+        assert im.mode in ("I", "I;16")
+        with pytest.raises(ValueError, match=r"all lie in 0-255.*astype\(np\.uint8\)"):
+            load_image(im, SIZE)
+    Image.fromarray(arr.astype(np.uint16)).save(tmp_path / "g16.png")
+    with pytest.raises(ValueError, match=r"g16\.png: a 16-bit image whose values all lie in 0-255"):
+        load_image(tmp_path / "g16.png", SIZE)
+    black = np.zeros((8, 8), np.uint16)  # all black is black in any dtype, not a guess
+    assert load_image(black, SIZE).shape == (3, SIZE, SIZE)
+
+
+def test_propose_refuses_8bit_values_in_a_wide_dtype_and_accepts_the_conversion(toy_model):
+    arr = photo(14)
+    with pytest.raises(ValueError, match="astype"):
+        keypatch.propose(arr.astype(np.uint16), 0.25, model=toy_model)
+    a = keypatch.propose(arr.astype(np.uint16).astype(np.uint8), 0.25, model=toy_model)
+    b = keypatch.propose(arr, 0.25, model=toy_model)
+    assert a.patches == b.patches and a.losses == b.losses
 
 
 def test_negative_and_float_out_of_range_arrays_name_the_range():

@@ -9,7 +9,10 @@ Files and PIL images
       show it); the patch grid refers to the upright image.
     - **Modes**: 1-bit and 8-bit grayscale, palette, RGB, CMYK, YCbCr, LAB and HSV are converted to
       RGB by Pillow. 16-bit grayscale (``I;16*``) is scaled by 65535 and rounded to 8 bits; 32-bit
-      integer (``I``) by 65535 too, and a value outside ``[0, 65535]`` is a ValueError; 32-bit float
+      integer (``I``) by 65535 too, and a value outside ``[0, 65535]`` is a ValueError. An image of
+      either mode whose values all lie in 0-255 (not all 0) holds 8-bit values in a 16-bit container:
+      at its declared scale it would decode black, so it is refused with a ValueError saying how to
+      convert it (files too: viewers show such a file black, and no guess is made). 32-bit float
       (``F``) must lie in ``[0, 1]``. 16-bit RGB(A) files are read by Pillow at 8 bits per channel.
     - **Alpha** (RGBA, LA, PA, palette transparency) is dropped: the stored colour of every pixel is
       used, as ``Image.convert("RGB")`` and the MAE's training loaders do.
@@ -21,8 +24,9 @@ Numpy arrays
     - ``bool``: False = black, True = white.
     - unsigned integers: scaled by the dtype's range (``uint8`` as is, ``uint16`` / 65535, ...).
     - signed integers: scaled by the dtype's non-negative range (``int16`` / 32767, ...); a negative
-      value is a ValueError. An array wider than 8 bits whose values would all round to black at
-      that scale (``int64`` holding 0-255) is refused with a message saying how to convert it.
+      value is a ValueError. An array wider than 8 bits whose values all lie in 0-255 (not all 0:
+      ``uint16``, ``int16`` or ``int64`` holding 8-bit values) is refused with a message saying how to
+      convert it (``arr.astype(np.uint8)``): at its dtype's scale it would be nearly black.
     - floats: values in ``[0, 1]``; a value outside that range, NaN or inf is a ValueError naming
       the range found.
 
@@ -145,15 +149,17 @@ def _pil_to_rgb8(im: Image.Image, name: str, note: Note) -> np.ndarray:
         im = ImageOps.exif_transpose(im)
         note("exif")
     mode = im.mode
-    if mode.startswith("I;16"):
-        arr = np.asarray(im).astype(np.float64) / 65535.0
-        return _gray(np.round(arr * 255.0).astype(np.uint8))
-    if mode == "I":
+    if mode.startswith("I;16") or mode == "I":
         arr = np.asarray(im)
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > 65535:
             raise ValueError(f"{name}: 32-bit integer pixels must lie in [0, 65535] (read as 16-bit), "
                              f"found [{lo}, {hi}]")
+        if 0 < hi <= 255:
+            raise ValueError(
+                f"{name}: a {'16' if mode != 'I' else '32'}-bit image whose values all lie in 0-255 (at most {hi}) "
+                "would come out black at its 16-bit scale (0-65535); it holds 8-bit values: save it as 8-bit, or "
+                "pass Image.fromarray(np.asarray(im).astype(np.uint8))")
         return _gray(np.round(arr.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8))
     if mode == "F":
         return _gray(_float_to_u8(np.asarray(im), f"{name}: 32-bit float pixels"))
@@ -187,13 +193,13 @@ def _int_to_u8(arr: np.ndarray, what: str) -> np.ndarray:
                          f"found a negative value ({int(arr.min())})")
     if arr.dtype == np.uint8:
         return arr
-    out = np.round(arr.astype(np.float64) * (255.0 / info.max)).astype(np.uint8)
-    if arr.any() and not out.any():
+    hi = int(arr.max())
+    if info.bits > 8 and 0 < hi <= 255:
         raise ValueError(
             f"{what}: {_a(arr.dtype)} array is scaled by the {arr.dtype} range [0, {info.max}], and its values "
-            f"(at most {int(arr.max())}) would all come out black; convert it to the dtype its values were made "
-            "for (e.g. arr.astype(np.uint8) for 0-255, arr.astype(np.uint16) for 0-65535) or to floats in [0, 1]")
-    return out
+            f"all lie in 0-255 (at most {hi}): they would come out black; convert it to the dtype its values were "
+            "made for (arr.astype(np.uint8) for 0-255, arr.astype(np.uint16) for 0-65535) or to floats in [0, 1]")
+    return np.round(arr.astype(np.float64) * (255.0 / info.max)).astype(np.uint8)
 
 
 def _array_to_rgb8(arr: np.ndarray, note: Note) -> np.ndarray:
