@@ -184,7 +184,7 @@ def run_propose(
     from keypatch.api import resolve_model
     from keypatch.proposers.base import check_seed
     from keypatch.store import STORE_NAME, ResultStore
-    from keypatch.store.sqlite import DEFAULT_LEASE
+    from keypatch.store.sqlite import DEFAULT_LEASE, check_writable
 
     t0 = time.perf_counter()
     ratio = _check_ratio(ratio)
@@ -210,6 +210,7 @@ def run_propose(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the results folder {out_dir} is a file")
+    check_writable(out_dir / STORE_NAME)  # before the model loads
     mae = resolve_model(model, device)
     if engine == "ray":
         job: _Job = RayJob(mae, proposer, ratio, seed, lease, len(files), settings)
@@ -307,18 +308,22 @@ class _Job:
         """``(path, sha256)`` of the images of ``batch`` not yet seen in this run."""
         from keypatch.store import sha256_file
 
-        items = []
+        items, found = [], []
         for path in batch:
             try:
                 digest = self.digests.get(path) or sha256_file(path)
             except OSError as exc:
                 self.fail(path, exc)
                 continue
+            if path not in self.digests:
+                found.append((digest, str(path.absolute())))
             self.digests[path] = digest
             if digest in self.seen:
                 self.skip()
             else:
                 items.append((path, digest))
+        if found:  # every path of a content is kept, and exported with its one record
+            self.store.add_paths(found)
         return items
 
     def process(self, batch: list[Path]) -> list[Path]:

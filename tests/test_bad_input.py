@@ -411,6 +411,75 @@ def test_a_foreign_file_or_database_is_refused_and_left_alone(tmp_path, capsys):
     assert other.read_bytes() == before
 
 
+def test_repair_refuses_what_info_refuses_and_leaves_it_byte_identical(tmp_path, capsys):
+    text = tmp_path / "text" / "results.sqlite"
+    text.parent.mkdir()
+    text.write_text("not a database at all\n")
+    other = tmp_path / "db" / "results.sqlite"
+    other.parent.mkdir()
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE accounts (name TEXT)")
+    conn.executemany("INSERT INTO accounts VALUES (?)", [("a",), ("b",)])
+    conn.commit()
+    conn.close()
+    for path in (text, other):
+        before, listing = path.read_bytes(), sorted(p.name for p in path.parent.iterdir())
+        for action in ("info", "check", "repair"):
+            assert main(["store", action, "--out", str(path.parent)]) == 2, action
+            err = err_line(capsys)
+            assert str(path) in err and ("another program" in err or "not an SQLite database" in err), err
+        assert path.read_bytes() == before
+        assert sorted(p.name for p in path.parent.iterdir()) == listing  # nothing made or moved
+
+
+@pytest.fixture
+def read_only_view(tmp_path):
+    """``view(folder)``: ``folder`` mounted read-only at another path (bind mount, as root)."""
+    import subprocess
+
+    mounts = []
+
+    def view(folder):
+        target = tmp_path / f"ro{len(mounts)}"
+        target.mkdir()
+        done = subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(target)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot make a read-only mount here: {done.stderr.decode().strip()}")
+        mounts.append(target)
+        return target
+
+    yield view
+    for target in mounts:
+        subprocess.run(["umount", str(target)], check=False)
+
+
+def test_a_read_only_store_is_read_and_checked_intact(tmp_path, read_only_view, capsys):
+    Image.fromarray(photo(21)).save(tmp_path / "a.png")
+    out = tmp_path / "res"
+    assert main(["propose", str(tmp_path / "a.png"), "--ratio", "0.25", "--out", str(out), *TOY]) == 0
+    assert not (out / "results.sqlite-wal").exists()  # closed cleanly: no WAL files beside it
+    ro = read_only_view(out)
+    capsys.readouterr()
+    assert main(["store", "info", "--out", str(ro)]) == 0
+    assert "1 records in 1 settings" in capsys.readouterr().out
+    assert main(["store", "check", "--out", str(ro)]) == 0
+    assert capsys.readouterr().out.strip() == f"{ro / 'results.sqlite'}: ok"
+    ids = tmp_path / "elsewhere" / "ids.json"
+    assert main(["export", "--out", str(ro), "--ids", str(ids), "--pictures", str(tmp_path / "pics"), "-q"]) == 0
+    assert json.loads(ids.read_text())["a"]["patch"] == stored(out)[0].patches
+    assert main(["report", "--out", str(ro), "--report", str(tmp_path / "rep"), "-q"]) == 0
+    assert (tmp_path / "rep" / "index.html").is_file()
+    # writing there: one line naming the folder, before the model loads (this model spec cannot load)
+    capsys.readouterr()
+    for argv in (["propose", str(tmp_path / "a.png"), "--ratio", "0.25", "--model", str(tmp_path / "no-model"),
+                  "--out", str(ro)], ["propose", str(tmp_path / "a.png"), "--ratio", "0.25", "--model",
+                  str(tmp_path / "no-model"), "--out", str(ro / "new")], ["store", "repair", "--out", str(ro)]):
+        assert main(argv) == 2
+        err = err_line(capsys)
+        assert f"the results folder {ro} cannot be written" in err, err
+    assert len(stored(out)) == 1
+
+
 def test_claims_of_a_live_run_are_left_and_a_dead_runs_taken_over(tmp_path):
     import subprocess
     import sys

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['recovered']} records recovered{lost} -> {r['store']}; the damaged file is kept as {r['damaged']}"
               + ("" if r["complete"] else " (stopped before every id was tried)"))
         return 0
-    with ResultStore(args.out, create=False) as store:
+    with ResultStore(args.out, create=False, read_only=True) as store:
         counts, claims = store.settings_counts(), store.claims()
         path = store.path
     print(f"{path}: {sum(n for _, n in counts)} records in {len(counts)} settings, {len(claims)} claimed by runs")

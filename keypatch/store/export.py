@@ -258,7 +258,7 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
     options = dict(options or {})
     if seed is not None:
         options["seed"] = seed
-    with ResultStore(out_dir, create=False) as store:
+    with ResultStore(out_dir, create=False, read_only=True) as store:
         folder = store.path.parent
         records = match_options(store.records(**filters), options)
     if not records:

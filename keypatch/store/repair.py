@@ -14,7 +14,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from keypatch.store.sqlite import STORE_NAME, Record, ResultStore, StoreError
+from keypatch.store.sqlite import (
+    APPLICATION_ID,
+    STORE_NAME,
+    Record,
+    ResultStore,
+    StoreError,
+    connect_readonly,
+    foreign_store,
+    header_ids,
+)
 
 _COLUMNS = ("id, image_path, sha256, model_id, strategy, ratio, start, options_json, patches_json, losses_json,"
             " evaluations, seconds, created")
@@ -39,8 +48,9 @@ def check_store(path: str | Path, max_problems: int = 20) -> list[str]:
         If the file is not an SQLite database at all.
     """
     path = store_path(path)
+    identify(path)
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = connect_readonly(path)
         try:
             rows = [r[0] for r in conn.execute(f"PRAGMA integrity_check({int(max_problems)})")]
         finally:
@@ -50,6 +60,27 @@ def check_store(path: str | Path, max_problems: int = 20) -> list[str]:
             raise StoreError(f"{path} is not an SQLite database") from exc
         return [str(exc)]
     return [] if rows == ["ok"] else [r for r in rows if not r.startswith("***")]
+
+
+def identify(path: Path) -> None:
+    """Refuse what is not a keypatch store, exactly as opening one does (:class:`ResultStore`), but
+    without needing the store to be intact: a StoreError for a file that is not SQLite or is
+    another program's database; a damaged keypatch store passes (its header carries keypatch's
+    application id)."""
+    app, _ = header_ids(path)
+    if app == APPLICATION_ID:
+        return
+    try:
+        conn = connect_readonly(path)
+        try:
+            why = foreign_store(path, app, conn)
+        finally:
+            conn.close()
+    except (sqlite3.DatabaseError, StoreError) as exc:
+        raise StoreError(f"{path} is not marked as a keypatch results store (application id {app}) and its tables "
+                         f"cannot be read ({exc}); it is left as it is") from exc
+    if why:
+        raise StoreError(why)
 
 
 def _row_to_record(r: tuple) -> Record:
@@ -77,7 +108,7 @@ def read_readable(path: str | Path, budget: int = 200_000) -> tuple[list[Record]
     query ``budget`` ran out before every id was tried.
     """
     path = store_path(path)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = connect_readonly(path)
     records: list[Record] = []
     lost, queries = 0, 0
     try:
@@ -108,11 +139,29 @@ def read_readable(path: str | Path, budget: int = 200_000) -> tuple[list[Record]
     return records, lost, True
 
 
+def _readable_paths(path: Path) -> list[tuple[str, str]]:
+    """The ``(sha256, image_path)`` rows of the store's ``paths`` table, or none if they cannot be read."""
+    try:
+        conn = connect_readonly(path)
+        try:
+            return [(str(a), str(b)) for a, b in conn.execute("SELECT sha256, image_path FROM paths")]
+        finally:
+            conn.close()
+    except (sqlite3.DatabaseError, StoreError):
+        return []
+
+
 def repair_store(path: str | Path) -> dict[str, Any]:
     """Salvage the readable records of a damaged store into a new store at the same place.
 
     The damaged file (and its ``-wal`` / ``-shm`` files) is renamed to
     ``results.sqlite.damaged-YYYYmmddTHHMMSS`` beside the new one; claims are not carried over.
+
+    Raises
+    ------
+    StoreError
+        For what opening a store refuses (not SQLite, another program's database): nothing is
+        moved or written then.
 
     Returns
     -------
@@ -121,6 +170,7 @@ def repair_store(path: str | Path) -> dict[str, Any]:
         (records copied), ``unreadable`` (ids that could not be read), ``complete``.
     """
     path = store_path(path)
+    identify(path)  # another program's file, or no SQLite at all: refused and left byte-identical
     records, lost, complete = read_readable(path)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     fresh = path.with_name(path.name + f".repairing-{stamp}")
@@ -131,6 +181,7 @@ def repair_store(path: str | Path) -> dict[str, Any]:
                 new.add(rec)
             except ValueError:  # a duplicate key or a malformed row: keep the first
                 lost += 1
+        new.add_paths(_readable_paths(path))
         new.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     damaged = path.with_name(path.name + f".damaged-{stamp}")
     path.replace(damaged)

@@ -140,7 +140,7 @@ def write_report(out_dir: str | Path, report_dir: str | Path | None = None, *, d
     from keypatch.geometry import InputNotes
     from keypatch.reconstructors import load_mae, resolve_device
 
-    with ResultStore(out_dir, create=False) as store:
+    with ResultStore(out_dir, create=False, read_only=True) as store:
         folder = store.path.parent
         records = store.records(**{k: v for k, v in filters.items() if v is not None})
     if not records:

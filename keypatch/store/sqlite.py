@@ -30,6 +30,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from keypatch.store.claims import DEFAULT_LEASE, RunId, alive, claim_key
 from keypatch.store.errors import DuplicateRecordError, StoreDamagedError, StoreError, damaged_message, translate
@@ -45,8 +46,16 @@ STORE_NAME = "results.sqlite"
 APPLICATION_ID = int.from_bytes(b"KPat", "big")
 """SQLite ``PRAGMA application_id`` of a keypatch results store."""
 
-SCHEMA_VERSION = 2
-"""``PRAGMA user_version``: 1 = proposals only (unmarked), 2 = with claims."""
+SCHEMA_VERSION = 3
+"""``PRAGMA user_version``: 1 = proposals only (unmarked), 2 = with claims, 3 = with paths."""
+
+_PATHS = """
+CREATE TABLE IF NOT EXISTS paths (
+    sha256 TEXT NOT NULL,
+    image_path TEXT NOT NULL,
+    PRIMARY KEY (sha256, image_path)
+) WITHOUT ROWID
+"""
 
 _CLAIMS = """
 CREATE TABLE IF NOT EXISTS claims (
@@ -91,8 +100,8 @@ def _create(path: Path) -> None:
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         with conn:
-            conn.execute(_SCHEMA)
-            conn.execute(_CLAIMS)
+            for sql in (_SCHEMA, _CLAIMS, _PATHS):
+                conn.execute(sql)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     finally:
@@ -106,6 +115,77 @@ def _create(path: Path) -> None:
         pass  # another run made the store meanwhile: use theirs
     finally:
         tmp.unlink(missing_ok=True)
+
+
+OUR_TABLES = {"proposals", "claims", "paths"}
+OUR_COLUMNS = {"sha256", "model_id", "strategy", "ratio", "start", "options_json", "patches_json"}
+
+
+def header_ids(path: Path) -> tuple[int, int]:
+    """``(application_id, user_version)`` read from the database header of ``path``, without SQLite.
+
+    Raises
+    ------
+    StoreError
+        If the file is not an SQLite database (its first 16 bytes are not SQLite's).
+    """
+    with open(path, "rb") as f:
+        head = f.read(100)
+    if head[:16] != b"SQLite format 3\x00":
+        raise StoreError(f"{path} is not a keypatch results store (not an SQLite database); choose "
+                         "another --out folder or move the file away")
+    return int.from_bytes(head[68:72], "big"), int.from_bytes(head[60:64], "big")
+
+
+def foreign_store(path: Path, app: int, conn: sqlite3.Connection) -> str | None:
+    """Why the database at ``path`` is another program's (None when it is a keypatch store, or an
+    unmarked store of schema 1)."""
+    if app == APPLICATION_ID:
+        return None
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' "
+                                         "AND name NOT LIKE 'sqlite_%'")]
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(proposals)")}
+    if app != 0 or (tables and not OUR_COLUMNS <= cols) or set(tables) - OUR_TABLES:
+        listed = ", ".join(tables) or "none"
+        return (f"{path} is an SQLite database of another program (application id {app}, tables: {listed}), not a "
+                "keypatch results store; choose another --out folder")
+    return None
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the store at ``path`` that also works where nothing can be written.
+
+    SQLite opens a WAL database read-only only if its ``-shm`` file exists or can be made; in a
+    folder that cannot be written (a read-only mount, a shared results folder) and with no
+    ``-wal``/``-shm`` files beside the store (a store closed cleanly has none: its WAL was
+    checkpointed), the file is opened as immutable, which is then exact.
+    """
+    uri = f"file:{quote(str(path.absolute()))}"
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30.0, check_same_thread=False)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return conn
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        side = [path.with_name(path.name + s) for s in ("-wal", "-shm")]
+        if writable(path.parent) or any(p.exists() for p in side):
+            raise translate(path, exc) from exc
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
+
+
+def writable(folder: Path) -> bool:
+    """Whether files can be made in ``folder`` (False on a read-only mount, even for root)."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def check_writable(path: Path) -> None:
+    """Raise a StoreError naming the folder when the store file ``path`` could not be written there
+    (the folder, or its nearest existing parent, is read-only; or the file itself is)."""
+    path = Path(path)
+    where = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    if not writable(where) or (path.exists() and not os.access(path, os.W_OK)):
+        raise StoreError(f"the results folder {where} cannot be written (read-only); choose another --out folder "
+                         "(commands that only read a store, such as export, report and store info, work on it)")
 
 
 def _locked(method):
@@ -137,25 +217,27 @@ class ResultStore:
     ...     store.records(strategy="greedy", ratio=0.1)
     """
 
-    def __init__(self, path: str | Path, create: bool = True, check: bool = True) -> None:
+    def __init__(self, path: str | Path, create: bool = True, check: bool = True, read_only: bool = False) -> None:
         path = Path(path)
         if path.is_dir():
             path = path / STORE_NAME
+        self.path, self.read_only = path, read_only
         if not path.is_file() or not path.stat().st_size:
-            if not create:
+            if not create or read_only:
                 raise FileNotFoundError(f"no results store at {path}")
+            check_writable(path)
             _create(path)
         else:
-            with open(path, "rb") as f:
-                if f.read(16) != b"SQLite format 3\x00":
-                    raise StoreError(f"{path} is not a keypatch results store (not an SQLite database); choose "
-                                     "another --out folder or move the file away")
-        self.path = path
+            header_ids(path)  # StoreError if not SQLite
+            if not read_only:
+                check_writable(path)
         # one connection per store, shareable with the run's heartbeat thread under ``lock``: a
         # second connection to the same file in the same process can make SQLite drop the WAL
         self.lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
+        self._conn: sqlite3.Connection | None = None
         try:
+            self._conn = (connect_readonly(path) if read_only else
+                          sqlite3.connect(str(path), timeout=30.0, check_same_thread=False))
             self._open(check)
         except sqlite3.Error as exc:
             self.close()
@@ -171,22 +253,20 @@ class ResultStore:
             if problem != "ok":
                 raise StoreDamagedError(damaged_message(self.path, problem))
         app = conn.execute("PRAGMA application_id").fetchone()[0]
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' "
-                                             "AND name NOT LIKE 'sqlite_%'")]
-        if app != APPLICATION_ID:
-            cols = {r[1] for r in conn.execute("PRAGMA table_info(proposals)")}
-            ours = {"sha256", "model_id", "strategy", "ratio", "start", "options_json", "patches_json"}
-            if app != 0 or (tables and not ours <= cols) or set(tables) - {"proposals", "claims"}:
-                listed = ", ".join(tables) or "none"
-                raise StoreError(f"{self.path} is an SQLite database of another program (application id {app}, "
-                                 f"tables: {listed}), not a keypatch results store; choose another --out folder")
+        why = foreign_store(self.path, app, conn)
+        if why:
+            raise StoreError(why)
+        self._tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if self.read_only:
+            return
         conn.execute("PRAGMA journal_mode=WAL")
         if app != APPLICATION_ID or conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             with conn:
-                conn.execute(_SCHEMA)
-                conn.execute(_CLAIMS)
+                for sql in (_SCHEMA, _CLAIMS, _PATHS):
+                    conn.execute(sql)
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._tables |= {"proposals", "claims", "paths"}
 
     def _execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
         try:
@@ -334,7 +414,36 @@ class ResultStore:
 
     def claims(self) -> list[tuple[str, str, str, int, float]]:
         """Every claim as ``(key, run_id, host, pid, expires)``."""
+        if "claims" not in self._tables:  # an old store opened read-only
+            return []
         return self._execute("SELECT key, run_id, host, pid, expires FROM claims ORDER BY key").fetchall()
+
+    # -- paths -------------------------------------------------------------------------------------
+
+    @_locked
+    def add_paths(self, items: list[tuple[str, str]]) -> None:
+        """Remember that the file content ``sha256`` was found at ``image_path``, for each
+        ``(sha256, image_path)`` of ``items``: records are keyed by content, and every path of it
+        is exported (:meth:`paths`)."""
+        try:
+            with self.conn:
+                self.conn.executemany("INSERT OR IGNORE INTO paths (sha256, image_path) VALUES (?, ?)",
+                                      [(d, str(p)) for d, p in items])
+        except sqlite3.Error as exc:
+            raise translate(self.path, exc) from exc
+
+    def paths(self, sha256s: list[str] | None = None) -> dict[str, list[str]]:
+        """Every path each file content was found at (sorted), by sha256; the records' own paths
+        included."""
+        out: dict[str, set[str]] = {}
+        rows = self._execute("SELECT sha256, image_path FROM proposals").fetchall()
+        if "paths" in self._tables:
+            rows += self._execute("SELECT sha256, image_path FROM paths").fetchall()
+        wanted = None if sha256s is None else set(sha256s)
+        for sha, p in rows:
+            if wanted is None or sha in wanted:
+                out.setdefault(sha, set()).add(p)
+        return {sha: sorted(ps) for sha, ps in out.items()}
 
     # -- records -----------------------------------------------------------------------------------
 
