@@ -229,7 +229,7 @@ def test_pil_and_16bit_file_of_8bit_values_are_refused(tmp_path):
     Image.fromarray(arr.astype(np.uint16)).save(tmp_path / "g16.png")
     with pytest.raises(ValueError, match=r"g16\.png: a 16-bit image whose values all lie in 0-255"):
         load_image(tmp_path / "g16.png", SIZE)
-    black = np.zeros((8, 8), np.uint16)  # all black is black in any dtype, not a guess
+    black = np.zeros((16, 16), np.uint16)  # all black is black in any dtype, not a guess
     assert load_image(black, SIZE).shape == (3, SIZE, SIZE)
 
 

@@ -82,6 +82,10 @@ def test_moved_file_is_recognised_by_content(proposed, photos, tmp_path, monkeyp
     monkeypatch.setattr(keypatch.api, "propose_batch", lambda *a, **k: pytest.fail("recomputed"))
     summary = run_propose(tmp_path / "renamed.png", 0.25, model="random:toy", out_dir=proposed, progress=False)
     assert summary["skipped"] == 1 and summary["done"] == 0
+    with ResultStore(proposed, read_only=True) as s:  # both paths of the content are kept
+        (sha,) = {r.sha256 for r in s.records() if r.image_path.endswith("chelsea.png")}
+        assert s.paths([sha])[sha] == sorted([str(photos / "cats" / "chelsea.png"), str(tmp_path / "renamed.png")])
+    (tmp_path / "renamed.png").unlink()  # gone again: exports leave its path out
 
 
 def test_export_json_and_one_picture_per_image(proposed, tmp_path, capsys):
@@ -137,8 +141,11 @@ def test_same_stem_in_two_folders(photos, tmp_path):
     assert main(["propose", str(src), "--ratio", "0.25", "--out", str(out), *TOY]) == 0
     assert main(["export", "--out", str(out), "--quiet"]) == 0
     keys = sorted(json.loads((out / "patch_ids.json").read_text()))
-    assert keys == sorted(f"img-{sha256_file(f)[:8]}" for f in (src / "x" / "img.jpg", src / "y" / "img.png"))
-    assert sorted(f.stem for f in (out / "pictures").iterdir()) == keys
+    assert keys == ["x/img", "y/img"]  # each is "img" in its own folder, where the authors' loader reads it
+    assert sorted(f"{d.name}/{f.stem}" for d in (out / "pictures").iterdir() for f in d.iterdir()) == keys
+    assert main(["export", "--out", str(out), "--quiet", "--per-folder", "--no-pictures"]) == 0
+    for folder in ("x", "y"):
+        assert list(json.loads((src / folder / "patch_ids.json").read_text())) == ["img"]
 
 
 @pytest.mark.parametrize("ratio", ["0", "1.5"])

@@ -1,6 +1,10 @@
 """``keypatch report``: one card per record, settings side by side, every link resolves, offline."""
 
+import json
 import re
+import shutil
+import subprocess
+from html import unescape as html_unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -9,6 +13,7 @@ from PIL import Image
 
 from keypatch.cli.main import main
 from keypatch.store import ResultStore
+from keypatch.store.export import setting_flags
 
 
 class _Page(HTMLParser):
@@ -45,9 +50,8 @@ def test_one_card_per_record_and_every_link_resolves(gallery):
         records = s.records()
     assert len(page.cards) == len(records) == 9  # 3 photos x 3 settings
     assert sorted(page.sections) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]
-    assert {c["data-setting"] for c in page.cards} == {"greedy r=0.05 start center precision=float32",
-                                                        "greedy r=0.1 start center precision=float32",
-                                                        "random r=0.05 seed=0"}
+    assert {c["data-setting"] for c in page.cards} == {setting_flags(r.settings) for r in records}
+    assert len({c["data-setting"] for c in page.cards}) == 3
     for c in page.cards:
         assert float(c["data-loss"]) > 0
     assert page.external == []  # offline: nothing to fetch
@@ -79,3 +83,50 @@ def test_no_records_is_an_error(tmp_path, capsys):
         pass
     assert main(["report", "--out", str(tmp_path)]) == 2
     assert "no records" in capsys.readouterr().err
+
+
+def test_settings_that_differ_by_model_get_headings_and_sorts_of_their_own(tmp_path, photo_dir, capsys):
+    out = tmp_path / "res"
+    one = photo_dir / "chelsea.jpg"
+    for model, paths in (("random:toy", [photo_dir]), ("random:toy:1", [one])):
+        assert main(["propose", *map(str, paths), "--model", model, "--ratio", "0.25", "--strategy", "random",
+                     "--quiet", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["report", "--out", str(out), "--quiet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"] == 2
+    html = (out / "report" / "index.html").read_text()
+    headings = re.findall(r"<h3>([^<]*)</h3>", html)
+    assert sorted(set(headings)) == ["random r=0.25 seed=0 model random:toy", "random r=0.25 seed=0 model random:toy:1"]
+    # the page's own sort, run by node on the three sections: images lacking the setting go last
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    script = html.split("<script>")[1].split("</script>")[0]
+    key = setting_flags(next(r for r in _records(out) if r.model_id == "random:toy:1").settings)
+    sections = re.findall(r'<section class="image" data-name="([^"]+)"', html)
+    cards = {name: re.findall(r'data-setting="([^"]+)" data-loss="([^"]+)"', part)
+             for name, part in zip(sections, html.split('<section class="image"')[1:], strict=True)}
+    harness = FAKE_DOM % (json.dumps({n: [[html_unescape(k), float(v)] for k, v in c] for n, c in cards.items()}),
+                          json.dumps(html_unescape(key)))
+    for how in ("loss-asc", "loss-desc"):
+        order = subprocess.run([node, "-e", harness + script + f"document.sort = {how!r}; sortSections();"
+                                "console.log(JSON.stringify(box.order));"], capture_output=True, text=True, check=True)
+        assert json.loads(order.stdout)[0] == "chelsea.jpg", how  # the one image with that setting comes first
+
+
+def _records(out):
+    with ResultStore(out, read_only=True) as s:
+        return s.records()
+
+
+FAKE_DOM = """
+const data = %s, key = %s;
+const CSS = { escape: s => s };
+const mk = name => ({ dataset: { name }, querySelector: q => { const m = q.match(/data-setting="(.*)"]$/);
+    const c = data[name].find(([k]) => k === m[1]); return c ? { dataset: { loss: String(c[1]) } } : null; },
+  querySelectorAll: () => data[name].map(([k, v]) => ({ dataset: { loss: String(v) } })) });
+const box = { order: [], secs: Object.keys(data).sort().reverse().map(mk),
+  querySelectorAll: () => box.secs, appendChild: s => box.order.push(s.dataset.name) };
+const document = { sort: '',
+  getElementById: id => id === 'images' ? box : { value: id === 'sort' ? document.sort : key } };
+"""

@@ -119,12 +119,19 @@ def test_sha256_file(tmp_path):
 # -- export helpers -------------------------------------------------------------------------------
 
 
-def test_unique_names_suffix_only_clashing_names():
-    recs = [make_record(image_path="/a/cat.jpg", sha256="1" * 64),
-            make_record(image_path="/b/Cat.png", sha256="2" * 64),
-            make_record(image_path="/b/dog.v2.png", sha256="3" * 64)]
-    assert unique_names(recs) == ["cat-11111111", "Cat-22222222", "dog"]  # up to the first dot, as the authors
-    assert unique_names(recs[::-1]) == ["dog", "Cat-22222222", "cat-11111111"]  # independent of order
+def test_names_follow_the_authors_loader_per_folder():
+    recs = [make_record(image_path="/d/a/cat.jpg", sha256="1" * 64),
+            make_record(image_path="/d/b/Cat.png", sha256="2" * 64),
+            make_record(image_path="/d/b/dog.v2.png", sha256="3" * 64),
+            make_record(image_path="/d/b/dog.jpg", sha256="4" * 64)]
+    # stems; clashes across folders by folder, within one folder by whole file name after the first path
+    assert unique_names(recs) == ["a/cat", "b/Cat", "dog.v2.png", "dog"]
+    assert unique_names(recs[::-1]) == ["dog", "dog.v2.png", "b/Cat", "a/cat"]  # independent of order
+    assert unique_names(recs[2:]) == ["dog.v2.png", "dog"]
+    assert unique_names(recs[:1]) == ["cat"]
+    from keypatch.store.patch_ids import folder_clashes
+
+    assert folder_clashes(recs) == [["/d/b/dog.jpg", "/d/b/dog.v2.png"]]
 
 
 def test_export_json_reference_format(tmp_path):

@@ -36,6 +36,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also write annotation-tool files at the images' original resolution, repeatable: coco "
                         "(DIR/coco.json), labelstudio (DIR/labelstudio_tasks.json + labelstudio_config.xml), "
                         "masks (DIR/masks/, VOC/CVAT PNG masks); patch_ids.json is always written")
+    p.add_argument("--image-root", type=Path, default=None, metavar="DIR",
+                   help="annotation files refer to images by their path relative to DIR (default: the images' common "
+                        "folder): COCO's file_name; Label Studio's /data/local-files/?d=DIRNAME/PATH, served with "
+                        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to DIR's parent")
+    p.add_argument("--image-url", default=None, metavar="PREFIX",
+                   help="Label Studio tasks' image URL: PREFIX followed by the image's relative path (e.g. "
+                        "https://host/images/ or /data/local-files/?d=photos/)")
     p.add_argument("--per-folder", action="store_true",
                    help="also write a patch_ids.json into each image folder (ROOT/CLASS/patch_ids.json, where the "
                         "KPP authors' fine-tuning reads it), merged into one already there")
@@ -53,6 +60,8 @@ def _line(s: dict) -> str:
     for key in ("coco", "labelstudio", "masks"):
         if key in s:
             line += f"; {key} -> {s[key]}"
+    if "labelstudio_document_root" in s:
+        line += f" (images as local files: LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={s['labelstudio_document_root']})"
     if s["pictures_dir"]:
         line += f"; {s['pictures']} pictures -> {s['pictures_dir']}"
         if s["skipped"]:
@@ -69,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
                            progress=not args.quiet, each_setting=args.each_setting,
                            options=dict(args.option), seed=args.seed, strategy=args.strategy, ratio=args.ratio,
                            model_id=args.model, start=args.start, per_folder=args.per_folder,
-                           formats=tuple(args.formats or ("json",)))
+                           formats=tuple(args.formats or ("json",)), image_root=args.image_root,
+                           image_url=args.image_url)
     if "exports" in s:
         lines = [f"[{e['setting']}] {_line(e)}" for e in s["exports"]]
         report(args, s, "\n".join([*lines, f"{len(s['exports'])} settings, {s['records']} records"]))

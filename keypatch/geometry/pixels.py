@@ -24,6 +24,12 @@ transform) or ``"bilinear"`` (what the KPP authors' ``transforms.Resize((224, 22
 image: PIL's antialiased bilinear filter)."""
 
 
+MIN_SIDE = 16
+"""The smallest image side read, in pixels: one patch of the models' 16x16 patches. A smaller
+image has less than a pixel per patch of one row or column, so its patches could not be mapped
+back to it (an annotation of area 0) and its key patches would be those of an upscaled blur."""
+
+
 def check_resize(resize: str) -> str:
     """``resize`` if it names one of :data:`RESIZE_FILTERS`; a ValueError naming them otherwise."""
     if resize not in RESIZE_FILTERS:
@@ -42,6 +48,9 @@ def decode_pixels(image: str | Path | Image.Image | np.ndarray, size: int = 224,
     check_resize(resize)
     name = name or (str(image) if isinstance(image, (str, Path)) else "image")
     rgb = to_rgb8(image, notes, name)
+    if min(rgb.shape[:2]) < MIN_SIDE:
+        raise ValueError(f"{name} is {rgb.shape[1]}x{rgb.shape[0]} pixels, smaller than one {MIN_SIDE}x{MIN_SIDE} "
+                         "patch: too small to propose patches of")
     if rgb.shape[0] != rgb.shape[1]:
         if notes is not None:
             notes.add("squashed", name)

@@ -15,7 +15,17 @@ original width ``W``, and likewise for rows) and write:
   Pascal VOC layout CVAT imports (``SegmentationClass/``, ``ImageSets/Segmentation/default.txt``,
   ``labelmap.txt``).
 
-Sizes are those of the image as keypatch reads it (after its EXIF orientation is applied).
+Sizes are those of the image as keypatch reads it (after its EXIF orientation is applied); an
+image smaller than one patch per grid cell (fewer pixels a side than the grid has patches) is
+left out with a warning naming it, as its patches would have no pixels.
+
+Image references are relative (:class:`ImageRefs`), so an export is importable as it is: COCO's
+``file_name`` is the path relative to the image root (default: the images' common folder), and a
+Label Studio task's ``data.image`` is a URL prefix followed by that relative path (default: Label
+Studio's local-files URL, ``/data/local-files/?d=ROOTNAME/REL``, served when Label Studio runs with
+``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true`` and
+``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` set to the root's parent folder, with a Local Storage
+of the root added to the project).
 """
 
 from __future__ import annotations
@@ -23,7 +33,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -36,6 +48,55 @@ LABEL = "key_patch"
 """The one label of every export."""
 MASK_COLOR = (128, 0, 0)
 """The key patches' colour in the mask PNGs (Pascal VOC's first class colour)."""
+
+
+LOCAL_FILES = "/data/local-files/?d="
+"""Label Studio's URL for a file of a Local Storage, relative to its document root."""
+
+
+@dataclass(frozen=True)
+class ImageRefs:
+    """How an export refers to image files: relative to ``root``, or under a URL ``url`` prefix.
+
+    Parameters
+    ----------
+    root : Path
+        The folder image paths are made relative to (every image must lie under it).
+    url : str, optional
+        Prefix of a Label Studio task's image URL, followed by the URL-quoted relative path
+        (``https://host/images/``, ``/data/local-files/?d=photos/``); default
+        ``/data/local-files/?d=ROOTNAME/``.
+    """
+
+    root: Path
+    url: str | None = None
+
+    @classmethod
+    def common(cls, paths: Sequence[str | Path], root: str | Path | None = None, url: str | None = None) -> ImageRefs:
+        """References for ``paths``: relative to ``root`` (default: their common folder)."""
+        if root is None:
+            parents = [str(Path(p).absolute().parent) for p in paths]
+            root = os.path.commonpath(parents) if parents else "."
+        return cls(Path(root).absolute(), url)
+
+    def relative(self, path: str | Path) -> str:
+        """``path`` relative to the root, with ``/`` separators; ValueError if it is not under it."""
+        p = Path(path).absolute()
+        try:
+            return p.relative_to(self.root).as_posix()
+        except ValueError:
+            raise ValueError(f"the image {p} is not under the image root {self.root}; give --image-root a folder "
+                             "that holds every exported image") from None
+
+    def labelstudio(self, path: str | Path) -> str:
+        """The image's URL in a Label Studio task."""
+        prefix = self.url if self.url is not None else f"{LOCAL_FILES}{quote(self.root.name)}/"
+        return prefix + quote(self.relative(path), safe="/")
+
+    @property
+    def document_root(self) -> Path:
+        """The ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` the default URLs are relative to."""
+        return self.root.parent
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -102,9 +163,9 @@ def labelstudio_rle(mask: np.ndarray) -> list[int]:
     return [int(stream[i : i + 8], 2) for i in range(0, len(stream), 8)]
 
 
-def _sized(records: Sequence[Record]) -> list[tuple[str, Record, int, int]]:
-    """``(name, record, width, height)`` for every record whose image can be read; the others are
-    skipped with an :class:`~keypatch.store.export.ExportWarning`."""
+def _sized(records: Sequence[Record], grid: PatchGrid) -> list[tuple[str, Record, int, int]]:
+    """``(name, record, width, height)`` for every record whose image can be read and has a pixel
+    for each patch; the others are left out with an :class:`~keypatch.store.export.ExportWarning`."""
     import warnings
 
     from keypatch.store.export import ExportWarning
@@ -117,20 +178,30 @@ def _sized(records: Sequence[Record]) -> list[tuple[str, Record, int, int]]:
             warnings.warn(f"{r.image_path}: cannot read it ({exc}); left out of the annotations", ExportWarning,
                           stacklevel=3)
             continue
+        if w < grid.cols or h < grid.rows:
+            warnings.warn(f"{r.image_path} is {w}x{h} pixels, smaller than one pixel per patch of the {grid.cols}x"
+                          f"{grid.rows} grid: its patches have no pixels; left out of the annotations", ExportWarning,
+                          stacklevel=3)
+            continue
         out.append((name, r, w, h))
     return out
 
 
-def export_coco(records: Sequence[Record], path: str | Path, grid: PatchGrid) -> Path:
+def export_coco(records: Sequence[Record], path: str | Path, grid: PatchGrid, refs: ImageRefs | None = None) -> Path:
     """Write ``records`` as a COCO JSON file at ``path``: one image each, one annotation per kept patch.
+
+    ``file_name`` is the image's path relative to ``refs.root`` (default: the images' common
+    folder, recorded as ``info.image_root``).
 
     Every annotation carries ``bbox`` ``[x, y, w, h]``, ``area``, ``segmentation`` (uncompressed
     RLE), ``iscrowd: 1`` and ``keypatch: {"patch", "rank", "loss"}`` (the pick order from 1, and
     ``L`` once that patch was added).
     """
+    sized = _sized(records, grid)
+    refs = refs or ImageRefs.common([r.image_path for _, r, _, _ in sized])
     images, annotations = [], []
-    for image_id, (name, r, w, h) in enumerate(_sized(records), start=1):
-        images.append({"id": image_id, "file_name": str(r.image_path), "width": w, "height": h,
+    for image_id, (name, r, w, h) in enumerate(sized, start=1):
+        images.append({"id": image_id, "file_name": refs.relative(r.image_path), "width": w, "height": h,
                        "keypatch": {"name": name, "loss": float(r.loss), "strategy": r.strategy,
                                     "ratio": r.ratio}})
         for rank, p in enumerate(r.patches, start=1):
@@ -141,7 +212,8 @@ def export_coco(records: Sequence[Record], path: str | Path, grid: PatchGrid) ->
                 "segmentation": coco_rle(kept_mask(grid, [p], w, h)),
                 "keypatch": {"patch": int(p), "rank": rank, "loss": float(r.losses[rank - 1])},
             })
-    data = {"info": {"description": "key patches (keypatch)"}, "images": images, "annotations": annotations,
+    data = {"info": {"description": "key patches (keypatch)", "image_root": str(refs.root)}, "images": images,
+            "annotations": annotations,
             "categories": [{"id": 1, "name": LABEL, "supercategory": LABEL}]}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,20 +232,19 @@ LABELSTUDIO_CONFIG = f"""<View>
 
 
 def export_labelstudio(records: Sequence[Record], path: str | Path, grid: PatchGrid,
-                       image_prefix: str | None = None) -> Path:
+                       refs: ImageRefs | None = None) -> Path:
     """Write Label Studio import tasks (a JSON list) at ``path`` and the config beside it.
 
-    Each task's ``data.image`` is the image's absolute path, or ``image_prefix`` followed by its
-    path relative to the images' common folder (e.g. ``"/data/local-files/?d=photos/"``). Its
-    ``predictions`` hold one ``brushlabels`` result with the kept patches (``score``: ``-L``).
-    The config is written to ``labelstudio_config.xml`` in the same folder.
+    Each task's ``data.image`` is ``refs.labelstudio(path)`` (default :class:`ImageRefs` of the
+    images' common folder: Label Studio's local-files URL). Its ``predictions`` hold one
+    ``brushlabels`` result with the kept patches (``score``: ``-L``). The config is written to
+    ``labelstudio_config.xml`` in the same folder.
     """
-    sized = _sized(records)
-    paths = [Path(r.image_path).absolute() for _, r, _, _ in sized]
-    root = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else Path()
+    sized = _sized(records, grid)
+    refs = refs or ImageRefs.common([r.image_path for _, r, _, _ in sized])
     tasks = []
-    for (name, r, w, h), p in zip(sized, paths, strict=True):
-        image = str(p) if image_prefix is None else image_prefix + p.relative_to(root).as_posix()
+    for name, r, w, h in sized:
+        image = refs.labelstudio(r.image_path)
         result = {"id": name[:40], "from_name": "tag", "to_name": "image", "type": "brushlabels",
                   "original_width": w, "original_height": h, "image_rotation": 0,
                   "value": {"format": "rle", "rle": labelstudio_rle(kept_mask(grid, r.patches, w, h)),
@@ -201,10 +272,11 @@ def export_masks(records: Sequence[Record], out_dir: str | Path, grid: PatchGrid
     (out / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
     palette = [0, 0, 0, *MASK_COLOR] + [0, 0, 0] * 254
     written, names = [], []
-    for name, r, w, h in _sized(records):
+    for name, r, w, h in _sized(records, grid):
         im = Image.fromarray(kept_mask(grid, r.patches, w, h).astype(np.uint8))  # mode L: 0 and 1
         im.putpalette(palette)  # L -> P: index 1 shows in MASK_COLOR
         target = out / "SegmentationClass" / f"{name}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
         im.save(target)
         written.append(target)
         names.append(name)

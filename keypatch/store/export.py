@@ -12,6 +12,7 @@ seed, options), or write one export per setting (``each_setting``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import warnings
@@ -20,7 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keypatch.store.patch_ids import JSON_NAME, unique_names, write_patch_ids, write_patch_ids_per_folder
+from keypatch.store.patch_ids import (
+    JSON_NAME,
+    clash_message,
+    folder_clashes,
+    unique_names,
+    write_patch_ids,
+    write_patch_ids_per_folder,
+)
 from keypatch.store.sqlite import Record, ResultStore, sha256_file
 
 __all__ = ["FORMATS", "JSON_NAME", "export_json", "export_pictures", "export_results", "unique_names"]
@@ -71,6 +79,19 @@ def match_options(records: Sequence[Record], options: dict[str, Any] | None) -> 
     return [r for r in records if all(k in r.options and same(r.options[k], v) for k, v in options.items())]
 
 
+def every_path(records: Sequence[Record], paths: dict[str, list[str]]) -> list[Record]:
+    """One record per path of its image content: the store keeps one record per content (sha256),
+    and ``paths`` (:meth:`ResultStore.paths`) every path it was found at. Paths where no file is
+    now are left out (a file moved or renamed since), unless no path of the content has a file:
+    then the record's own path is kept, so no record is lost. Sorted by path."""
+    out = []
+    for r in records:
+        found = [p for p in paths.get(r.sha256, []) if Path(p).is_file()] or [r.image_path]
+        for p in found:
+            out.append(r if p == r.image_path else dataclasses.replace(r, image_path=p))
+    return sorted(out, key=lambda r: (r.image_path, r.id or 0))
+
+
 def export_json(records: Sequence[Record], path: str | Path) -> Path:
     """Write ``records`` as the KPP authors' ``patch_ids.json`` (:mod:`keypatch.store.patch_ids`).
 
@@ -84,8 +105,8 @@ def export_json(records: Sequence[Record], path: str | Path) -> Path:
     Returns
     -------
     Path
-        ``path``. Keys are image file names up to the first dot; when two images share one, each
-        gets a short sha256 suffix (see :func:`~keypatch.store.patch_ids.unique_names`).
+        ``path``. Keys are image file names up to the first dot, as the authors' loader reads them;
+        clashes are resolved as :func:`~keypatch.store.patch_ids.unique_names` says.
     """
     check_one_setting(records)
     return write_patch_ids(records, path)
@@ -151,6 +172,7 @@ def export_pictures(records: Sequence[Record], model: Any = None, out_dir: str |
             warnings.warn(f"{path}: {exc}; no picture for it", ExportWarning, stacklevel=2)
             continue
         target = out / f"{name}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
         picture.save(target)
         written.append(target)
     return written
@@ -161,7 +183,8 @@ FORMATS = ("json", "coco", "labelstudio", "masks")
 tasks, VOC/CVAT masks (:mod:`keypatch.store.annotations`)."""
 
 
-def _annotations(records: Sequence[Record], folder: Path, formats: Sequence[str], device: str) -> dict[str, Any]:
+def _annotations(records: Sequence[Record], folder: Path, formats: Sequence[str], device: str,
+                 refs: Any) -> dict[str, Any]:
     """The annotation exports of one setting's ``records`` into ``folder``: their paths by format."""
     from keypatch.reconstructors import load_mae
     from keypatch.store import annotations
@@ -170,11 +193,14 @@ def _annotations(records: Sequence[Record], folder: Path, formats: Sequence[str]
     if not wanted:
         return {}
     grid = load_mae(records[0].model_id, device=device).grid  # the patches' grid
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"image_root": str(refs.root)}
     if "coco" in wanted:
-        out["coco"] = str(annotations.export_coco(records, folder / "coco.json", grid))
+        out["coco"] = str(annotations.export_coco(records, folder / "coco.json", grid, refs))
     if "labelstudio" in wanted:
-        out["labelstudio"] = str(annotations.export_labelstudio(records, folder / "labelstudio_tasks.json", grid))
+        out["labelstudio"] = str(annotations.export_labelstudio(records, folder / "labelstudio_tasks.json", grid,
+                                                                refs))
+        if refs.url is None:
+            out["labelstudio_document_root"] = str(refs.document_root)
     if "masks" in wanted:
         out["masks"] = str(folder / "masks")
         out["mask_files"] = len(annotations.export_masks(records, folder / "masks", grid))
@@ -182,13 +208,18 @@ def _annotations(records: Sequence[Record], folder: Path, formats: Sequence[str]
 
 
 def _export_one(records: Sequence[Record], json_file: Path, pic_dir: Path | None, device: str,
-                progress: bool, per_folder: bool = False, formats: Sequence[str] = ("json",)) -> dict[str, Any]:
+                progress: bool, per_folder: bool = False, formats: Sequence[str] = ("json",),
+                refs: Any = None) -> dict[str, Any]:
+    clashes = folder_clashes(records)
+    if clashes:
+        warnings.warn(clash_message(clashes), ExportWarning, stacklevel=3)
     json_file = export_json(records, json_file)
     out: dict[str, Any] = {"records": len(records), "json": str(json_file), "pictures": 0, "pictures_dir": None,
-                           "skipped": 0, "setting": setting_flags(records[0].settings)}
+                           "skipped": 0, "setting": setting_flags(records[0].settings),
+                           "images": len({r.sha256 for r in records})}
     if per_folder:
         out["json_per_folder"] = [str(p) for p in write_patch_ids_per_folder(records)]
-    out.update(_annotations(records, json_file.parent, formats, device))
+    out.update(_annotations(records, json_file.parent, formats, device, refs))
     if pic_dir is not None:
         written = export_pictures(records, None, pic_dir, device=device, progress=progress)
         out.update(pictures=len(written), pictures_dir=str(pic_dir), skipped=len(records) - len(written))
@@ -198,7 +229,8 @@ def _export_one(records: Sequence[Record], json_file: Path, pic_dir: Path | None
 def export_results(out_dir: str | Path, json_path: str | Path | None = None, pictures_dir: str | Path | None = None,
                    *, pictures: bool = True, device: str = "auto", progress: bool = True, each_setting: bool = False,
                    options: dict[str, Any] | None = None, seed: int | None = None, per_folder: bool = False,
-                   formats: Sequence[str] = ("json",), **filters: Any) -> dict[str, Any]:
+                   formats: Sequence[str] = ("json",), image_root: str | Path | None = None,
+                   image_url: str | None = None, **filters: Any) -> dict[str, Any]:
     """Export the records of the store in ``out_dir`` (what ``keypatch export`` does).
 
     Parameters
@@ -229,14 +261,25 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
         Also write, beside ``patch_ids.json``, any of ``"coco"`` (``coco.json``), ``"labelstudio"``
         (``labelstudio_tasks.json`` and ``labelstudio_config.xml``) and ``"masks"`` (``masks/``), at
         each image's original resolution (:mod:`keypatch.store.annotations`).
+    image_root : str or Path, optional
+        The folder the annotation files' image references are relative to (default: the common
+        folder of the exported images); every image must lie under it.
+    image_url : str, optional
+        Prefix of the Label Studio tasks' image URLs (default: Label Studio's local-files URL of the
+        image root, ``/data/local-files/?d=ROOTNAME/``).
     **filters
         Passed to :meth:`ResultStore.records` (``strategy``, ``ratio``, ``model_id``, ``start``...);
         None values are ignored.
 
+    Every path at which a stored image content was found is exported (one entry per path, each
+    with the content's record), and named as :func:`~keypatch.store.patch_ids.unique_names` says;
+    files of one folder that share a ``patch_ids.json`` key are named in one ExportWarning.
+
     Returns
     -------
     dict
-        ``records``, ``json`` (path), ``pictures`` (number written), ``pictures_dir``, ``skipped``
+        ``records`` (exported entries, one per image path), ``images`` (distinct contents), ``json``
+        (path), ``pictures`` (number written), ``pictures_dir``, ``skipped``
         (pictures not written), ``setting`` (its flags); with ``each_setting``, ``exports``: one
         such dict per setting, and ``records`` in all.
 
@@ -261,17 +304,22 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
     with ResultStore(out_dir, create=False, read_only=True) as store:
         folder = store.path.parent
         records = match_options(store.records(**filters), options)
+        records = every_path(records, store.paths([r.sha256 for r in records]))
     if not records:
         given = [f"{k}={v}" for k, v in filters.items() if v is not None] + [f"{k}={v}" for k, v in options.items()]
         raise ValueError(f"no records in {folder}" + (f" match {', '.join(given)}" if given else ""))
     from keypatch.reconstructors import resolve_device
+    from keypatch.store.annotations import ImageRefs
 
     dev = str(resolve_device(device))
+    refs = ImageRefs.common([r.image_path for r in records], image_root, image_url)
+    for r in records:
+        refs.relative(r.image_path)  # every image under the root, or a ValueError before anything is written
     if not each_setting:
         check_one_setting(records)
         pic_dir = (Path(pictures_dir) if pictures_dir else folder / PICTURES_NAME) if pictures else None
         return _export_one(records, Path(json_path) if json_path else folder / JSON_NAME, pic_dir, dev, progress,
-                           per_folder, formats)
+                           per_folder, formats, refs)
     if per_folder:
         raise ValueError("--per-folder writes beside the images, which holds one setting; select one instead of "
                          "--each-setting")
@@ -290,5 +338,5 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
             {"model_id": model_id, "strategy": strategy, "ratio": ratio, "start": start,
              "options": json.loads(options_json), "records": len(group)}, indent=1) + "\n")
         exports.append(_export_one(group, target / JSON_NAME, target / PICTURES_NAME if pictures else None, dev,
-                                   progress, formats=formats))
+                                   progress, formats=formats, refs=refs))
     return {"records": len(records), "exports": exports}

@@ -20,7 +20,9 @@ code does (entries of other images are kept).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,22 +39,70 @@ def reference_name(path: str | Path) -> str:
 
 
 def unique_names(records: Sequence[Record]) -> list[str]:
-    """One distinct name per record, from :func:`reference_name` of its image.
+    """One distinct name per record (per image path), following the authors' loader.
 
-    Records whose images share a name, ignoring case (``a/cat.jpg`` and ``b/Cat.png``), all get
-    ``"-" + sha256[:8]`` of their own file appended (``cat-1a2b3c4d``), so names stay stable
-    whatever the order of the records; should that still collide, the whole sha256 is used.
+    A name is :func:`reference_name` of the image (its stem, as their ``ImagenetteKPP`` looks it up
+    in ``CLASS/patch_ids.json``), whatever the order of the records:
+
+    * images whose stems clash (ignoring case) but that sit in different folders are named by their
+      folder relative to the images' common folder: ``cats/img`` and ``dogs/img`` (each is ``img``
+      in its own folder's file, see :func:`write_patch_ids_per_folder`);
+    * of images of one folder whose stems clash (``cat.jpg`` and ``cat.png``), the first by path
+      keeps the stem and the others are named by their whole file name (``cat.png``): the authors'
+      loader finds one entry per stem, which :func:`folder_clashes` reports;
+    * should a name still clash, ``-`` and the first 8 hex digits of the sha256 of its path are added.
     """
-    stems = [reference_name(r.image_path) for r in records]
-    count: dict[str, int] = defaultdict(int)
-    for s in stems:
-        count[s.casefold()] += 1  # casefold: Cat.jpg and cat.png would share one PNG on some file systems
-    for digits in (8, 64):
-        names = [f"{s}-{r.sha256[:digits]}" if count[s.casefold()] > 1 else s
-                 for s, r in zip(stems, records, strict=True)]
-        if len({n.casefold() for n in names}) == len(names):
-            return names
-    raise ValueError("two records are for the same image with the same settings; cannot name them apart")
+    paths = [Path(r.image_path) for r in records]
+    stems = [reference_name(p) for p in paths]
+    by_stem: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(stems):
+        by_stem[s.casefold()].append(i)
+    root = _common_folder(paths)
+    names = list(stems)
+    for group in by_stem.values():
+        if len(group) == 1:
+            continue
+        folders = {paths[i].parent for i in group}
+        for i in group:
+            if len(folders) > 1:
+                rel = paths[i].parent.relative_to(root).as_posix() if root else paths[i].parent.as_posix()
+                names[i] = f"{rel}/{stems[i]}" if rel != "." else stems[i]
+        by_name: dict[str, list[int]] = defaultdict(list)
+        for i in group:
+            by_name[names[i].casefold()].append(i)
+        for same in by_name.values():
+            for i in sorted(same, key=lambda j: str(paths[j]))[1:]:
+                names[i] = names[i][: len(names[i]) - len(stems[i])] + paths[i].name
+    seen: dict[str, int] = defaultdict(int)
+    for n in names:
+        seen[n.casefold()] += 1
+    return [f"{n}-{hashlib.sha256(str(p).encode()).hexdigest()[:8]}" if seen[n.casefold()] > 1 else n
+            for n, p in zip(names, paths, strict=True)]
+
+
+def folder_clashes(records: Sequence[Record]) -> list[list[str]]:
+    """Groups of image paths of one folder that share a ``patch_ids.json`` key (a stem, ignoring
+    case), each sorted: the authors' loader finds only one entry for them."""
+    groups: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for r in records:
+        p = Path(r.image_path)
+        groups[(str(p.parent), reference_name(p).casefold())].add(str(p))
+    return [sorted(g) for _, g in sorted(groups.items()) if len(g) > 1]
+
+
+def clash_message(clashes: list[list[str]]) -> str:
+    """One line saying which files of one folder share a key, and what each is written as."""
+    shown = "; ".join(" and ".join(group) for group in clashes[:3]) + ("; ..." if len(clashes) > 3 else "")
+    return (f"{len(clashes)} group(s) of files of one folder share a patch_ids.json key (the file name up to its first "
+            f"dot, which the KPP authors' loader looks up): {shown}; the first of each keeps the key, the others are "
+            "written under their whole file name")
+
+
+def _common_folder(paths: Sequence[Path]) -> Path | None:
+    try:
+        return Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else None
+    except ValueError:  # relative and absolute paths mixed
+        return None
 
 
 def entry(record: Record) -> dict[str, list]:

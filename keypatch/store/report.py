@@ -28,13 +28,23 @@ REPORT_NAME = "report"
 CURVE_W, CURVE_H = 220, 90
 
 
-def setting_label(r: Record) -> str:
-    """A short human label of a record's setting: strategy, ratio, start and options."""
+def setting_label(r: Record, with_model: bool = False) -> str:
+    """A short human label of a record's setting: strategy, ratio, start and options, and the
+    model with ``with_model`` (:func:`labeller` sets it when the records' models differ)."""
     parts = [r.strategy, f"r={r.ratio:g}"]
     if r.start:
         parts.append(f"start {r.start}")
     parts += [f"{k}={v}" for k, v in sorted(r.options.items())]
+    if with_model:
+        parts.append(f"model {r.model_id}")
     return " ".join(parts)
+
+
+def labeller(records: Sequence[Record]):
+    """``label(record)``: :func:`setting_label`, naming the model where the records' models differ,
+    so that two settings never share a label."""
+    with_model = len({r.model_id for r in records}) > 1
+    return lambda r: setting_label(r, with_model)
 
 
 def curve_svg(losses: Sequence[float]) -> str:
@@ -72,10 +82,13 @@ function sortSections() {
   const box = document.getElementById('images');
   const secs = Array.from(box.querySelectorAll('section.image'));
   const loss = s => { const c = s.querySelector('.card[data-setting="' + CSS.escape(key) + '"]');
-                      return c ? parseFloat(c.dataset.loss) : Infinity; };
+                      return c ? parseFloat(c.dataset.loss) : null; };
   const spread = s => { const v = Array.from(s.querySelectorAll('.card')).map(c => parseFloat(c.dataset.loss));
                         return Math.max(...v) - Math.min(...v); };
-  const cmp = { 'loss-asc': (a, b) => loss(a) - loss(b), 'loss-desc': (a, b) => loss(b) - loss(a),
+  // images without the chosen setting go last, in either direction
+  const last = (f, sign) => (a, b) => { const x = f(a), y = f(b);
+    return x === null ? (y === null ? 0 : 1) : (y === null ? -1 : sign * (x - y)); };
+  const cmp = { 'loss-asc': last(loss, 1), 'loss-desc': last(loss, -1),
                 'spread': (a, b) => spread(b) - spread(a),
                 'name': (a, b) => a.dataset.name.localeCompare(b.dataset.name) }[how];
   secs.sort(cmp).forEach(s => box.appendChild(s));
@@ -83,21 +96,20 @@ function sortSections() {
 """
 
 
-def _card(r: Record, picture: str | None) -> str:
-    label = setting_label(r)
+def _card(r: Record, picture: str | None, label: str) -> str:
     img = (f'<img src="{html.escape(picture)}" alt="{html.escape(Path(r.image_path).name)}: {html.escape(label)}" '
            f'loading="lazy">' if picture else "<p>(no picture: the image is missing or changed)</p>")
     rows = [("loss", f'<span class="loss">{r.loss:.4f}</span>'), ("patches", str(len(r.patches))),
             ("evaluations", f"{r.evaluations:,}"), ("seconds", f"{r.seconds:.2f}"), ("model", html.escape(r.model_id))]
     table = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
-    return (f'<div class="card" data-setting="{html.escape(label)}" data-loss="{r.loss:.6g}">'
+    return (f'<div class="card" data-setting="{html.escape(setting_flags(r.settings))}" data-loss="{r.loss:.6g}">'
             f"<h3>{html.escape(label)}</h3>{img}"
             f'<div class="meta">{curve_svg(r.losses)}<table>{table}</table></div>'
             f'<p>picks: {html.escape(" ".join(str(p) for p in r.patches))}</p></div>')
 
 
-def _page(sections: list[str], settings: list[str], title: str, count: int) -> str:
-    options = "".join(f'<option value="{html.escape(s)}">{html.escape(s)}</option>' for s in settings)
+def _page(sections: list[str], settings: list[tuple[str, str]], title: str, count: int) -> str:
+    options = "".join(f'<option value="{html.escape(key)}">{html.escape(label)}</option>' for key, label in settings)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p>{count} records of {len(sections)} images, {len(settings)} settings. Each picture: the original, "
@@ -143,20 +155,28 @@ def write_report(out_dir: str | Path, report_dir: str | Path | None = None, *, d
     with ResultStore(out_dir, create=False, read_only=True) as store:
         folder = store.path.parent
         records = store.records(**{k: v for k, v in filters.items() if v is not None})
+        paths = store.paths([r.sha256 for r in records])
     if not records:
         raise ValueError(f"no records in {folder} to report")
     target = Path(report_dir) if report_dir else folder / REPORT_NAME
     (target / "img").mkdir(parents=True, exist_ok=True)
     dev = str(resolve_device(device))
+    label = labeller(records)
     models: dict[str, Any] = {}
     by_image: dict[str, list[Record]] = defaultdict(list)
     for r in records:
         by_image[r.sha256].append(r)
     sections, written, missing, notes = [], 0, 0, InputNotes()
     bar = tqdm(total=len(records), desc="report", unit="rec", disable=not progress)
-    for sha, group in sorted(by_image.items(), key=lambda kv: Path(kv[1][0].image_path).name.lower()):
-        group.sort(key=lambda r: (r.strategy, r.ratio, r.start, r.options_json))
-        path = Path(group[0].image_path)
+
+    def where(sha: str, group: list[Record]) -> list[Path]:  # every path of the content that has a file
+        every = paths.get(sha) or [group[0].image_path]
+        return [Path(p) for p in every if Path(p).is_file()] or [Path(group[0].image_path)]
+
+    for sha, group in sorted(by_image.items(), key=lambda kv: where(*kv)[0].name.lower()):
+        group.sort(key=lambda r: (r.model_id, r.strategy, r.ratio, r.start, r.options_json))
+        found = where(sha, group)
+        path = found[0]
         readable = path.is_file() and sha256_file(path) == sha
         cards = []
         for r in group:
@@ -170,20 +190,24 @@ def write_report(out_dir: str | Path, report_dir: str | Path | None = None, *, d
                 picture, written = name, written + 1
             else:
                 missing += 1
-            cards.append(_card(r, picture))
+            cards.append(_card(r, picture, label(r)))
             bar.update(1)
-        link = os.path.relpath(path.absolute(), target.absolute())
-        original = (f' <a href="{html.escape(Path(link).as_posix())}">original</a>' if readable else " (missing)")
+        links = []
+        for p in found:
+            href = Path(os.path.relpath(p.absolute(), target.absolute())).as_posix()
+            links.append(f'<a href="{html.escape(href)}">{html.escape(p.name)}</a>' if readable else
+                         f"{html.escape(p.name)} (missing)")
+        also = (f'<p class="paths">the same file at {len(found)} paths: '
+                + ", ".join(html.escape(str(p)) for p in found) + "</p>") if len(found) > 1 else ""
         sections.append(f'<section class="image" data-name="{html.escape(path.name)}">'
-                        f"<h2>{html.escape(path.name)}{original}</h2>"
+                        f"<h2>{' = '.join(links)}</h2>{also}"
                         f'<div class="row">{"".join(cards)}</div></section>')
     bar.close()
     if missing:
         warnings.warn(f"{missing} records have no picture: their image is missing or changed", ExportWarning,
                       stacklevel=2)
-    settings = sorted({setting_label(r) for r in records})
+    settings = sorted({(setting_flags(r.settings), label(r)) for r in records}, key=lambda kv: kv[1])
     index = target / "index.html"
     index.write_text(_page(sections, settings, f"keypatch: {folder.name}", len(records)))
     return {"index": str(index), "records": len(records), "images": len(by_image), "settings": len(settings),
-            "pictures": written, "missing": missing, "setting_flags": sorted({setting_flags(r.settings)
-                                                                             for r in records})}
+            "pictures": written, "missing": missing, "setting_flags": [key for key, _ in settings]}
