@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import warnings
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from keypatch.geometry.decode import InputNote
+from keypatch.geometry.decode import ImageWarning, InputNote
 from keypatch.geometry.files import list_image_files
 from keypatch.presets import RunSettings, run_settings
 from keypatch.proposers.base import Proposer
@@ -24,15 +25,15 @@ from keypatch.proposers.search import start_patch
 from keypatch.reconstructors.mae import MAE
 from keypatch.reconstructors.precision import resolve_precision
 
+__all__ = ["DEFAULT_OUT", "ENGINES", "ImageWarning", "run_propose", "stored_settings"]
+
+log = logging.getLogger("keypatch.propose")
+
 ENGINES = ("local", "ray")
 """Where :func:`run_propose` computes: this process, or a Ray cluster (:mod:`keypatch.engines.ray_data`)."""
 
 DEFAULT_OUT = "keypatch-results"
 """Results folder used when none is given."""
-
-
-class ImageWarning(UserWarning):
-    """An image file could not be read; it was skipped and nothing was stored for it."""
 
 
 def _check_ratio(ratio: Any) -> float:
@@ -50,8 +51,9 @@ def stored_settings(proposer: Proposer, seed: int, mae: MAE,
     (:meth:`~keypatch.presets.RunSettings.stored`), and ``start`` (``""`` if it takes none; a
     ``"row,col"`` start as its index on ``mae``'s grid)."""
     start = getattr(proposer, "start", "") if "start" in proposer.options else ""
+    index = start_patch(start, mae.grid) if start else None  # a ValueError for a patch outside the grid
     if "," in start:  # "row,col" is stored as its index, like a start given so
-        start = str(start_patch(start, mae.grid))
+        start = str(index)
     options = proposer.settings()
     if "precision" in options:
         options["precision"] = resolve_precision(options["precision"], mae.device, mae.config.embed_dim)
@@ -395,6 +397,8 @@ class _Job:
         try:
             self.store.add(record)
             self.summary["done"] += 1
+            log.info("%s: %d patches, L %.5f, %d evaluations, %.2f s", path, len(patches), losses[-1] if losses
+                     else float("nan"), evaluations, seconds)
         except DuplicateRecordError:
             self.summary["recomputed"] += 1
             self.skip()

@@ -15,6 +15,7 @@ from keypatch.geometry import PatchGrid
 from keypatch.reconstructors.mae import MAE
 from keypatch.reconstructors.precision import DEFAULT_PRECISION, reduced_copy, resolve_precision
 from keypatch.reconstructors.scoring import LossContext, context_losses, loss_context, reduced_context
+from keypatch.threads import TUNER
 
 DEFAULT_CHUNK = 0
 """``chunk_size=0``: visible sets per MAE pass sized for the device (:func:`auto_chunk`)."""
@@ -125,14 +126,22 @@ class Objective:
         return self._passes(self.model, self.context, sets, image_index)
 
     def _passes(self, model: MAE, ctx: LossContext, sets: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
-        """``L`` of ``sets`` with ``model`` on ``ctx``, ``chunk_size`` sets per pass."""
+        """``L`` of ``sets`` with ``model`` on ``ctx``, ``chunk_size`` sets per pass (on a CPU, each pass
+        on the thread count :data:`keypatch.threads.TUNER` chooses)."""
         m = sets.shape[0]
+        cpu = sets.device.type == "cpu"
+
+        def one(s: slice) -> torch.Tensor:
+            if not cpu:
+                return context_losses(model, ctx, sets[s], image_index[s])
+            return TUNER.run(lambda: context_losses(model, ctx, sets[s], image_index[s]), len(range(m)[s]))
+
         if m <= self.chunk_size:
-            return context_losses(model, ctx, sets, image_index)
+            return one(slice(0, m))
         out = torch.empty(m, device=sets.device)
-        for s in range(0, m, self.chunk_size):
-            out[s : s + self.chunk_size] = context_losses(model, ctx, sets[s : s + self.chunk_size],
-                                                          image_index[s : s + self.chunk_size])
+        size = -(-m // -(-m // self.chunk_size))  # passes of equal size, at most chunk_size sets each
+        for s in range(0, m, size):
+            out[s : s + size] = one(slice(s, s + size))
         return out
 
     def score_each(self, sets: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_cuda)
 
 
+@pytest.fixture(autouse=True)
+def notes_said_anew():
+    """Each test starts with no input note given yet (the API gives each kind once per process)."""
+    from keypatch.geometry.decode import reset_notes
+
+    reset_notes()
+
+
 @pytest.fixture
 def one_torch_thread():
     """Run a test on one torch thread (small ops run faster so, and far faster on busy cores).

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from keypatch.cli import values as v
 from keypatch.cli.common import add_device, add_model, add_output
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``ablation``."""
     p = sub.add_parser("ablation", help="initial-patch ablation: start from the centre vs from nothing")
-    p.add_argument("paths", nargs="+", type=Path, help="image files or folders")
-    p.add_argument("--max-ratio", type=float, default=0.25, help="curve from 1/N up to this ratio")
+    p.add_argument("paths", nargs="+", type=v.existing, help="image files or folders")
+    p.add_argument("--max-ratio", type=v.ratio, default=0.25, help="curve from 1/N up to this ratio")
     add_model(p)
     add_device(p)
-    p.add_argument("--out", type=Path, required=True, help="folder for ablation.csv and ablation.png")
+    p.add_argument("--out", type=v.out_dir, required=True, help="folder for ablation.csv and ablation.png")
     add_output(p)
 
     def run(args: argparse.Namespace) -> None:

@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import argparse
 import csv
-from pathlib import Path
 
+from keypatch.cli import values as v
 from keypatch.cli.common import add_device, add_model, add_output
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``classify``."""
+    from keypatch.proposers import available
+
     p = sub.add_parser("classify", help="classification accuracy when a ViT sees only the kept patches")
-    p.add_argument("root", type=Path, help="folder with one sub-folder of images per class")
-    p.add_argument("--from-manifest", type=Path,
+    p.add_argument("root", type=v.out_dir, help="folder with one sub-folder of images per class")
+    p.add_argument("--from-manifest", type=v.existing_file,
                    help="first build ROOT from a `python -m tools.photos.prepare` manifest.json (GCompris classes)")
-    p.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1, 0.25])
-    p.add_argument("--strategies", nargs="+", default=["greedy", "random"])
+    p.add_argument("--ratios", type=v.ratio, nargs="+", default=[0.05, 0.1, 0.25])
+    p.add_argument("--strategies", nargs="+", default=["greedy", "random"], choices=v.registry_choices(available()))
     add_model(p)
     add_device(p)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--test-fraction", type=float, default=0.3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True, help="folder for classify.csv")
+    p.add_argument("--epochs", type=v.positive_int, default=30)
+    p.add_argument("--test-fraction", type=v.fraction, default=0.3)
+    p.add_argument("--seed", type=v.seed, default=0)
+    p.add_argument("--out", type=v.out_dir, required=True, help="folder for classify.csv")
     add_output(p)
 
     def run(args: argparse.Namespace) -> None:

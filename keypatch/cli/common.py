@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from collections.abc import Iterator
@@ -21,58 +22,71 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def add_model(p: argparse.ArgumentParser, default: str | None = "default", help: str | None = None) -> None:
     """``--model SPEC``: a :func:`keypatch.load_mae` spec."""
-    p.add_argument("--model", default=default,
+    from keypatch.cli import values
+
+    p.add_argument("--model", default=default, type=values.model,
                    help=help or "MAE: 'default' (embedded), 'random:NAME', a weights file or folder, or a hub id")
 
 
 def add_device(p: argparse.ArgumentParser, what: str = "where to compute") -> None:
-    """``--device {auto,cpu,cuda}``, default ``auto``."""
+    """``--device {auto,cpu,cuda}``, default ``auto``, and ``--threads auto|N`` for CPUs."""
+    from keypatch.cli import values
+
     p.add_argument("--device", choices=DEVICES, default="auto", help=f"{what} (default: auto = cuda if available)")
+    p.add_argument("--threads", type=values.threads, default=None, metavar="auto|N",
+                   help="CPU threads: N fixes the count; auto (default) runs each pass on all of torch's threads or "
+                        "on one, whichever has been faster (one, when another process holds a core)")
 
 
 def add_results(p: argparse.ArgumentParser) -> None:
     """``--out DIR``: the results folder holding ``results.sqlite`` (default ``results``)."""
     from keypatch.batch import DEFAULT_OUT
+    from keypatch.cli import values
 
-    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), metavar="DIR",
+    p.add_argument("--out", type=values.out_dir, default=Path(DEFAULT_OUT), metavar="DIR",
                    help=f"results folder holding results.sqlite (default: {DEFAULT_OUT})")
 
 
 def add_output(p: argparse.ArgumentParser, *, progress: bool = True, json_summary: bool = False) -> None:
     """``-q/--quiet`` (when the command has progress bars), ``-v/--verbose`` and, optionally, ``--json``."""
     if progress:
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true", help="log each step on stderr")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no notes (warnings stay)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log each image on stderr (-vv: each step too)")
     if json_summary:
         p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
 
 
-def report(args: argparse.Namespace, summary: Any, text: str) -> None:
-    """Print ``summary`` as JSON with ``--json``, else ``text``."""
+def strict(value: Any) -> Any:
+    """``value`` made strict JSON: NaN and infinities become null, paths and other objects strings,
+    tuples lists, numpy scalars and arrays numbers and lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if hasattr(value, "tolist"):  # numpy / torch
+        return strict(value.tolist())
+    return str(value)
+
+
+def report(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:
+    """Print ``summary`` as one strict JSON object with ``--json`` (no NaN or infinity: null), else ``text``."""
     if getattr(args, "json", False):
-        print(json.dumps(summary, default=str, indent=1))
+        print(json.dumps(strict(summary), indent=1, allow_nan=False))
     else:
         print(text)
 
 
-def parse_option(text: str) -> tuple[str, int | float | str]:
-    """``"key=value"`` -> ``(key, value)``, the value as int, else float, else the string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    for kind in (int, float):
-        try:
-            return key, kind(value)
-        except ValueError:
-            pass
-    return key, value
-
-
 @contextmanager
-def command_warnings(command: str) -> Iterator[None]:
+def command_warnings(command: str, quiet: bool = False) -> Iterator[None]:
     """Warnings raised while ``command`` runs, each shown on a line of its own as
     ``keypatch COMMAND: warning: MESSAGE`` on stderr (through tqdm, so a progress bar is not broken;
-    input notes as ``note:``), every time they occur.
+    input notes as ``note:``), every time they occur; with ``quiet``, notes are not shown (warnings,
+    such as a skipped file, still are).
 
     Other packages' deprecation warnings (Ray Data's, for instance, when it reads its settings) are
     addressed to their callers' developers, not to the command's user: they are not shown.
@@ -91,5 +105,9 @@ def command_warnings(command: str) -> Iterator[None]:
         for category in (DeprecationWarning, PendingDeprecationWarning):
             warnings.filterwarnings("ignore", category=category)
             warnings.filterwarnings("always", category=category, module=r"keypatch(\.|$)")
+        if quiet:
+            from keypatch.geometry import InputNote
+
+            warnings.filterwarnings("ignore", category=InputNote)
         warnings.showwarning = show
         yield

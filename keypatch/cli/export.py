@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from keypatch.cli.common import add_device, add_output, add_results, command_warnings, parse_option, report
+from keypatch.cli import values as v
+from keypatch.cli.common import add_device, add_output, add_results, report
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``export``."""
+    from keypatch.proposers import available
+
     p = sub.add_parser(
         "export", help="write patch_ids.json and one picture per image from a results folder",
         description="Write the stored proposals of one setting as the KPP reference code's patch_ids.json "
@@ -19,28 +21,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "--each-setting; `keypatch store info` lists them.",
     )
     add_results(p)
-    p.add_argument("--ids", type=Path, default=None, metavar="PATH", help="the patch_ids.json to write "
+    p.add_argument("--ids", type=v.out_file, default=None, metavar="PATH", help="the patch_ids.json to write "
                    "(default: DIR/patch_ids.json)")
-    p.add_argument("--pictures", type=Path, default=None, metavar="DIR", help="default: DIR/pictures")
+    p.add_argument("--pictures", type=v.out_dir, default=None, metavar="DIR", help="default: DIR/pictures")
     p.add_argument("--no-pictures", action="store_true", help="only write the JSON")
-    p.add_argument("--strategy", default=None, help="only records of this strategy")
-    p.add_argument("--ratio", type=float, default=None, help="only records of this ratio")
-    p.add_argument("--model", default=None, help="only records of this model id (e.g. 'default')")
-    p.add_argument("--start", default=None, metavar="center|none|INDEX",
+    p.add_argument("--strategy", default=None, choices=v.registry_choices(available()),
+                   help="only records of this strategy")
+    p.add_argument("--ratio", type=v.ratio, default=None, help="only records of this ratio")
+    p.add_argument("--model", default=None, type=v.model, help="only records of this model id (e.g. 'default')")
+    p.add_argument("--start", default=None, type=v.start, metavar="center|none|INDEX",
                    help="only records with this start")
-    p.add_argument("--seed", type=int, default=None, help="only records stored with this seed")
-    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", type=parse_option,
+    p.add_argument("--seed", type=v.seed, default=None, help="only records stored with this seed")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", type=v.option,
                    help="only records stored with this option value, repeatable (e.g. -o eps=0.2)")
     p.add_argument("--format", dest="formats", action="append", default=None,
                    choices=["json", "coco", "labelstudio", "masks"],
                    help="also write annotation-tool files at the images' original resolution, repeatable: coco "
                         "(DIR/coco.json), labelstudio (DIR/labelstudio_tasks.json + labelstudio_config.xml), "
                         "masks (DIR/masks/, VOC/CVAT PNG masks); patch_ids.json is always written")
-    p.add_argument("--image-root", type=Path, default=None, metavar="DIR",
+    p.add_argument("--image-root", type=v.existing_dir, default=None, metavar="DIR",
                    help="annotation files refer to images by their path relative to DIR (default: the images' common "
                         "folder): COCO's file_name; Label Studio's /data/local-files/?d=DIRNAME/PATH, served with "
                         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to DIR's parent")
-    p.add_argument("--image-url", default=None, metavar="PREFIX",
+    p.add_argument("--image-url", default=None, type=v.url_prefix, metavar="PREFIX",
                    help="Label Studio tasks' image URL: PREFIX followed by the image's relative path (e.g. "
                         "https://host/images/ or /data/local-files/?d=photos/)")
     p.add_argument("--per-folder", action="store_true",
@@ -73,13 +76,12 @@ def run(args: argparse.Namespace) -> int:
     """Run ``export`` for parsed ``args``."""
     from keypatch.store.export import export_results
 
-    with command_warnings("export"):
-        s = export_results(args.out, args.ids, args.pictures, pictures=not args.no_pictures, device=args.device,
-                           progress=not args.quiet, each_setting=args.each_setting,
-                           options=dict(args.option), seed=args.seed, strategy=args.strategy, ratio=args.ratio,
-                           model_id=args.model, start=args.start, per_folder=args.per_folder,
-                           formats=tuple(args.formats or ("json",)), image_root=args.image_root,
-                           image_url=args.image_url)
+    s = export_results(args.out, args.ids, args.pictures, pictures=not args.no_pictures, device=args.device,
+                       progress=not args.quiet, each_setting=args.each_setting,
+                       options=dict(args.option), seed=args.seed, strategy=args.strategy, ratio=args.ratio,
+                       model_id=args.model, start=args.start, per_folder=args.per_folder,
+                       formats=tuple(args.formats or ("json",)), image_root=args.image_root,
+                       image_url=args.image_url)
     if "exports" in s:
         lines = [f"[{e['setting']}] {_line(e)}" for e in s["exports"]]
         report(args, s, "\n".join([*lines, f"{len(s['exports'])} settings, {s['records']} records"]))

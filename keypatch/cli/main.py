@@ -19,8 +19,9 @@ COMMANDS = ["propose", "export", "report", "store", "ablation", "classify",
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     from keypatch import __version__
+    from keypatch.cli.values import Parser
 
-    parser = argparse.ArgumentParser(prog="keypatch", description="Find the key patches of images with an MAE.")
+    parser = Parser(prog="keypatch", description="Find the key patches of images with an MAE.")
     parser.add_argument("--version", action="version", version=f"keypatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
@@ -32,10 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, with a one-line message)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-                        format="%(name)s: %(message)s")
+    verbose = getattr(args, "verbose", 0) or 0
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(name)s: %(message)s")
+    logging.getLogger("keypatch").setLevel(level)  # -v: each image; -vv: each step too
     try:
-        result = args.func(args)
+        if getattr(args, "threads", None) is not None:
+            from keypatch.threads import set_threads
+
+            set_threads(args.threads)
+        from keypatch.cli.common import command_warnings
+
+        with command_warnings(args.command, getattr(args, "quiet", False)):
+            result = args.func(args)
     except (ValueError, OSError, RuntimeError, sqlite3.Error) as exc:
         text = " ".join(str(exc).split()) or type(exc).__name__
         print(f"keypatch {args.command}: error: {text}", file=sys.stderr)

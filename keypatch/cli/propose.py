@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import inspect
-from pathlib import Path
 
+from keypatch.cli import values as v
 from keypatch.cli.common import (
     add_device,
     add_model,
     add_output,
     add_results,
-    command_warnings,
-    parse_option,
     report,
 )
 
@@ -27,12 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "record per image goes into OUT/results.sqlite as soon as it is done; images already "
                     "stored with the same settings are skipped, so a re-run resumes.",
     )
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and folders")
-    p.add_argument("--ratio", type=float, required=True, help="fraction of patches to keep, in (0, 1]")
-    p.add_argument("--strategy", default="greedy",
+    p.add_argument("paths", nargs="+", type=v.existing, metavar="PATH", help="image files and folders")
+    p.add_argument("--ratio", type=v.ratio, required=True, help="fraction of patches to keep, in (0, 1]")
+    p.add_argument("--strategy", default="greedy", choices=v.registry_choices(available()), metavar="STRATEGY",
                    help=f"proposal strategy: {', '.join(available())} (default: greedy = KPP, exact; "
                         "swap = stochastic greedy + neighbour moves, lower loss in 1/6 of the evaluations)")
-    p.add_argument("--start", default=None, metavar="center|none|INDEX|ROW,COL",
+    p.add_argument("--start", default=None, type=v.start, metavar="center|none|INDEX|ROW,COL",
                    help="greedy-like strategies: begin from the central patch (paper, default), from nothing "
                         "(ablation), or from a patch (98 or 7,0 in the KPP authors' code)")
     p.add_argument("--preset", choices=["paper", "reference"], default=None,
@@ -47,8 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model(p)
     add_device(p)
     add_results(p)
-    p.add_argument("--batch-size", type=int, default=1, help="images per MAE batch (default: 1)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--batch-size", type=v.positive_int, default=1, help="images per MAE batch (default: 1)")
+    p.add_argument("--seed", type=v.seed, default=0,
                    help="seed for randomised strategies (random, stochastic, swap, attention's ties); each image "
                         "draws from the seed and its own pixels")
     p.add_argument("--precision", choices=["auto", "float32", "mixed", "bfloat16"], default=None,
@@ -60,11 +58,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ray.add_argument("--engine", choices=["local", "ray"], default="local",
                      help="local (default): this process, files decoded ahead in a thread; ray: Ray Data, decoding "
                           "in Ray tasks and proposing on --workers actors")
-    ray.add_argument("--address", default=None, help="ray: the cluster to join (default: a local instance)")
-    ray.add_argument("--workers", type=int, default=2, help="ray: model actors (default 2)")
-    ray.add_argument("--cpus-per-worker", type=float, default=1, help="ray: CPUs (torch threads) per actor (default 1)")
-    ray.add_argument("--gpus-per-worker", type=float, default=0, help="ray: GPUs per actor (default 0)")
-    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", type=parse_option,
+    ray.add_argument("--address", default=None, type=v.ray_address,
+                     help="ray: the cluster to join (default: a local instance)")
+    ray.add_argument("--workers", type=v.positive_int, default=2,
+                     help="ray: model actors (default 2)")
+    ray.add_argument("--cpus-per-worker", type=v.positive_float, default=1,
+                     help="ray: CPUs (torch threads) per actor (default 1)")
+    ray.add_argument("--gpus-per-worker", type=v.non_negative_float, default=0, help="ray: GPUs per actor (default 0)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", type=v.option,
                    help="strategy option, repeatable (e.g. -o eps=0.01 for stochastic, -o top=24 for local, "
                         "-o base=greedy -o rounds=1 for swap)")
     add_output(p, json_summary=True)
@@ -82,12 +83,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"-o {flagged[0]}=...: {flagged[0]} has its own flag (see keypatch propose --help)")
     if args.precision:
         options["precision"] = args.precision
-    with command_warnings("propose"):
-        s = run_propose(args.paths, args.ratio, strategy=args.strategy, model=args.model, start=args.start,
-                        device=args.device, out_dir=args.out, batch_size=args.batch_size, seed=args.seed,
-                        progress=not args.quiet, preset=args.preset, count=args.count, resize=args.resize,
-                        engine=args.engine, address=args.address, workers=args.workers,
-                        cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, **options)
+    s = run_propose(args.paths, args.ratio, strategy=args.strategy, model=args.model, start=args.start,
+                    device=args.device, out_dir=args.out, batch_size=args.batch_size, seed=args.seed,
+                    progress=not args.quiet, preset=args.preset, count=args.count, resize=args.resize,
+                    engine=args.engine, address=args.address, workers=args.workers,
+                    cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, **options)
     start = f", start {s['start']}" if s["start"] else ""
     report(args, s, f"{s['done']} new, {s['skipped']} already stored, {s['failed']} unreadable (of {s['found']}) -> "
           f"{s['store']}  [model {s['model_id']}, {s['strategy']}{start}, ratio {s['ratio']:g} = {s['k']} patches, "

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from keypatch.cli.common import add_device, add_output, add_results, command_warnings, report
+from keypatch.cli import values as v
+from keypatch.cli.common import add_device, add_output, add_results, report
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``report``."""
+    from keypatch.proposers import available
+
     p = sub.add_parser(
         "report", help="write a static HTML gallery of the stored proposals",
         description="Write DIR/report/index.html (or --report DIR2) with its pictures: one section per image, one "
@@ -18,9 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "sortable by loss. Opens from disk, with no server and no network.",
     )
     add_results(p)
-    p.add_argument("--report", type=Path, default=None, metavar="DIR2", help="gallery folder (default: DIR/report)")
-    p.add_argument("--strategy", default=None, help="only records of this strategy")
-    p.add_argument("--ratio", type=float, default=None, help="only records of this ratio")
+    p.add_argument("--report", type=v.out_dir, default=None, metavar="DIR2",
+                   help="gallery folder (default: DIR/report)")
+    p.add_argument("--strategy", default=None, choices=v.registry_choices(available()),
+                   help="only records of this strategy")
+    p.add_argument("--ratio", type=v.ratio, default=None, help="only records of this ratio")
     add_device(p, "where to reconstruct for the pictures")
     add_output(p, json_summary=True)
     p.set_defaults(func=run)
@@ -30,8 +34,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``report`` for parsed ``args``."""
     from keypatch.store.report import write_report
 
-    with command_warnings("report"):
-        s = write_report(args.out, args.report, device=args.device, progress=not args.quiet,
-                         strategy=args.strategy, ratio=args.ratio)
+    s = write_report(args.out, args.report, device=args.device, progress=not args.quiet,
+                     strategy=args.strategy, ratio=args.ratio)
     report(args, s, f"{s['records']} records of {s['images']} images, {s['settings']} settings -> {s['index']}")
     return 0

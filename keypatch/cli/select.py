@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from keypatch.cli import values as v
 from keypatch.cli.common import add_device, add_output
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``select``."""
+    from keypatch.classifiers import available_classifiers
+
     p = sub.add_parser("select", help="select a subset of images (Dataset Quantization bins, GraphCut, random)",
                        description="Embed every image with a pretrained classifier, then keep round(ratio * n) of "
                                    "them. Writes OUT/selection.json and OUT/contact_sheet.jpg.")
-    p.add_argument("paths", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
-    p.add_argument("--ratio", type=float, required=True, help="keep ratio in (0, 1]")
+    p.add_argument("paths", nargs="+", type=v.existing, help="image files and/or folders (searched recursively)")
+    p.add_argument("--ratio", type=v.ratio, required=True, help="keep ratio in (0, 1]")
     p.add_argument("--method", choices=["dq", "graphcut", "random"], default="dq")
-    p.add_argument("--bins", type=int, default=10, help="DQ's number of bins (default 10)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lam", type=float, default=1.0, help="GraphCut lambda (default 1)")
-    p.add_argument("--classifier", default="efficientnet-lite0", help="embedding network: efficientnet-lite0, resnet18")
+    p.add_argument("--bins", type=v.positive_int, default=10, help="DQ's number of bins (default 10)")
+    p.add_argument("--seed", type=v.seed, default=0)
+    p.add_argument("--lam", type=v.non_negative_float, default=1.0, help="GraphCut lambda (default 1)")
+    p.add_argument("--classifier", default="efficientnet-lite0", choices=v.registry_choices(available_classifiers()),
+                   help="embedding network (default efficientnet-lite0)")
     add_device(p)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--cache", type=Path, default=None, help="embeddings .npz to reuse (written if missing or stale)")
-    p.add_argument("--thumb", type=int, default=128, help="contact-sheet thumbnail side")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--batch-size", type=v.positive_int, default=16)
+    p.add_argument("--cache", type=v.out_file, default=None,
+                   help="embeddings .npz to reuse (written if missing or stale)")
+    p.add_argument("--thumb", type=v.positive_int, default=128, help="contact-sheet thumbnail side")
+    p.add_argument("--out", type=v.out_dir, required=True, help="output folder")
     add_output(p)
 
     def run(args: argparse.Namespace) -> None:

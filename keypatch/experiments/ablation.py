@@ -8,6 +8,7 @@ answer for ``j``. So one run per image and start, to the largest ratio, gives th
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,9 @@ import numpy as np
 from tqdm import tqdm
 
 from keypatch.api import propose_batch, resolve_model
-from keypatch.geometry import ImageLike
+from keypatch.geometry import ImageLike, load_readable
+
+log = logging.getLogger("keypatch.ablation")
 
 
 def ablation_curves(images: Sequence[ImageLike], max_ratio: float = 0.25, model=None, device: str = "auto",
@@ -30,8 +33,15 @@ def ablation_curves(images: Sequence[ImageLike], max_ratio: float = 0.25, model=
     mae = resolve_model(model, device)
     out: dict[str, list[list[float]]] = {"center": [], "none": []}
     for img in tqdm(images, desc="ablation", unit="img", disable=not progress):
+        kept, x = load_readable([img], mae.config.image_size)  # an unreadable image is skipped with a warning
+        if not kept:
+            continue
         for start in out:
-            out[start].append(propose_batch([img], max_ratio, "greedy", mae, start=start, **options)[0].losses)
+            out[start].append(propose_batch([x[0]], max_ratio, "greedy", mae, start=start, **options)[0].losses)
+        log.info("ablation: %s: L %.4f from the centre, %.4f from nothing", img if isinstance(img, (str, Path))
+                 else "image", out["center"][-1][-1], out["none"][-1][-1])
+    if not out["center"]:
+        raise ValueError(f"none of the {len(images)} images could be read")
     return {k: np.asarray(v) for k, v in out.items()}
 
 

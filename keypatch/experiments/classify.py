@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from keypatch.api import propose_batch
-from keypatch.geometry import load_images
+from keypatch.geometry import load_readable
 from keypatch.proposers import get_proposer
 from keypatch.reconstructors.mae import MAE
 
@@ -149,7 +149,11 @@ def classification_experiment(root: Path, model: MAE, ratios: list[float], strat
     strategies, one run per ratio for the others).
     """
     files, labels, classes = labelled_folder(root)
-    images = load_images(files, model.config.image_size).to(model.device)
+    kept, images = load_readable(files, model.config.image_size)  # unreadable images: skipped with a warning
+    files, labels = [files[i] for i in kept], [labels[i] for i in kept]
+    if len(set(labels)) < 2:
+        raise ValueError(f"{root}: fewer than two classes have readable images")
+    images = images.to(model.device)
     y = torch.tensor(labels, device=model.device)
     train_idx, test_idx = split(len(files), test_fraction, seed)
     results = []

@@ -7,6 +7,7 @@ Every strategy's final set is scored the same way, by one independent MAE pass
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -18,6 +19,8 @@ from keypatch.objective import losses as set_losses
 
 DEFAULT_RATIOS = (0.05, 0.1, 0.25)
 DEFAULT_STRATEGIES = ("greedy", "attention", "random")
+
+log = logging.getLogger("keypatch.compare")
 
 
 def _nanmean(values: list[float]) -> float:
@@ -98,6 +101,21 @@ def plot_compare(summary: Sequence[dict], path: str | Path, title: str = "") -> 
     return path
 
 
+def _timed_select(proposer, mae, x: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, list[int], list[float]]:
+    """``proposer.select`` one image at a time (image ``j`` with ``seed + j``), so that each image has
+    its own seconds: ``(patches, evaluations, seconds)``."""
+    patches, evals, secs = [], [], []
+    for j in range(x.shape[0]):
+        t0 = time.perf_counter()
+        p, _, e = proposer.select(mae, x[j : j + 1], k, seed + j)
+        if mae.device.type == "cuda":
+            torch.cuda.synchronize()
+        secs.append(time.perf_counter() - t0)
+        patches.append(p)
+        evals += list(e)
+    return torch.cat(patches), evals, secs
+
+
 def run_compare(paths, ratios: Sequence[float] = DEFAULT_RATIOS, strategies: Sequence[str] = DEFAULT_STRATEGIES,
                 model="default", out: str | Path | None = None, *, seed: int = 0, device: str = "auto",
                 batch_size: int = 8, options: dict[str, dict] | None = None,
@@ -119,7 +137,9 @@ def run_compare(paths, ratios: Sequence[float] = DEFAULT_RATIOS, strategies: Seq
         Folder for ``compare.csv`` (one row per image, strategy and ratio), ``summary.csv``,
         ``summary.md`` and ``compare.png``.
     seed : int
-        Image ``j`` (global index) uses ``seed + j`` for randomised strategies.
+        Image ``j`` (global index) uses ``seed + j`` for randomised strategies. Each image is
+        proposed on its own (``batch_size`` images are loaded together), so that ``seconds`` in
+        ``compare.csv`` is that image's time.
     options : dict, optional
         Per-strategy options, e.g. ``{"greedy": {"start": "center"}, "attention": {"patch_mode": "resize"}}``.
 
@@ -135,7 +155,7 @@ def run_compare(paths, ratios: Sequence[float] = DEFAULT_RATIOS, strategies: Seq
     """
     from tqdm.auto import tqdm
 
-    from keypatch.geometry import list_image_files, load_images
+    from keypatch.geometry import list_image_files, load_readable
     from keypatch.proposers import get_proposer
     from keypatch.reconstructors import load_mae
 
@@ -154,30 +174,34 @@ def run_compare(paths, ratios: Sequence[float] = DEFAULT_RATIOS, strategies: Seq
     total = math.ceil(len(images) / batch_size) * len(strategies) * len(ratios)
     with tqdm(total=total, desc="compare", disable=not progress) as bar:
         for s in range(0, len(images), batch_size):
-            chunk = names[s : s + batch_size]
-            x = load_images(images[s : s + batch_size], mae.config.image_size).to(mae.device)
+            kept, x = load_readable(images[s : s + batch_size], mae.config.image_size)  # unreadable: skipped
+            chunk = [names[s + i] for i in kept]
+            if not kept:
+                bar.update(len(proposers) * len(ratios))
+                continue
+            x = x.to(mae.device)
+            log.info("compare: images %d-%d of %d", s + 1, s + len(kept), len(images))
             ii = torch.arange(x.shape[0], device=mae.device)
             for name, proposer in proposers.items():
                 shared = None  # prefix-consistent strategies: one run to the largest k serves all ratios
                 for r in sorted(ratios, reverse=True):
-                    t0 = time.perf_counter()
                     if shared is not None:
-                        patches, evals, secs = shared[0][:, : ks[r]], shared[1], float("nan")
+                        patches, evals = shared[0][:, : ks[r]], shared[1]
+                        secs = [float("nan")] * x.shape[0]
                     else:
-                        patches, _, evals = proposer.select(mae, x, ks[r], seed + s)
-                        if mae.device.type == "cuda":
-                            torch.cuda.synchronize()
-                        secs = (time.perf_counter() - t0) / x.shape[0]
+                        patches, evals, secs = _timed_select(proposer, mae, x, ks[r], seed + s)
                         if proposer.prefix_consistent:
                             shared = (patches, evals)
                     losses = set_losses(mae, x, patches.to(mae.device), ii).tolist()
                     for j, f in enumerate(chunk):
                         rows.append({
                             "image": f, "strategy": name, "ratio": float(r), "k": ks[r], "loss": losses[j],
-                            "seconds": secs, "evaluations": int(evals[j]),
+                            "seconds": secs[j], "evaluations": int(evals[j]),
                             "patches": " ".join(map(str, patches[j].tolist())),
                         })
                     bar.update(1)
+    if not rows:
+        raise ValueError(f"none of the {len(images)} images could be read")
     summary = summarize(rows)
     if out is not None:
         out = Path(out)

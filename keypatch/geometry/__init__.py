@@ -3,7 +3,7 @@
 from typing import TYPE_CHECKING
 
 from keypatch._lazy import lazy_attributes
-from keypatch.geometry.decode import InputNote, InputNotes, to_rgb8
+from keypatch.geometry.decode import ImageWarning, InputNote, InputNotes, to_rgb8
 from keypatch.geometry.files import IMAGE_SUFFIXES, list_image_files
 from keypatch.geometry.grid import COUNT_RULES, PatchGrid
 from keypatch.geometry.pixels import IMAGENET_MEAN, IMAGENET_STD, RESIZE_FILTERS, check_resize
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
         denormalize,
         load_image,
         load_images,
+        load_readable,
         normalize,
         patchify,
         to_pil,
@@ -28,6 +29,7 @@ __all__ = [
     "ImageLike",
     "RESIZE_FILTERS",
     "check_resize",
+    "ImageWarning",
     "InputNote",
     "InputNotes",
     "PatchGrid",
@@ -35,6 +37,7 @@ __all__ = [
     "load_image",
     "list_image_files",
     "load_images",
+    "load_readable",
     "normalize",
     "patchify",
     "to_pil",
@@ -42,5 +45,6 @@ __all__ = [
     "unpatchify",
 ]
 
-_TORCH = ["ImageLike", "denormalize", "load_image", "load_images", "normalize", "patchify", "to_pil", "unpatchify"]
+_TORCH = ["ImageLike", "denormalize", "load_image", "load_images", "load_readable", "normalize", "patchify", "to_pil",
+          "unpatchify"]
 __getattr__, __dir__ = lazy_attributes(__name__, dict.fromkeys(_TORCH, "keypatch.geometry.image"))  # torch on first use

@@ -68,6 +68,10 @@ class InputNote(UserWarning):
     """An image was changed on purpose while loading (alpha dropped, first frame, squashed, rotated)."""
 
 
+class ImageWarning(UserWarning):
+    """An image could not be read; it was skipped and nothing was computed for it."""
+
+
 class ImageSizeWarning(UserWarning):
     """An image is so large that Pillow warns of a decompression bomb (the file is named)."""
 
@@ -99,14 +103,27 @@ class InputNotes:
 Note = Callable[[str], None]
 
 
+_SAID: set[str] = set()
+"""The kinds of note already warned in this process (:func:`note_once`)."""
+
+
+def note_once(kind: str, stacklevel: int = 3) -> None:
+    """Warn an :class:`InputNote` of ``kind`` the first time this process meets it, and never again
+    (whatever the warning filters: Python's own "once per place" would repeat it at every call site)."""
+    if kind not in _SAID:
+        _SAID.add(kind)
+        warnings.warn(note_text(kind), InputNote, stacklevel=stacklevel + 1)
+
+
+def reset_notes() -> None:
+    """Forget which notes were given, so each kind is warned again once (for tests and long sessions)."""
+    _SAID.clear()
+
+
 def _note_to(notes: InputNotes | None, name: str) -> Note:
     if notes is not None:
         return lambda kind: notes.add(kind, name)
-
-    def warn(kind: str) -> None:  # constant text: Python shows each kind once per process
-        warnings.warn(note_text(kind), InputNote, stacklevel=4)
-
-    return warn
+    return lambda kind: note_once(kind, stacklevel=4)
 
 
 def open_image_file(path: str | Path) -> Image.Image:
@@ -125,12 +142,15 @@ def open_image_file(path: str | Path) -> Image.Image:
         raise FileNotFoundError(f"no image file at {path}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", Image.DecompressionBombWarning)
+        im = None
         try:
             im = Image.open(path)
             im.load()
-        except Image.DecompressionBombError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
         except Exception as exc:  # Pillow raises several types for bad files
+            if im is not None:
+                im.close()  # a truncated file: no "unclosed file" warning besides the message
+            if isinstance(exc, Image.DecompressionBombError):
+                raise ValueError(f"{path}: {exc}") from exc
             raise ValueError(f"{path} is not a readable image: {exc}") from exc
     for w in caught:
         if issubclass(w.category, Image.DecompressionBombWarning):

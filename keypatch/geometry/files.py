@@ -9,6 +9,12 @@ from pathlib import Path
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
 """File suffixes (any case) taken from folders."""
 
+OTHER_IMAGE_SUFFIXES = frozenset({".svg", ".svgz", ".heic", ".heif", ".avif", ".jxl", ".raw", ".dng", ".cr2", ".cr3",
+                                  ".nef", ".arw", ".orf", ".rw2", ".psd", ".xcf", ".ico", ".exr", ".hdr", ".jp2"})
+"""Suffixes of images that folders are not searched for (vector graphics, camera raw, HEIF, layered
+and icon files, most of which Pillow does not read): found in a folder, they are left out with one
+warning that names them, not in silence. Named as a file, one is read if Pillow can."""
+
 
 def list_image_files(paths: str | Path | Iterable[str | Path], *, allow_empty: bool = False) -> list[Path]:
     """The image files named by ``paths``, in order, without repeats.
@@ -39,6 +45,7 @@ def list_image_files(paths: str | Path | Iterable[str | Path], *, allow_empty: b
         paths = [paths]
     paths = [Path(p) for p in paths]
     found: list[Path] = []
+    left: list[Path] = []
     for p in paths:
         if p.is_dir():
             walked: set[str] = set()
@@ -51,10 +58,21 @@ def list_image_files(paths: str | Path | Iterable[str | Path], *, allow_empty: b
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 found.extend(Path(root) / f for f in sorted(files)
                              if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)
+                left.extend(Path(root) / f for f in sorted(files)
+                            if not f.startswith(".") and Path(f).suffix.lower() in OTHER_IMAGE_SUFFIXES)
         elif p.exists():
             found.append(p)
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
+    if left:
+        import warnings
+
+        from keypatch.geometry.decode import ImageWarning
+
+        kinds = ", ".join(sorted({f.suffix.lower() for f in left}))
+        shown = ", ".join(str(f) for f in left[:3]) + (", ..." if len(left) > 3 else "")
+        warnings.warn(f"{len(left)} image file(s) of a kind not taken from folders ({kinds}) left out: {shown}; "
+                      "convert them to PNG or JPEG to include them", ImageWarning, stacklevel=2)
     seen: set[Path] = set()
     unique = []
     for f in found:

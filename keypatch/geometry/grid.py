@@ -8,6 +8,11 @@ COUNT_RULES = ("round", "reference")
 """How a ratio becomes a patch count (:meth:`PatchGrid.count`)."""
 
 
+class OutsideGridError(IndexError, ValueError):
+    """A patch index or ``(row, col)`` outside the grid (an IndexError, and a ValueError: a bad value
+    given, which the commands report in one line)."""
+
+
 @dataclass(frozen=True)
 class PatchGrid:
     """A ``rows x cols`` grid of ``patch_size`` pixel patches, indexed row-major.
@@ -60,13 +65,13 @@ class PatchGrid:
     def index(self, row: int, col: int) -> int:
         """Row-major index of the patch at ``(row, col)``."""
         if not (0 <= row < self.rows and 0 <= col < self.cols):
-            raise IndexError(f"({row}, {col}) is outside a {self.rows}x{self.cols} grid")
+            raise OutsideGridError(f"({row}, {col}) is outside a {self.rows}x{self.cols} grid")
         return row * self.cols + col
 
     def rc(self, index: int) -> tuple[int, int]:
         """``(row, col)`` of patch ``index``."""
         if not 0 <= index < self.n:
-            raise IndexError(f"patch {index} is outside a grid of {self.n} patches")
+            raise OutsideGridError(f"patch {index} is outside a grid of {self.n} patches")
         return divmod(index, self.cols)
 
     def count(self, ratio: float, rule: str = "round") -> int:

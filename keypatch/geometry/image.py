@@ -122,6 +122,40 @@ def load_images(images: Sequence[ImageLike] | ImageLike, size: int = 224,
     return torch.stack([load_image(x, size, notes, resize=resize) for x in images])
 
 
+def load_readable(images: Sequence[ImageLike], size: int = 224, notes: InputNotes | None = None,
+                  resize: str = "bicubic") -> tuple[list[int], torch.Tensor]:
+    """Load the images that can be read, and skip the others with a warning each.
+
+    Like :func:`load_images`, but an image that breaks :func:`load_image`'s rules (a missing or
+    unreadable file, values out of range, too small) is reported with an
+    :class:`~keypatch.geometry.decode.ImageWarning` naming it and left out, as ``keypatch propose``
+    does, instead of ending the whole job.
+
+    Returns
+    -------
+    kept : list of int
+        The positions in ``images`` of the images loaded.
+    batch : torch.Tensor
+        ``(len(kept), 3, size, size)`` normalised.
+    """
+    import warnings
+
+    from keypatch.geometry.decode import ImageWarning
+
+    kept, loaded = [], []
+    for i, image in enumerate(images):
+        try:
+            loaded.append(load_image(image, size, notes, resize=resize))
+        except (OSError, ValueError) as exc:
+            name = str(image) if isinstance(image, (str, Path)) else f"image {i}"
+            text = str(exc) if name in str(exc) else f"{name}: {exc}"
+            warnings.warn(f"{text}; skipped", ImageWarning, stacklevel=2)
+            continue
+        kept.append(i)
+    batch = torch.stack(loaded) if loaded else torch.empty(0, 3, size, size)
+    return kept, batch
+
+
 def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     """``(B, C, H, W)`` -> ``(B, N, p*p*C)`` in the MAE's ``(p, q, c)`` order."""
     b, c, h, w = x.shape

@@ -7,13 +7,12 @@ import torch.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from keypatch.geometry.decode import InputNote, InputNotes, note_text, to_rgb8
+from keypatch.geometry.decode import InputNotes, note_once, to_rgb8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,7 +54,7 @@ def decode_pixels(image: str | Path | Image.Image | np.ndarray, size: int = 224,
         if notes is not None:
             notes.add("squashed", name)
         else:
-            warnings.warn(note_text("squashed"), InputNote, stacklevel=3)
+            note_once("squashed", stacklevel=3)
     pil = Image.fromarray(rgb).resize((size, size), RESIZE_FILTERS[resize])
     x = np.asarray(pil, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
     mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from keypatch.objective import Objective
 from keypatch.proposers.base import register
 from keypatch.proposers.search import SearchProposer, remaining_count, start_state
+
+log = logging.getLogger("keypatch.greedy")
 
 
 @register
@@ -52,4 +56,7 @@ class Greedy(SearchProposer):
             picks.append(pick[:, None])
             step_losses.append(scores[ar, best][:, None])
             remaining[ar, pick] = False
+            if log.isEnabledFor(logging.DEBUG):  # -vv: reading the picks synchronises, so only then
+                log.debug("step %d/%d: picks %s, L %s", j + 1, k, pick.tolist(),
+                          [round(v, 5) for v in step_losses[-1][:, 0].tolist()])
         return torch.cat(picks, dim=1), torch.cat(step_losses, dim=1)

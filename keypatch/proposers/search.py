@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from keypatch.geometry import PatchGrid
+from keypatch.geometry.grid import OutsideGridError
 from keypatch.objective import DEFAULT_CHUNK, Objective
 from keypatch.proposers.base import Proposer, image_seeds
 from keypatch.reconstructors.mae import MAE
@@ -56,7 +57,8 @@ def parse_start(start: Any) -> str:
 def start_patch(start: str, grid: PatchGrid) -> int | None:
     """The first patch of canonical ``start`` (:func:`parse_start`) on ``grid``; None for ``"none"``.
 
-    Raises IndexError naming the grid for a patch outside it.
+    Raises :class:`~keypatch.geometry.grid.OutsideGridError` (an IndexError and a ValueError) naming
+    the grid for a patch outside it.
     """
     if start == "none":
         return None
@@ -67,7 +69,7 @@ def start_patch(start: str, grid: PatchGrid) -> int | None:
         return grid.index(row, col)
     index = int(start)
     if index >= grid.n:
-        raise IndexError(f"start patch {index} is outside a grid of {grid.n} patches (0-{grid.n - 1})")
+        raise OutsideGridError(f"start patch {index} is outside a grid of {grid.n} patches (0-{grid.n - 1})")
     return index
 
 

@@ -1,0 +1,246 @@
+"""Option values, checked while the command line is parsed: before anything is loaded or written.
+
+Every option that takes a value has a ``type`` from this module (or ``choices``); argparse calls it
+on the text given, and a bad value becomes one line, ``keypatch COMMAND: error: argument --OPTION:
+...``, and exit status 2 (:class:`Parser`). Each check carries ``bad`` examples of values it
+refuses and one ``good`` value, which ``tests/cli/test_options.py`` uses to try every option of
+every sub-command: an option with a value and neither ``choices`` nor such a type fails that test.
+Placeholders in the examples: ``{file}`` an existing file, ``{dir}`` an existing folder,
+``{missing}`` a path where nothing is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+Check = Callable[[str], Any]
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        text = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
+
+
+def check(bad: list[str], good: str) -> Callable[[Check], Check]:
+    """Mark a value check with examples of values it refuses and one it takes."""
+
+    def mark(fn: Check) -> Check:
+        fn.bad, fn.good = bad, good  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def _fail(what: str, text: str) -> NoReturn:
+    raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
+
+
+def _number(text: str, kind: type, what: str) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        _fail(what, text)
+    if kind is float and not math.isfinite(value):
+        _fail(what, text)
+    return value
+
+
+@check(bad=["0", "1.5", "-0.1", "nan", "x"], good="0.25")
+def ratio(text: str) -> float:
+    """A keep ratio in (0, 1]."""
+    value = _number(text, float, "expected a ratio in (0, 1]")
+    if not 0.0 < value <= 1.0:
+        _fail("expected a ratio in (0, 1]", text)
+    return value
+
+
+@check(bad=["0", "1", "-0.5", "x"], good="0.3")
+def fraction(text: str) -> float:
+    """A fraction in (0, 1) (a share of the images)."""
+    value = _number(text, float, "expected a fraction in (0, 1)")
+    if not 0.0 < value < 1.0:
+        _fail("expected a fraction in (0, 1)", text)
+    return value
+
+
+@check(bad=["0", "-1", "1.5", "x"], good="2")
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    value = _number(text, int, "expected a positive integer")
+    if value < 1:
+        _fail("expected a positive integer", text)
+    return value
+
+
+@check(bad=["-1", "1.5", "x"], good="0")
+def seed(text: str) -> int:
+    """A seed: an integer >= 0."""
+    value = _number(text, int, "expected a seed (an integer >= 0)")
+    if value < 0:
+        _fail("expected a seed (an integer >= 0)", text)
+    return value
+
+
+@check(bad=["0", "-1", "nan", "inf", "x"], good="1")
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    value = _number(text, float, "expected a number > 0")
+    if value <= 0:
+        _fail("expected a number > 0", text)
+    return value
+
+
+@check(bad=["-1", "nan", "inf", "x"], good="0")
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    value = _number(text, float, "expected a number >= 0")
+    if value < 0:
+        _fail("expected a number >= 0", text)
+    return value
+
+
+@check(bad=["0", "-2", "x"], good="auto")
+def threads(text: str) -> int | str:
+    """``auto`` or a number of threads >= 1."""
+    if text == "auto":
+        return text
+    value = _number(text, int, "expected 'auto' or a number of threads >= 1")
+    if value < 1:
+        _fail("expected 'auto' or a number of threads >= 1", text)
+    return value
+
+
+@check(bad=["-1", "x", "7,", "a,b", "1,2,3", "1,-3"], good="center")
+def start(text: str) -> str:
+    """``center``, ``none``, a patch index or ``ROW,COL`` (non-negative; the model's grid bounds them
+    once it is known, before any image is read)."""
+    if text in ("center", "none") or re.fullmatch(r"\d+", text) or re.fullmatch(r"\d+,\d+", text):
+        return text
+    _fail("expected center, none, a patch index (e.g. 98) or ROW,COL (e.g. 7,0), all >= 0", text)
+
+
+@check(bad=["random:nosuch", "{missing}.safetensors", "{file}"], good="random:toy")
+def model(text: str) -> str:
+    """A :func:`keypatch.load_mae` spec, checked as far as it can be without loading: ``default``,
+    ``random:PRESET[:SEED]``, an existing file or folder, or a hub id (``org/name``)."""
+    from keypatch.reconstructors.config import PRESETS
+
+    if text == "default" or text.startswith("default@"):
+        return text
+    if text.startswith("random:"):
+        parts = text.split(":")
+        if len(parts) in (2, 3) and parts[1] in PRESETS and (len(parts) == 2 or parts[2].isdigit()):
+            return text
+        _fail(f"expected random:PRESET[:SEED] with PRESET one of {', '.join(sorted(PRESETS))}", text)
+    path = Path(text).expanduser()
+    if path.is_dir() or (path.is_file() and path.suffix in (".safetensors", ".pth", ".pt", ".bin")):
+        return text
+    if not path.exists() and text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.suffix:
+        return text  # a hub id: checked when it is downloaded
+    _fail("expected default, random:PRESET, MAE weights (.safetensors, .pth, .pt, .bin), a model folder or a "
+          "hub id (org/name)", text)
+
+
+@check(bad=["{missing}"], good="{file}")
+def existing(text: str) -> Path:
+    """A file or folder that exists."""
+    path = Path(text)
+    if not path.exists():
+        _fail("no such file or folder", text)
+    return path
+
+
+@check(bad=["{missing}", "{file}"], good="{dir}")
+def existing_dir(text: str) -> Path:
+    """A folder that exists."""
+    path = Path(text)
+    if not path.is_dir():
+        _fail("expected an existing folder", text)
+    return path
+
+
+@check(bad=["{missing}", "{dir}"], good="{file}")
+def existing_file(text: str) -> Path:
+    """A file that exists."""
+    path = Path(text)
+    if not path.is_file():
+        _fail("expected an existing file", text)
+    return path
+
+
+def _blocked(path: Path) -> Path | None:
+    """The nearest parent of ``path`` that is a file (so nothing can be made there), if any."""
+    return next((p for p in path.parents if p.is_file()), None)
+
+
+@check(bad=["{file}", "{file}/sub"], good="{missing}")
+def out_dir(text: str) -> Path:
+    """A folder to write into: one that exists, or can be made (no file in the way)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        _fail("expected a folder, and a file is there", text)
+    if _blocked(path):
+        _fail(f"cannot make a folder under the file {_blocked(path)}", text)
+    return path
+
+
+@check(bad=["{dir}", "{file}/x.json"], good="{missing}.json")
+def out_file(text: str) -> Path:
+    """A file to write: not a folder, with no file in the way of its folder."""
+    path = Path(text)
+    if path.is_dir():
+        _fail("expected a file name, and a folder is there", text)
+    if _blocked(path):
+        _fail(f"cannot make a folder under the file {_blocked(path)}", text)
+    return path
+
+
+@check(bad=["", "has space/", "a\tb"], good="https://example.org/images/")
+def url_prefix(text: str) -> str:
+    """A non-empty URL prefix without white space."""
+    if not text or re.search(r"\s", text):
+        _fail("expected a URL prefix without spaces (e.g. https://host/images/ or /data/local-files/?d=photos/)",
+              text)
+    return text
+
+
+@check(bad=["host", "host:port", "ray://", ":10001"], good="auto")
+def ray_address(text: str) -> str:
+    """A Ray cluster address: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``."""
+    if text in ("auto", "local") or re.fullmatch(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}", text):
+        return text
+    _fail("expected a Ray address: auto, HOST:PORT or ray://HOST:PORT", text)
+
+
+@check(bad=["novalue", "=1", "1x=2"], good="eps=0.1")
+def option(text: str) -> tuple[str, int | float | str]:
+    """``KEY=VALUE`` -> ``(key, value)``, the value as int, else float, else the string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        _fail("expected KEY=VALUE", text)
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def registry_choices(names: list[str]) -> list[str]:
+    """A registry's names as ``choices`` (so a new entry is an accepted value with no CLI edit)."""
+    return sorted(names)
+
+
+def main_error(command: str, text: str) -> int:
+    """Print ``keypatch COMMAND: error: TEXT`` as one line on stderr; returns 2."""
+    print(f"keypatch {command}: error: {' '.join(str(text).split())}", file=sys.stderr)
+    return 2
