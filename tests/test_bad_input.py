@@ -471,6 +471,7 @@ def test_a_read_only_store_is_read_and_checked_intact(tmp_path, read_only_view, 
     assert (tmp_path / "rep" / "index.html").is_file()
     # writing there: one line naming the folder, before the model loads (this model spec cannot load)
     capsys.readouterr()
+    (tmp_path / "no-model").mkdir()  # a folder, so the spec passes the parser: loading it would fail
     for argv in (["propose", str(tmp_path / "a.png"), "--ratio", "0.25", "--model", str(tmp_path / "no-model"),
                   "--out", str(ro)], ["propose", str(tmp_path / "a.png"), "--ratio", "0.25", "--model",
                   str(tmp_path / "no-model"), "--out", str(ro / "new")], ["store", "repair", "--out", str(ro)]):

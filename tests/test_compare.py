@@ -32,7 +32,7 @@ def test_compare_command(photos, tmp_path, capsys):
                "--model", "random:small", "--device", "cpu", "--greedy-start", "none", "--out", str(out), "--quiet",
                "--json"])
     assert rc == 0
-    printed = json.loads(capsys.readouterr().out)  # --json: the summary rows
+    printed = json.loads(capsys.readouterr().out)["summary"]  # --json: one object, the summary rows in it
     assert len(printed) == 6 and {r["strategy"] for r in printed} == {"greedy", "attention", "random"}
     rows = list(csv.DictReader((out / "compare.csv").open()))
     assert len(rows) == 2 * 3 * 2  # images x strategies x ratios

@@ -50,7 +50,7 @@ def add_results(p: argparse.ArgumentParser) -> None:
 def add_output(p: argparse.ArgumentParser, *, progress: bool = True, json_summary: bool = False) -> None:
     """``-q/--quiet`` (when the command has progress bars), ``-v/--verbose`` and, optionally, ``--json``."""
     if progress:
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no notes (warnings stay)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="log each image on stderr (-vv: each step too)")
     if json_summary:
@@ -82,11 +82,10 @@ def report(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None
 
 
 @contextmanager
-def command_warnings(command: str, quiet: bool = False) -> Iterator[None]:
+def command_warnings(command: str) -> Iterator[None]:
     """Warnings raised while ``command`` runs, each shown on a line of its own as
     ``keypatch COMMAND: warning: MESSAGE`` on stderr (through tqdm, so a progress bar is not broken;
-    input notes as ``note:``), every time they occur; with ``quiet``, notes are not shown (warnings,
-    such as a skipped file, still are).
+    input notes as ``note:``), every time they occur.
 
     Other packages' deprecation warnings (Ray Data's, for instance, when it reads its settings) are
     addressed to their callers' developers, not to the command's user: they are not shown.
@@ -105,9 +104,5 @@ def command_warnings(command: str, quiet: bool = False) -> Iterator[None]:
         for category in (DeprecationWarning, PendingDeprecationWarning):
             warnings.filterwarnings("ignore", category=category)
             warnings.filterwarnings("always", category=category, module=r"keypatch(\.|$)")
-        if quiet:
-            from keypatch.geometry import InputNote
-
-            warnings.filterwarnings("ignore", category=InputNote)
         warnings.showwarning = show
         yield

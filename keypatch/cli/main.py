@@ -32,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, with a one-line message)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a bad value (2, its one line printed), --help or --version (0)
+        return exc.code if isinstance(exc.code, int) else 0
     verbose = getattr(args, "verbose", 0) or 0
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(name)s: %(message)s")
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             set_threads(args.threads)
         from keypatch.cli.common import command_warnings
 
-        with command_warnings(args.command, getattr(args, "quiet", False)):
+        with command_warnings(args.command):
             result = args.func(args)
     except (ValueError, OSError, RuntimeError, sqlite3.Error) as exc:
         text = " ".join(str(exc).split()) or type(exc).__name__

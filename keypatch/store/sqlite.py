@@ -427,6 +427,7 @@ class ResultStore:
         is exported (:meth:`paths`)."""
         try:
             with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")  # the write lock first, waiting for other runs' writes
                 self.conn.executemany("INSERT OR IGNORE INTO paths (sha256, image_path) VALUES (?, ?)",
                                       [(d, str(p)) for d, p in items])
         except sqlite3.Error as exc:
