@@ -16,16 +16,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
+from keypatch.reconstructors.context import LossContext, MaskTokenConstants
 from keypatch.reconstructors.inplace import Workspace, inplace_ok, mlp_, run_block
 from keypatch.reconstructors.mae import MAE, SHORT_SEQUENCE, Block
-
-if TYPE_CHECKING:
-    from keypatch.reconstructors.scoring import LossContext, MaskTokenConstants
 
 DECODER_BLOCK_ROWS = 1024
 """Decoder rows (masked patches) per MLP pass of a one-block decoder (cache-sized)."""
