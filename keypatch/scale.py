@@ -18,5 +18,8 @@ def propose_dataset(source: Any, ratio: float, strategy: Any = "greedy", *, work
     ``gpus_per_worker`` GPUs each), records streamed back into the SQLite store as they arrive;
     images already stored are left out before anything is scheduled. Returns the run's summary.
     """
-    return run_propose(source, ratio, strategy, engine="ray", workers=workers, cpus_per_worker=cpus_per_worker,
-                       gpus_per_worker=gpus_per_worker, address=address, **kwargs)
+    from keypatch.engines import RayEngine
+
+    engine = RayEngine(address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+                       gpus_per_worker=gpus_per_worker)
+    return run_propose(source, ratio, strategy, engine=engine, **kwargs)

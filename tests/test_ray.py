@@ -16,6 +16,7 @@ from PIL import Image
 pytest.importorskip("ray.data")
 
 from keypatch.batch import run_propose  # noqa: E402
+from keypatch.engines import RayEngine  # noqa: E402
 from keypatch.store import ResultStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,8 +56,8 @@ def photos(tmp_path_factory, photo_dir):
 
 def test_ray_engine_stores_what_the_local_engine_stores(photos, tmp_path):
     local = run_propose([photos], 0.25, model="random:toy", out_dir=tmp_path / "local", progress=False)
-    ray = run_propose([photos], 0.25, model="random:toy", out_dir=tmp_path / "ray", progress=False, engine="ray",
-                      workers=2, batch_size=2)
+    ray = run_propose([photos], 0.25, model="random:toy", out_dir=tmp_path / "ray", progress=False,
+                      engine=RayEngine(workers=2), batch_size=2)
     assert ray["engine"] == "ray" and ray["done"] == local["done"] == 12
     assert ray["failed"] == local["failed"] == 1 and ray["failed_paths"] == [str(photos / "broken.jpg")]
     got, want = _records(tmp_path / "ray"), _records(tmp_path / "local")

@@ -17,6 +17,9 @@ from keypatch.cli.common import (
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``propose``."""
+    from keypatch.engines import ENGINES, engine_names
+    from keypatch.geometry import COUNT_RULES, RESIZE_FILTERS
+    from keypatch.presets import PRESETS
     from keypatch.proposers import available
 
     p = sub.add_parser(
@@ -33,14 +36,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start", default=None, type=v.start, metavar="center|none|INDEX|ROW,COL",
                    help="greedy-like strategies: begin from the central patch (paper, default), from nothing "
                         "(ablation), or from a patch (98 or 7,0 in the KPP authors' code)")
-    p.add_argument("--preset", choices=["paper", "reference"], default=None,
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="paper (default): the paper's text; reference: the KPP authors' released code (start 98, "
                         "int(ratio*N)+1 patches, bilinear resize); --start/--count/--resize override it")
     p.add_argument("--reference", dest="preset", action="store_const", const="reference",
                    help="the same as --preset reference")
-    p.add_argument("--count", choices=["round", "reference"], default=None,
+    p.add_argument("--count", choices=list(COUNT_RULES), default=None,
                    help="patches kept at a ratio: round(ratio*N) (paper) or int(ratio*N)+1 (authors' code)")
-    p.add_argument("--resize", choices=["bicubic", "bilinear"], default=None,
+    p.add_argument("--resize", choices=list(RESIZE_FILTERS), default=None,
                    help="resampling filter to the model's side: bicubic (default) or bilinear (authors' code)")
     add_model(p)
     add_device(p)
@@ -55,9 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "auto: mixed where bfloat16 is native (CUDA, AVX512-BF16/AMX CPUs), else float32")
     ray = p.add_argument_group("engine", "where the job computes: this process, or a Ray cluster (pip install "
                                "'keypatch[ray]'; records stream back into the same store)")
-    ray.add_argument("--engine", choices=["local", "ray"], default="local",
-                     help="local (default): this process, files decoded ahead in a thread; ray: Ray Data, decoding "
-                          "in Ray tasks and proposing on --workers actors")
+    ray.add_argument("--engine", choices=engine_names(aliases=True), default="process",
+                     help="; ".join(f"{name}: {ENGINES[name].description}" for name in engine_names())
+                     + " ('local' is the former name of 'process')")
     ray.add_argument("--address", default=None, type=v.ray_address,
                      help="ray: the cluster to join (default: a local instance)")
     ray.add_argument("--workers", type=v.positive_int, default=2,
@@ -78,16 +81,21 @@ def run(args: argparse.Namespace) -> int:
 
     options = dict(args.option)
     # run_propose's own settings (and precision) have flags of their own
-    flagged = sorted(set(options) & ({"precision"} | set(inspect.signature(run_propose).parameters)))
+    flagged = sorted(set(options) & ({"precision", "count", "resize"} | set(inspect.signature(run_propose).parameters)))
     if flagged:
         raise ValueError(f"-o {flagged[0]}=...: {flagged[0]} has its own flag (see keypatch propose --help)")
     if args.precision:
         options["precision"] = args.precision
+    from keypatch.engines import get_engine
+    from keypatch.presets import run_settings
+
+    resources = {"address": args.address, "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
+                 "gpus_per_worker": args.gpus_per_worker} if args.engine == "ray" else {}
+    settings = run_settings(args.preset, None, args.count, args.resize)
     s = run_propose(args.paths, args.ratio, strategy=args.strategy, model=args.model, start=args.start,
                     device=args.device, out_dir=args.out, batch_size=args.batch_size, seed=args.seed,
-                    progress=not args.quiet, preset=args.preset, count=args.count, resize=args.resize,
-                    engine=args.engine, address=args.address, workers=args.workers,
-                    cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, **options)
+                    progress=not args.quiet, preset=settings, engine=get_engine(args.engine, **resources),
+                    **options)
     start = f", start {s['start']}" if s["start"] else ""
     report(args, s, f"{s['done']} new, {s['skipped']} already stored, {s['failed']} unreadable (of {s['found']}) -> "
           f"{s['store']}  [model {s['model_id']}, {s['strategy']}{start}, ratio {s['ratio']:g} = {s['k']} patches, "

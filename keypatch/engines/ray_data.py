@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from keypatch.batch import _Job
+from keypatch.engines.base import Engine, register_engine
 from keypatch.engines.ray_workers import ProposeActor, decode_batch
 
-__all__ = ["ProposeActor", "RayJob", "dataset_paths", "decode_batch", "require_ray"]
+__all__ = ["ProposeActor", "RayEngine", "dataset_paths", "decode_batch", "require_ray"]
 
 RAY_PACKAGES = {"ray": "ray[data]"}
 
@@ -50,27 +51,57 @@ def require_ray() -> Any:
     return ray
 
 
-class RayJob(_Job):
-    """:class:`keypatch.batch._Job` whose images are decoded and proposed on Ray workers."""
+@register_engine
+@dataclass(frozen=True)
+class RayEngine(Engine):
+    """Ray Data: decoding in Ray tasks, ``workers`` stateful actors holding the MAE.
 
-    def configure(self, model: Any, *, address: str | None, workers: int, cpus_per_worker: float,
-                  gpus_per_worker: float, source: Any = None) -> None:
-        """Set the Ray resources (and a user's Ray Dataset with a ``path`` column as ``source``)."""
-        self.model_spec, self.address, self.workers = model, address, int(workers)
-        self.cpus, self.gpus, self.source = float(cpus_per_worker), float(gpus_per_worker), source
-        self.summary.update(engine="ray", workers=self.workers)
+    Parameters
+    ----------
+    address : str, optional
+        The cluster to join (default: a local instance with the workers' CPUs and one more).
+    workers : int
+        Model actors.
+    cpus_per_worker, gpus_per_worker : float
+        The CPUs (torch threads) and GPUs each actor holds.
+    """
 
-    def run_all(self, files: list[Path], batch_size: int, poll: float) -> None:
+    name = "ray"
+    description = "Ray Data: decoding in Ray tasks, proposing on --workers actors (pip install 'keypatch[ray]')"
+    address: str | None = None
+    workers: int = 2
+    cpus_per_worker: float = 1
+    gpus_per_worker: float = 0
+
+    def check(self) -> None:
+        require_ray()
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
+        for what, value, least in (("cpus_per_worker", self.cpus_per_worker, 0.0),
+                                   ("gpus_per_worker", self.gpus_per_worker, -1.0)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > least:
+                raise ValueError(f"{what} must be a number {'> 0' if least == 0 else '>= 0'}, got {value!r}")
+
+    def files(self, paths: Any) -> list[Path]:
+        """Files and folders, or a Ray Dataset with a ``path`` column."""
+        if hasattr(paths, "select_columns"):
+            paths = dataset_paths(paths)
+        return super().files(paths)
+
+    def summary(self) -> dict[str, Any]:
+        return {"engine": self.name, "workers": self.workers}
+
+    def run(self, job: Any, files: list[Path], batch_size: int, poll: float) -> None:
         """Claim the images not stored yet, stream them through Ray, store each record as it comes back;
         then wait, as the local engine does, for images another run holds."""
         ray = require_ray()
         try:
-            waiting, todo = self.claimed(files)
+            waiting, todo = job.claimed(files)
             if todo:
-                self._stream(ray, todo, batch_size)
-            self.wait_for(waiting, batch_size, poll)
+                self._stream(ray, job, todo, batch_size)
+            job.wait_for(waiting, batch_size, poll)
         finally:
-            self.store.release(self.run)
+            job.finish()
 
     def _start(self, ray: Any) -> None:
         for name, level in QUIET_LOGGERS.items():
@@ -81,13 +112,13 @@ class RayJob(_Job):
             ray.init(address=self.address, logging_level=logging.WARNING, log_to_driver=False)
             return
         # a local instance: the actors' CPUs, and one for the decoding tasks
-        cpus = int(np.ceil(self.workers * self.cpus)) + 1
+        cpus = int(np.ceil(self.workers * self.cpus_per_worker)) + 1
         # an instance of this process only, shut down with it: Ray's notice about its access token is not for the user
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        ray.init(num_cpus=cpus, num_gpus=int(np.ceil(self.workers * self.gpus)) or None, include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(num_cpus=cpus, num_gpus=int(np.ceil(self.workers * self.gpus_per_worker)) or None,
+                 include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
 
-    def _stream(self, ray: Any, todo: list[tuple[Path, str]], batch_size: int) -> None:
+    def _stream(self, ray: Any, job: Any, todo: list[tuple[Path, str]], batch_size: int) -> None:
         self._start(ray)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the driver's own bar counts images
@@ -95,27 +126,27 @@ class RayJob(_Job):
         ds = ray.data.from_items([{"path": str(p), "sha256": d} for p, d in todo],
                                  override_num_blocks=len(todo))  # one image a block: no idle actor at the end
         ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=0.5,
-                            fn_kwargs={"size": self.mae.config.image_size, "resize": self.settings.resize})
-        device = "cuda" if self.gpus > 0 else "cpu"
+                            fn_kwargs={"size": job.mae.config.image_size, "resize": job.settings.resize})
+        device = "cuda" if self.gpus_per_worker > 0 else "cpu"
         # one batch in flight per actor: a batch goes to the first actor free, so none idles while another
         # holds a queue (at the start, when one actor is ready first, and at the end)
         pool = ray.data.ActorPoolStrategy(size=self.workers, max_tasks_in_flight_per_actor=1)
         ds = ds.map_batches(
             ProposeActor, batch_size=batch_size, batch_format="numpy", compute=pool,
-            num_cpus=self.cpus, num_gpus=self.gpus or None,
-            fn_constructor_kwargs={"model": self.model_spec, "proposer": self.proposer, "ratio": self.ratio,
-                                   "count": self.settings.count, "seed": self.seed,
-                                   "threads": max(1, int(self.cpus)), "device": device},
+            num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker or None,
+            fn_constructor_kwargs={"model": job.model_spec, "proposer": job.proposer, "ratio": job.ratio,
+                                   "count": job.settings.count, "seed": job.seed,
+                                   "threads": max(1, int(self.cpus_per_worker)), "device": device},
         )
         for row in ds.iter_rows():
             path = Path(row["path"])
             for kind in json.loads(row["notes"]):
-                self.notes.add(kind, str(path))
+                job.notes.add(kind, str(path))
             if row["error"]:
-                self.unreadable(path, digests[str(path)], row["error"])
+                job.unreadable(path, digests[str(path)], row["error"])
             else:
-                self.keep(path, row["sha256"], json.loads(row["patches"]), json.loads(row["losses"]),
-                          int(row["evaluations"]), float(row["seconds"]))
+                job.keep(path, row["sha256"], json.loads(row["patches"]), json.loads(row["losses"]),
+                         int(row["evaluations"]), float(row["seconds"]))
 
 
 def dataset_paths(dataset: Any) -> list[Path]:
