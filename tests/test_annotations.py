@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from keypatch.cli.main import main
+from keypatch.exports.annotations import coco_rle, kept_mask, labelstudio_rle, patch_box
 from keypatch.geometry import PatchGrid
 from keypatch.store import ResultStore
-from keypatch.store.annotations import coco_rle, kept_mask, labelstudio_rle, patch_box
 
 GRID = PatchGrid()
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from keypatch.cli.main import main
+from keypatch.exports import setting_flags
 from keypatch.store import ResultStore
-from keypatch.store.export import setting_flags
 
 
 class _Page(HTMLParser):

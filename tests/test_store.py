@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from keypatch.experiments.pictures import MARGIN, TITLE_HEIGHT, triptych
+from keypatch.exports.base import check_one_setting
+from keypatch.exports.patch_ids import export_json, unique_names, write_patch_ids_per_folder
 from keypatch.geometry import PatchGrid, list_image_files, load_image, to_pil
 from keypatch.reconstructors import load_mae
 from keypatch.store import DuplicateRecordError, Record, ResultStore, sha256_file
-from keypatch.store.export import check_one_setting, export_json
-from keypatch.store.patch_ids import unique_names, write_patch_ids_per_folder
 
 
 def make_record(**kw) -> Record:
@@ -129,7 +129,7 @@ def test_names_follow_the_authors_loader_per_folder():
     assert unique_names(recs[::-1]) == ["dog", "dog.v2.png", "b/Cat", "a/cat"]  # independent of order
     assert unique_names(recs[2:]) == ["dog.v2.png", "dog"]
     assert unique_names(recs[:1]) == ["cat"]
-    from keypatch.store.patch_ids import folder_clashes
+    from keypatch.exports.patch_ids import folder_clashes
 
     assert folder_clashes(recs) == [["/d/b/dog.jpg", "/d/b/dog.v2.png"]]
 

@@ -10,6 +10,7 @@ from keypatch.cli.common import add_device, add_output, add_results, report
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``export``."""
+    from keypatch.exports import EXPORTS
     from keypatch.proposers import available
 
     p = sub.add_parser(
@@ -34,8 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=v.seed, default=None, help="only records stored with this seed")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", type=v.option,
                    help="only records stored with this option value, repeatable (e.g. -o eps=0.2)")
-    p.add_argument("--format", dest="formats", action="append", default=None,
-                   choices=["json", "coco", "labelstudio", "masks"],
+    p.add_argument("--format", dest="formats", action="append", default=None, choices=sorted(EXPORTS),
                    help="also write annotation-tool files at the images' original resolution, repeatable: coco "
                         "(DIR/coco.json), labelstudio (DIR/labelstudio_tasks.json + labelstudio_config.xml), "
                         "masks (DIR/masks/, VOC/CVAT PNG masks); patch_ids.json is always written")
@@ -74,7 +74,7 @@ def _line(s: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``export`` for parsed ``args``."""
-    from keypatch.store.export import export_results
+    from keypatch.exports import export_results
 
     s = export_results(args.out, args.ids, args.pictures, pictures=not args.no_pictures, device=args.device,
                        progress=not args.quiet, each_setting=args.each_setting,

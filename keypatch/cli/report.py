@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``report`` for parsed ``args``."""
-    from keypatch.store.report import write_report
+    from keypatch.exports.report import write_report
 
     s = write_report(args.out, args.report, device=args.device, progress=not args.quiet,
                      strategy=args.strategy, ratio=args.ratio)

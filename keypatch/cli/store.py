@@ -24,8 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``store ACTION`` for parsed ``args``; 1 when ``check`` finds damage."""
+    from keypatch.exports import setting_flags
     from keypatch.store import ResultStore
-    from keypatch.store.export import setting_flags
     from keypatch.store.repair import check_store, repair_store, store_path
 
     if args.action == "check":

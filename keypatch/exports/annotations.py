@@ -1,17 +1,19 @@
-"""Annotation-tool exports of stored proposals, at each image's original resolution.
+"""What the annotation-tool exports share: patches mapped to each image's original resolution, and
+relative image references. The formats are :mod:`keypatch.exports.coco`,
+:mod:`keypatch.exports.labelstudio` and :mod:`keypatch.exports.masks`.
 
 The paper's purpose is active learning for segmentation: annotators label only the key patches.
-These writers map each kept patch back through the resize (the image was squashed to the model's
+The formats map each kept patch back through the resize (the image was squashed to the model's
 square side, so patch column ``c`` covers ``[round(c W / cols), round((c + 1) W / cols))`` of the
-original width ``W``, and likewise for rows) and write:
+original width ``W``, and likewise for rows, :func:`patch_box`) and write:
 
-* :func:`export_coco`: COCO JSON, one annotation per kept patch (its box, its mask as an
+* ``coco``: COCO JSON, one annotation per kept patch (its box, its mask as an
   uncompressed RLE with ``iscrowd: 1`` as COCO stores masks, and its pick order and loss under
   ``"keypatch"``); pycocotools reads it (``COCO(path).annToMask``).
-* :func:`export_labelstudio`: Label Studio import tasks, one per image, with the kept patches as a
+* ``labelstudio``: Label Studio import tasks, one per image, with the kept patches as a
   ``BrushLabels`` pre-annotation in Label Studio's RLE (the rle-pack format its brush tool and
   label-studio-sdk's converter read), and the labelling config to create the project with.
-* :func:`export_masks`: one palette PNG mask per image (0 background, 1 key patch) in the
+* ``masks``: one palette PNG mask per image (0 background, 1 key patch) in the
   Pascal VOC layout CVAT imports (``SegmentationClass/``, ``ImageSets/Segmentation/default.txt``,
   ``labelmap.txt``).
 
@@ -30,7 +32,6 @@ of the root added to the project).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,8 +41,8 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageOps
 
+from keypatch.exports.patch_ids import unique_names
 from keypatch.geometry import PatchGrid
-from keypatch.store.patch_ids import unique_names
 from keypatch.store.record import Record
 
 LABEL = "key_patch"
@@ -163,12 +164,12 @@ def labelstudio_rle(mask: np.ndarray) -> list[int]:
     return [int(stream[i : i + 8], 2) for i in range(0, len(stream), 8)]
 
 
-def _sized(records: Sequence[Record], grid: PatchGrid) -> list[tuple[str, Record, int, int]]:
+def with_sizes(records: Sequence[Record], grid: PatchGrid) -> list[tuple[str, Record, int, int]]:
     """``(name, record, width, height)`` for every record whose image can be read and has a pixel
-    for each patch; the others are left out with an :class:`~keypatch.store.export.ExportWarning`."""
+    for each patch; the others are left out with an :class:`~keypatch.exports.base.ExportWarning`."""
     import warnings
 
-    from keypatch.store.export import ExportWarning
+    from keypatch.exports.base import ExportWarning
 
     out = []
     for name, r in zip(unique_names(records), records, strict=True):
@@ -185,102 +186,3 @@ def _sized(records: Sequence[Record], grid: PatchGrid) -> list[tuple[str, Record
             continue
         out.append((name, r, w, h))
     return out
-
-
-def export_coco(records: Sequence[Record], path: str | Path, grid: PatchGrid, refs: ImageRefs | None = None) -> Path:
-    """Write ``records`` as a COCO JSON file at ``path``: one image each, one annotation per kept patch.
-
-    ``file_name`` is the image's path relative to ``refs.root`` (default: the images' common
-    folder, recorded as ``info.image_root``).
-
-    Every annotation carries ``bbox`` ``[x, y, w, h]``, ``area``, ``segmentation`` (uncompressed
-    RLE), ``iscrowd: 1`` and ``keypatch: {"patch", "rank", "loss"}`` (the pick order from 1, and
-    ``L`` once that patch was added).
-    """
-    sized = _sized(records, grid)
-    refs = refs or ImageRefs.common([r.image_path for _, r, _, _ in sized])
-    images, annotations = [], []
-    for image_id, (name, r, w, h) in enumerate(sized, start=1):
-        images.append({"id": image_id, "file_name": refs.relative(r.image_path), "width": w, "height": h,
-                       "keypatch": {"name": name, "loss": float(r.loss), "strategy": r.strategy,
-                                    "ratio": r.ratio}})
-        for rank, p in enumerate(r.patches, start=1):
-            x0, y0, x1, y1 = patch_box(grid, int(p), w, h)
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 1,
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
-                "segmentation": coco_rle(kept_mask(grid, [p], w, h)),
-                "keypatch": {"patch": int(p), "rank": rank, "loss": float(r.losses[rank - 1])},
-            })
-    data = {"info": {"description": "key patches (keypatch)", "image_root": str(refs.root)}, "images": images,
-            "annotations": annotations,
-            "categories": [{"id": 1, "name": LABEL, "supercategory": LABEL}]}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
-    return path
-
-
-LABELSTUDIO_CONFIG = f"""<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <BrushLabels name="tag" toName="image">
-    <Label value="{LABEL}" background="rgba({MASK_COLOR[0]}, {MASK_COLOR[1]}, {MASK_COLOR[2]}, 0.7)"/>
-  </BrushLabels>
-</View>
-"""
-"""The labelling config the tasks of :func:`export_labelstudio` fit."""
-
-
-def export_labelstudio(records: Sequence[Record], path: str | Path, grid: PatchGrid,
-                       refs: ImageRefs | None = None) -> Path:
-    """Write Label Studio import tasks (a JSON list) at ``path`` and the config beside it.
-
-    Each task's ``data.image`` is ``refs.labelstudio(path)`` (default :class:`ImageRefs` of the
-    images' common folder: Label Studio's local-files URL). Its ``predictions`` hold one
-    ``brushlabels`` result with the kept patches (``score``: ``-L``). The config is written to
-    ``labelstudio_config.xml`` in the same folder.
-    """
-    sized = _sized(records, grid)
-    refs = refs or ImageRefs.common([r.image_path for _, r, _, _ in sized])
-    tasks = []
-    for name, r, w, h in sized:
-        image = refs.labelstudio(r.image_path)
-        result = {"id": name[:40], "from_name": "tag", "to_name": "image", "type": "brushlabels",
-                  "original_width": w, "original_height": h, "image_rotation": 0,
-                  "value": {"format": "rle", "rle": labelstudio_rle(kept_mask(grid, r.patches, w, h)),
-                            "brushlabels": [LABEL]}}
-        tasks.append({"data": {"image": image, "name": name, "patches": [int(x) for x in r.patches],
-                               "loss": float(r.loss)},
-                      "predictions": [{"model_version": f"keypatch {r.strategy} r={r.ratio:g}",
-                                       "score": -float(r.loss), "result": [result]}]})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(tasks))
-    (path.parent / "labelstudio_config.xml").write_text(LABELSTUDIO_CONFIG)
-    return path
-
-
-def export_masks(records: Sequence[Record], out_dir: str | Path, grid: PatchGrid) -> list[Path]:
-    """One palette PNG mask per record in Pascal VOC's layout under ``out_dir``; returns the masks.
-
-    ``SegmentationClass/NAME.png`` (index 0 background, 1 key patch), ``ImageSets/Segmentation/
-    default.txt`` (the names) and ``labelmap.txt`` (``label:color_rgb:parts:actions``, as CVAT
-    writes it).
-    """
-    out = Path(out_dir)
-    (out / "SegmentationClass").mkdir(parents=True, exist_ok=True)
-    (out / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
-    palette = [0, 0, 0, *MASK_COLOR] + [0, 0, 0] * 254
-    written, names = [], []
-    for name, r, w, h in _sized(records, grid):
-        im = Image.fromarray(kept_mask(grid, r.patches, w, h).astype(np.uint8))  # mode L: 0 and 1
-        im.putpalette(palette)  # L -> P: index 1 shows in MASK_COLOR
-        target = out / "SegmentationClass" / f"{name}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        im.save(target)
-        written.append(target)
-        names.append(name)
-    (out / "ImageSets" / "Segmentation" / "default.txt").write_text("".join(f"{n}\n" for n in names))
-    color = ",".join(str(c) for c in MASK_COLOR)
-    (out / "labelmap.txt").write_text(f"# label:color_rgb:parts:actions\nbackground:0,0,0::\n{LABEL}:{color}::\n")
-    return written

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keypatch.store.export import ExportWarning, setting_flags
+from keypatch.exports.base import ExportWarning, setting_flags
 from keypatch.store.record import Record
 from keypatch.store.sqlite import ResultStore, sha256_file
 

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from keypatch.exports.base import ExportContext, check_one_setting, register_export
 from keypatch.store.record import Record
 
 JSON_NAME = "patch_ids.json"
@@ -155,3 +156,29 @@ def write_patch_ids_per_folder(records: Sequence[Record]) -> list[Path]:
         data.update({name: entry(r) for name, r in zip(unique_names(group), group, strict=True)})
         merged[target] = data
     return [_write(data, target) for target, data in merged.items()]
+
+
+def export_json(records: Sequence[Record], path: str | Path) -> Path:
+    """Write ``records`` as the KPP authors' ``patch_ids.json`` (:mod:`keypatch.exports.patch_ids`).
+
+    Parameters
+    ----------
+    records : sequence of Record
+        Proposals sharing one setting (see :func:`check_one_setting`).
+    path : str or Path
+        The JSON file to write (parent folders are created).
+
+    Returns
+    -------
+    Path
+        ``path``. Keys are image file names up to the first dot, as the authors' loader reads them;
+        clashes are resolved as :func:`~keypatch.exports.patch_ids.unique_names` says.
+    """
+    check_one_setting(records)
+    return write_patch_ids(records, path)
+
+
+@register_export("json")
+def write_json(records: Sequence[Record], context: ExportContext) -> dict[str, Any]:
+    """The ``json`` format (always written): ``patch_ids.json`` at ``context.json_path``."""
+    return {"json": str(export_json(records, context.json_path))}

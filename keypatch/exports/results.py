@@ -1,0 +1,176 @@
+"""Export stored proposals: ``patch_ids.json``, the registered formats and one picture per image.
+
+``patch_ids.json`` maps an image's name to its ordered patches and the loss after each added
+patch (:mod:`keypatch.exports.patch_ids`)::
+
+    {"ILSVRC2012_val_00000001": {"patch": [105, 92, 18], "loss": [0.52, 0.47]}, ...}
+
+The format holds one setting (model, strategy, ratio, start, options) per file, so the records
+exported together must share one: select one by any stored setting (model, strategy, ratio, start,
+seed, options), or write one export per setting (``each_setting``). The other formats
+(:data:`keypatch.exports.base.EXPORTS`) are written beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from keypatch.exports.base import (
+    EXPORTS,
+    ExportContext,
+    ExportWarning,
+    check_one_setting,
+    every_path,
+    match_options,
+    setting_flags,
+    setting_slug,
+)
+from keypatch.exports.patch_ids import JSON_NAME, clash_message, folder_clashes, write_patch_ids_per_folder
+from keypatch.exports.pictures import PICTURES_NAME, export_pictures
+from keypatch.store.sqlite import Record, ResultStore
+
+__all__ = ["EXPORTS_NAME", "export_results"]
+
+EXPORTS_NAME = "exports"
+
+
+def _export_one(records: Sequence[Record], json_file: Path, pic_dir: Path | None, device: str,
+                progress: bool, per_folder: bool = False, formats: Sequence[str] = ("json",),
+                refs: Any = None) -> dict[str, Any]:
+    clashes = folder_clashes(records)
+    if clashes:
+        warnings.warn(clash_message(clashes), ExportWarning, stacklevel=3)
+    out: dict[str, Any] = {"records": len(records), "pictures": 0, "pictures_dir": None,
+                           "skipped": 0, "setting": setting_flags(records[0].settings),
+                           "images": len({r.sha256 for r in records}), "image_root": str(refs.root)}
+    context = ExportContext(json_file.parent, refs, json_file, device)
+    for name in ["json", *(f for f in formats if f != "json")]:  # patch_ids.json always, first
+        out.update(EXPORTS[name](records, context))
+    if per_folder:
+        out["json_per_folder"] = [str(p) for p in write_patch_ids_per_folder(records)]
+    if pic_dir is not None:
+        written = export_pictures(records, None, pic_dir, device=device, progress=progress)
+        out.update(pictures=len(written), pictures_dir=str(pic_dir), skipped=len(records) - len(written))
+    return out
+
+
+def export_results(out_dir: str | Path, json_path: str | Path | None = None, pictures_dir: str | Path | None = None,
+                   *, pictures: bool = True, device: str = "auto", progress: bool = True, each_setting: bool = False,
+                   options: dict[str, Any] | None = None, seed: int | None = None, per_folder: bool = False,
+                   formats: Sequence[str] = ("json",), image_root: str | Path | None = None,
+                   image_url: str | None = None, **filters: Any) -> dict[str, Any]:
+    """Export the records of the store in ``out_dir`` (what ``keypatch export`` does).
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        The results folder (holding ``results.sqlite``), or the store file itself.
+    json_path : str or Path, optional
+        Default ``out_dir / "patch_ids.json"`` (not with ``each_setting``).
+    pictures_dir : str or Path, optional
+        Default ``out_dir / "pictures"`` (not with ``each_setting``).
+    pictures : bool
+        Also write the PNG triptychs (needs the records' models and image files).
+    device : str
+        Where to reconstruct for the pictures.
+    each_setting : bool
+        Write one export per setting of the matching records, into
+        ``out_dir / "exports" / SLUG /`` (``patch_ids.json``, ``pictures/`` and ``setting.json``;
+        see :func:`setting_slug`), instead of requiring a single setting.
+    options : dict, optional
+        Only records whose stored options include these ``key: value`` pairs (e.g. ``{"eps": 0.2}``).
+    seed : int, optional
+        Only records stored with this seed (the same as ``options={"seed": seed}``).
+    per_folder : bool
+        Also write one ``patch_ids.json`` into each folder of images, where the authors' fine-tuning
+        dataset reads it (``ROOT/CLASS/patch_ids.json``), merged into one already there
+        (:func:`~keypatch.exports.patch_ids.write_patch_ids_per_folder`); listed as ``json_per_folder``.
+    formats : sequence of str
+        Also write, beside ``patch_ids.json``, any of ``"coco"`` (``coco.json``), ``"labelstudio"``
+        (``labelstudio_tasks.json`` and ``labelstudio_config.xml``) and ``"masks"`` (``masks/``), at
+        each image's original resolution, or any other format registered in
+        :data:`~keypatch.exports.base.EXPORTS`.
+    image_root : str or Path, optional
+        The folder the annotation files' image references are relative to (default: the common
+        folder of the exported images); every image must lie under it.
+    image_url : str, optional
+        Prefix of the Label Studio tasks' image URLs (default: Label Studio's local-files URL of the
+        image root, ``/data/local-files/?d=ROOTNAME/``).
+    **filters
+        Passed to :meth:`ResultStore.records` (``strategy``, ``ratio``, ``model_id``, ``start``...);
+        None values are ignored.
+
+    Every path at which a stored image content was found is exported (one entry per path, each
+    with the content's record), and named as :func:`~keypatch.exports.patch_ids.unique_names` says;
+    files of one folder that share a ``patch_ids.json`` key are named in one ExportWarning.
+
+    Returns
+    -------
+    dict
+        ``records`` (exported entries, one per image path), ``images`` (distinct contents), ``json``
+        (path), ``pictures`` (number written), ``pictures_dir``, ``skipped``
+        (pictures not written), ``setting`` (its flags); with ``each_setting``, ``exports``: one
+        such dict per setting, and ``records`` in all.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no store.
+    ValueError
+        If no record matches, or (without ``each_setting``) the matching records have more than
+        one setting: the message lists the flags that select each.
+    """
+    if filters.get("model_id") == "default":
+        from keypatch.reconstructors.loading import default_model_id
+
+        filters["model_id"] = default_model_id()
+    unknown = sorted(set(formats) - set(EXPORTS))
+    if unknown:
+        raise ValueError(f"unknown export format {unknown[0]!r}; choose from {', '.join(sorted(EXPORTS))}")
+    options = dict(options or {})
+    if seed is not None:
+        options["seed"] = seed
+    with ResultStore(out_dir, create=False, read_only=True) as store:
+        folder = store.path.parent
+        records = match_options(store.records(**filters), options)
+        records = every_path(records, store.paths([r.sha256 for r in records]))
+    if not records:
+        given = [f"{k}={v}" for k, v in filters.items() if v is not None] + [f"{k}={v}" for k, v in options.items()]
+        raise ValueError(f"no records in {folder}" + (f" match {', '.join(given)}" if given else ""))
+    from keypatch.exports.annotations import ImageRefs
+    from keypatch.reconstructors import resolve_device
+
+    dev = str(resolve_device(device))
+    refs = ImageRefs.common([r.image_path for r in records], image_root, image_url)
+    for r in records:
+        refs.relative(r.image_path)  # every image under the root, or a ValueError before anything is written
+    if not each_setting:
+        check_one_setting(records)
+        pic_dir = (Path(pictures_dir) if pictures_dir else folder / PICTURES_NAME) if pictures else None
+        return _export_one(records, Path(json_path) if json_path else folder / JSON_NAME, pic_dir, dev, progress,
+                           per_folder, formats, refs)
+    if per_folder:
+        raise ValueError("--per-folder writes beside the images, which holds one setting; select one instead of "
+                         "--each-setting")
+    if json_path or pictures_dir:
+        raise ValueError("--json and --pictures name one export; with --each-setting every setting gets its own "
+                         "folder under OUT/exports/")
+    groups: dict[tuple, list[Record]] = defaultdict(list)
+    for r in records:
+        groups[r.settings].append(r)
+    exports = []
+    for settings, group in groups.items():
+        target = folder / EXPORTS_NAME / setting_slug(settings)
+        target.mkdir(parents=True, exist_ok=True)
+        model_id, strategy, ratio, start, options_json = settings
+        (target / "setting.json").write_text(json.dumps(
+            {"model_id": model_id, "strategy": strategy, "ratio": ratio, "start": start,
+             "options": json.loads(options_json), "records": len(group)}, indent=1) + "\n")
+        exports.append(_export_one(group, target / JSON_NAME, target / PICTURES_NAME if pictures else None, dev,
+                                   progress, formats=formats, refs=refs))
+    return {"records": len(records), "exports": exports}
