@@ -126,7 +126,7 @@ def test_bad_inputs(toy_model, toy_image):
         set_losses(toy_model, toy_image, torch.tensor([[0, 16]]))
     with pytest.raises(ValueError, match="images must be"):
         set_losses(toy_model, torch.zeros(1, 3, 32, 32), torch.tensor([[0]]))
-    with pytest.raises(ValueError, match="unknown preset"):
+    with pytest.raises(ValueError, match="unknown architecture"):
         load_mae("random:nope")
 
 

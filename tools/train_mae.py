@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from keypatch.experiments.quality import evaluate_quality
 from keypatch.geometry import list_image_files, load_images, normalize
-from keypatch.reconstructors import MAE, PRESETS, MAEConfig, save_mae
+from keypatch.reconstructors import ARCHITECTURES, MAE, MAEConfig, save_mae
 from keypatch.reconstructors.precision import autocast
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def train(data: Path, out: Path, *, preset: str = "small", steps: int = 3000, ba
     out : Path
         Run folder (checkpoint, log, final weights).
     preset : str
-        Architecture from :data:`keypatch.reconstructors.PRESETS`.
+        Architecture from :data:`keypatch.reconstructors.ARCHITECTURES`.
     steps, batch_size, lr, warmup, weight_decay, mask_ratio : training schedule.
     precision : {"float32", "bfloat16"}
         Autocast precision (bf16 only pays off on CPUs with AVX512-BF16/AMX, or GPUs).
@@ -91,7 +91,7 @@ def train(data: Path, out: Path, *, preset: str = "small", steps: int = 3000, ba
     if threads:
         torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
-    config: MAEConfig = PRESETS[preset]
+    config: MAEConfig = ARCHITECTURES[preset]
     files = list_image_files(data)
     short = int(config.image_size * 1.15)
     pool = [_load_uint8(p, short) for p in tqdm(files, desc="loading photos", unit="img")]
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("data", type=Path, help="folder of training photos")
     p.add_argument("--out", type=Path, required=True, help="run folder (resumes if a checkpoint is there)")
     p.add_argument("--val", type=Path, help="folder of held-out photos for the quality log")
-    p.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="small", choices=sorted(ARCHITECTURES))
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)

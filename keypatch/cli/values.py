@@ -131,22 +131,22 @@ def start(text: str) -> str:
 @check(bad=["random:nosuch", "{missing}.safetensors", "{file}"], good="random:toy")
 def model(text: str) -> str:
     """A :func:`keypatch.load_mae` spec, checked as far as it can be without loading: ``default``,
-    ``random:PRESET[:SEED]``, an existing file or folder, or a hub id (``org/name``)."""
-    from keypatch.reconstructors.config import PRESETS
+    ``random:ARCH[:SEED]``, an existing file or folder, or a hub id (``org/name``)."""
+    from keypatch.reconstructors.config import ARCHITECTURES
 
     if text == "default" or text.startswith("default@"):
         return text
     if text.startswith("random:"):
         parts = text.split(":")
-        if len(parts) in (2, 3) and parts[1] in PRESETS and (len(parts) == 2 or parts[2].isdigit()):
+        if len(parts) in (2, 3) and parts[1] in ARCHITECTURES and (len(parts) == 2 or parts[2].isdigit()):
             return text
-        _fail(f"expected random:PRESET[:SEED] with PRESET one of {', '.join(sorted(PRESETS))}", text)
+        _fail(f"expected random:ARCH[:SEED] with ARCH one of {', '.join(sorted(ARCHITECTURES))}", text)
     path = Path(text).expanduser()
     if path.is_dir() or (path.is_file() and path.suffix in (".safetensors", ".pth", ".pt", ".bin")):
         return text
     if not path.exists() and text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.suffix:
         return text  # a hub id: checked when it is downloaded
-    _fail("expected default, random:PRESET, MAE weights (.safetensors, .pth, .pt, .bin), a model folder or a "
+    _fail("expected default, random:ARCH, MAE weights (.safetensors, .pth, .pt, .bin), a model folder or a "
           "hub id (org/name)", text)
 
 

@@ -72,7 +72,7 @@ class MAEConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
-PRESETS: dict[str, MAEConfig] = {
+ARCHITECTURES: dict[str, MAEConfig] = {
     # official facebookresearch/mae sizes (mae_visualize_vit_*.pth)
     "base": MAEConfig(),
     "large": MAEConfig(embed_dim=1024, depth=24, num_heads=16),

@@ -7,7 +7,7 @@ Specs
     Its ``model_id`` is ``"default@<sha8>"`` (the weights' hash); that spec loads it too, and fails
     if the package holds other weights.
 ``"random:NAME"`` / ``"random:NAME:SEED"``
-    A preset (``toy``, ``small``, ``base``, ``large``, ``huge``) with seeded random weights: for tests
+    An architecture of :data:`~keypatch.reconstructors.config.ARCHITECTURES` (``toy``, ``small``, ``base``, ``large``, ``huge``) with seeded random weights: for tests
     and speed measurements (the cost does not depend on the weights).
 a ``.pth`` / ``.pt`` / ``.bin`` file
     An official facebookresearch/mae checkpoint (``mae_visualize_vit_base.pth``: a dict whose
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from keypatch.reconstructors.config import PRESETS, MAEConfig
+from keypatch.reconstructors.config import ARCHITECTURES, MAEConfig
 from keypatch.reconstructors.convert import (
     config_from_hf,
     hf_to_keypatch,
@@ -196,9 +196,9 @@ def load_mae(spec: str | Path | MAE = "default", device: str | torch.device = "a
         model = build_mae(MAEConfig.from_json(DEFAULT_CONFIG), load_file(str(DEFAULT_WEIGHTS)), model_id)
     elif text.startswith("random:"):
         parts = text.split(":")
-        if parts[1] not in PRESETS:
-            raise ValueError(f"unknown preset {parts[1]!r}; choose from {sorted(PRESETS)}")
-        model = MAE(PRESETS[parts[1]])
+        if parts[1] not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {parts[1]!r}; choose from {sorted(ARCHITECTURES)}")
+        model = MAE(ARCHITECTURES[parts[1]])
         model.reset_parameters(seed=int(parts[2]) if len(parts) > 2 else 0)
         model.model_id = text
         model.eval()
