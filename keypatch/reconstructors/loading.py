@@ -7,8 +7,9 @@ Specs
     Its ``model_id`` is ``"default@<sha8>"`` (the weights' hash); that spec loads it too, and fails
     if the package holds other weights.
 ``"random:NAME"`` / ``"random:NAME:SEED"``
-    An architecture of :data:`~keypatch.reconstructors.config.ARCHITECTURES` (``toy``, ``small``, ``base``, ``large``, ``huge``) with seeded random weights: for tests
-    and speed measurements (the cost does not depend on the weights).
+    An architecture of :data:`~keypatch.reconstructors.config.ARCHITECTURES` (``toy``, ``small``,
+    ``base``, ``large``, ``huge``) with seeded random weights: for tests and speed measurements
+    (the cost does not depend on the weights).
 a ``.pth`` / ``.pt`` / ``.bin`` file
     An official facebookresearch/mae checkpoint (``mae_visualize_vit_base.pth``: a dict whose
     ``"model"`` holds the state dict) or a Hugging Face ``pytorch_model.bin``; loaded with
