@@ -1,6 +1,17 @@
 """Proposals for many image files, stored as they finish (what ``keypatch propose`` runs): the
 front door of the engines (:mod:`keypatch.engines`), which run the job of :mod:`keypatch.engines.job`.
 
+Images already stored with the same settings (same file content by sha256, model id, strategy,
+ratio, start and the strategy's settings, the seed only for strategies that use one) are skipped,
+so an interrupted run resumes where it stopped; each record is committed as soon as its image is
+done. Runs on the same store share the work: each image is claimed before it is computed, images
+claimed by another live run are left to it, and a run ends only once every image is stored (it
+waits for the others' images, and takes over those of a run that died). On a CPU, runs of this
+host on the same store split its torch threads between them (``threads // live runs``, at least
+1). Unreadable images are reported with an :class:`ImageWarning`, counted and skipped; deliberate
+changes made while loading (alpha dropped, first frame, squashed, EXIF rotation) are reported once
+per run as :class:`~keypatch.geometry.InputNote` warnings, one line per kind.
+
 >>> from keypatch.batch import run_propose
 >>> run_propose(["photos/"], ratio=0.1, out_dir="results")          # doctest: +SKIP
 {'found': 120, 'done': 120, 'skipped': 0, 'failed': 0, ...}
@@ -46,75 +57,41 @@ def _check_ratio(ratio: Any) -> float:
     return float(ratio)
 
 
-def run_propose(
-    paths: str | Path | Sequence[str | Path],
-    ratio: float,
-    strategy: str | Proposer = "greedy",
-    model: Any = "default",
-    start: str | int | tuple[int, int] | None = None,
-    device: str = "auto",
-    out_dir: str | Path = DEFAULT_OUT,
-    batch_size: int = 1,
-    seed: int = 0,
-    progress: bool = True,
-    preset: str | RunSettings | None = None,
-    engine: str | Engine = "process",
-    claims: Claims | None = None,
-    **options: Any,
-) -> dict[str, Any]:
+def run_propose(paths: str | Path | Sequence[str | Path], ratio: float, strategy: str | Proposer = "greedy",
+                model: Any = "default", start: str | int | tuple[int, int] | None = None, device: str = "auto",
+                out_dir: str | Path = DEFAULT_OUT, batch_size: int = 1, seed: int = 0, progress: bool = True,
+                preset: str | RunSettings | None = None, engine: str | Engine = "process", claims: Claims | None = None,
+                **options: Any) -> dict[str, Any]:
     r"""Propose key patches for every image under ``paths`` and store one record per image.
 
-    Images already stored with the same settings (same file content by sha256, model id, strategy,
-    ratio, start and the strategy's settings, the seed only for strategies that use one) are
-    skipped, so an interrupted run resumes where it stopped. Each record is committed as soon as
-    its image is done. Runs on the same store share the work: each image is claimed before it is
-    computed, images claimed by another live run are left to it, and a run ends only once every
-    image is stored (it waits for the others' images, and takes over those of a run that died).
-    On a CPU, runs of this host on the same store split its torch threads between them (each uses
-    ``threads // live runs``, at least 1), so that they do not oversubscribe the cores.
-    Unreadable images are reported with an :class:`ImageWarning`, counted in the summary and
-    skipped; the others are processed. Deliberate changes made while loading (alpha dropped, first
-    frame of an animation, squashed to a square, EXIF rotation) are reported once per run as
-    :class:`~keypatch.geometry.InputNote` warnings, one line per kind.
+    How runs resume, share a store and report images is said in this module's docstring.
 
     Parameters
     ----------
     paths : path or sequence of paths
-        Image files and folders (see :func:`keypatch.geometry.list_image_files`).
+        Image files and folders (:func:`keypatch.geometry.list_image_files`); with Ray, also a Ray
+        Dataset with a ``path`` column.
     ratio : float
         Fraction of patches to keep, in ``(0, 1]`` (checked before anything is loaded).
-    strategy : str or Proposer
-        A registered strategy (:func:`keypatch.available`).
-    model : str or MAE
-        A :func:`keypatch.load_mae` spec (``"default"``, ``"random:toy"``, a file...) or a model.
-    start : {"center", "none"}, int or (row, col), optional
-        For strategies that take a start (greedy; default the centre); stored as ``""`` for the
-        others.
-    device : {"auto", "cpu", "cuda"}
-        Where to compute.
+    strategy, model, start, device, seed
+        As for :func:`keypatch.propose`; ``start`` is stored as ``""`` for strategies without one,
+        and the seed only for strategies whose answer depends on it.
     out_dir : str or Path
         Results folder; the store is ``out_dir / "results.sqlite"``.
     batch_size : int
         Images per MAE batch (they share MAE passes); the answers do not depend on it.
-    seed : int
-        Seed for randomised strategies (stored with the record only for them).
     progress : bool
         Show a tqdm progress bar (on stderr).
     preset : {"paper", "reference"} or RunSettings, optional
-        ``"reference"``: the KPP authors' released code (start 98, ``int(ratio * N) + 1``
-        patches, bilinear resize); default the paper's text. A
-        :class:`~keypatch.presets.RunSettings` value (from :func:`keypatch.presets.run_settings`,
-        e.g. a preset with its count rule or resize filter overridden) is used as it is, its
-        ``start`` unless ``start`` is given; ``count`` and ``resize`` are stored in the record's
-        options where they are not the paper's.
+        The paper's text (default), the KPP authors' code (``"reference"``), or a
+        :class:`~keypatch.presets.RunSettings` value from :func:`keypatch.presets.run_settings`
+        (a preset with its count rule or resize filter overridden); ``count`` and ``resize`` are
+        stored in the record's options where they are not the paper's.
     engine : str or Engine
-        Where to compute: ``"process"`` (this process, the default) or ``"ray"``, or an engine
-        value with its resources, e.g. ``RayEngine(workers=4, address="auto")``
-        (:mod:`keypatch.engines`; Ray needs the ``ray`` extra). With Ray, ``paths`` may also be a
-        Ray Dataset with a ``path`` column.
+        ``"process"`` (the default) or ``"ray"``, or an engine value with its resources, e.g.
+        ``RayEngine(workers=4, address="auto")`` (:mod:`keypatch.engines`).
     claims : Claims, optional
-        How long a claim lives without renewal and how often images held by another run are
-        looked at (default :class:`Claims`\ ``()``).
+        Claim lease and polling of images another run holds (default :class:`Claims`\ ``()``).
     **options
         Further strategy options (e.g. ``precision="bfloat16"``).
 
@@ -122,10 +99,9 @@ def run_propose(
     -------
     dict
         ``found``, ``done`` (new records), ``skipped`` (already stored, stored meanwhile by another
-        run, or the same content twice in this run), ``recomputed`` (of those, computed here too because
-        another run stored it after its claim had expired), ``failed`` and ``failed_paths`` (unreadable),
-        ``notes`` (the deliberate-change lines), ``store``, ``model_id``, ``strategy``, ``ratio``,
-        ``k``, ``start``, ``options``, ``seconds`` (wall time).
+        run, or the same content twice), ``recomputed`` (computed here too, another run having stored
+        it after its claim expired), ``failed`` and ``failed_paths``, ``notes``, ``store``,
+        ``model_id``, ``strategy``, ``ratio``, ``k``, ``start``, ``options``, ``engine``, ``seconds``.
     """
     from tqdm.auto import tqdm
 

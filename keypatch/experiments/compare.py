@@ -116,6 +116,27 @@ def _timed_select(proposer, mae, x: torch.Tensor, k: int, seed: int) -> tuple[to
     return torch.cat(patches), evals, secs
 
 
+def _strategy_rows(name: str, proposer, mae, x: torch.Tensor, chunk: list[str], ks: dict[float, int],
+                   seed: int) -> list[dict]:
+    """The rows of one strategy on one batch, at every ratio; a prefix-consistent strategy runs once,
+    to the largest ``k``, and its prefixes serve the smaller ratios (their ``seconds`` NaN)."""
+    rows, shared = [], None
+    ii = torch.arange(x.shape[0], device=mae.device)
+    for r in sorted(ks, reverse=True):
+        if shared is not None:
+            patches, evals = shared[0][:, : ks[r]], shared[1]
+            secs = [float("nan")] * x.shape[0]
+        else:
+            patches, evals, secs = _timed_select(proposer, mae, x, ks[r], seed)
+            if proposer.prefix_consistent:
+                shared = (patches, evals)
+        losses = set_losses(mae, x, patches.to(mae.device), ii).tolist()
+        rows += [{"image": f, "strategy": name, "ratio": float(r), "k": ks[r], "loss": losses[j], "seconds": secs[j],
+                  "evaluations": int(evals[j]), "patches": " ".join(map(str, patches[j].tolist()))}
+                 for j, f in enumerate(chunk)]
+    return rows
+
+
 def run_compare(paths, ratios: Sequence[float] = DEFAULT_RATIOS, strategies: Sequence[str] = DEFAULT_STRATEGIES,
                 model="default", out: str | Path | None = None, *, seed: int = 0, device: str = "auto",
                 batch_size: int = 8, options: dict[str, dict] | None = None,
@@ -181,25 +202,9 @@ def run_compare(paths, ratios: Sequence[float] = DEFAULT_RATIOS, strategies: Seq
                 continue
             x = x.to(mae.device)
             log.info("compare: images %d-%d of %d", s + 1, s + len(kept), len(images))
-            ii = torch.arange(x.shape[0], device=mae.device)
             for name, proposer in proposers.items():
-                shared = None  # prefix-consistent strategies: one run to the largest k serves all ratios
-                for r in sorted(ratios, reverse=True):
-                    if shared is not None:
-                        patches, evals = shared[0][:, : ks[r]], shared[1]
-                        secs = [float("nan")] * x.shape[0]
-                    else:
-                        patches, evals, secs = _timed_select(proposer, mae, x, ks[r], seed + s)
-                        if proposer.prefix_consistent:
-                            shared = (patches, evals)
-                    losses = set_losses(mae, x, patches.to(mae.device), ii).tolist()
-                    for j, f in enumerate(chunk):
-                        rows.append({
-                            "image": f, "strategy": name, "ratio": float(r), "k": ks[r], "loss": losses[j],
-                            "seconds": secs[j], "evaluations": int(evals[j]),
-                            "patches": " ".join(map(str, patches[j].tolist())),
-                        })
-                    bar.update(1)
+                rows += _strategy_rows(name, proposer, mae, x, chunk, ks, seed + s)
+                bar.update(len(ratios))
     if not rows:
         raise ValueError(f"none of the {len(images)} images could be read")
     summary = summarize(rows)

@@ -123,6 +123,26 @@ def _page(sections: list[str], settings: list[tuple[str, str]], title: str, coun
             f'<div id="images">{"".join(sections)}</div><script>{SCRIPT}</script></body></html>\n')
 
 
+def _where(paths: dict[str, list[str]], sha: str, group: list[Record]) -> list[Path]:
+    """Every path of the content ``sha`` that has a file (else the first record's path)."""
+    every = paths.get(sha) or [group[0].image_path]
+    return [Path(p) for p in every if Path(p).is_file()] or [Path(group[0].image_path)]
+
+
+def _section(found: list[Path], readable: bool, target: Path, cards: list[str]) -> str:
+    """One image's section: a link to each of its paths, and its cards side by side."""
+    links = []
+    for p in found:
+        href = Path(os.path.relpath(p.absolute(), target.absolute())).as_posix()
+        links.append(f'<a href="{html.escape(href)}">{html.escape(p.name)}</a>' if readable else
+                     f"{html.escape(p.name)} (missing)")
+    also = (f'<p class="paths">the same file at {len(found)} paths: '
+            + ", ".join(html.escape(str(p)) for p in found) + "</p>") if len(found) > 1 else ""
+    return (f'<section class="image" data-name="{html.escape(found[0].name)}">'
+            f"<h2>{' = '.join(links)}</h2>{also}"
+            f'<div class="row">{"".join(cards)}</div></section>')
+
+
 def write_report(out_dir: str | Path, report_dir: str | Path | None = None, *, device: str = "auto",
                  progress: bool = True, **filters: Any) -> dict[str, Any]:
     """Write the gallery of the store in ``out_dir`` into ``report_dir`` (default ``out_dir/report``).
@@ -169,13 +189,9 @@ def write_report(out_dir: str | Path, report_dir: str | Path | None = None, *, d
     sections, written, missing, notes = [], 0, 0, InputNotes()
     bar = tqdm(total=len(records), desc="report", unit="rec", disable=not progress)
 
-    def where(sha: str, group: list[Record]) -> list[Path]:  # every path of the content that has a file
-        every = paths.get(sha) or [group[0].image_path]
-        return [Path(p) for p in every if Path(p).is_file()] or [Path(group[0].image_path)]
-
-    for sha, group in sorted(by_image.items(), key=lambda kv: where(*kv)[0].name.lower()):
+    for sha, group in sorted(by_image.items(), key=lambda kv: _where(paths, *kv)[0].name.lower()):
         group.sort(key=lambda r: (r.model_id, r.strategy, r.ratio, r.start, r.options_json))
-        found = where(sha, group)
+        found = _where(paths, sha, group)
         path = found[0]
         readable = path.is_file() and sha256_file(path) == sha
         cards = []
@@ -192,16 +208,7 @@ def write_report(out_dir: str | Path, report_dir: str | Path | None = None, *, d
                 missing += 1
             cards.append(_card(r, picture, label(r)))
             bar.update(1)
-        links = []
-        for p in found:
-            href = Path(os.path.relpath(p.absolute(), target.absolute())).as_posix()
-            links.append(f'<a href="{html.escape(href)}">{html.escape(p.name)}</a>' if readable else
-                         f"{html.escape(p.name)} (missing)")
-        also = (f'<p class="paths">the same file at {len(found)} paths: '
-                + ", ".join(html.escape(str(p)) for p in found) + "</p>") if len(found) > 1 else ""
-        sections.append(f'<section class="image" data-name="{html.escape(path.name)}">'
-                        f"<h2>{' = '.join(links)}</h2>{also}"
-                        f'<div class="row">{"".join(cards)}</div></section>')
+        sections.append(_section(found, readable, target, cards))
     bar.close()
     if missing:
         warnings.warn(f"{missing} records have no picture: their image is missing or changed", ExportWarning,

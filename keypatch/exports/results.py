@@ -70,40 +70,26 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
     ----------
     out_dir : str or Path
         The results folder (holding ``results.sqlite``), or the store file itself.
-    json_path : str or Path, optional
-        Default ``out_dir / "patch_ids.json"`` (not with ``each_setting``).
-    pictures_dir : str or Path, optional
-        Default ``out_dir / "pictures"`` (not with ``each_setting``).
+    json_path, pictures_dir : str or Path, optional
+        Default ``out_dir / "patch_ids.json"`` and ``out_dir / "pictures"`` (not with ``each_setting``).
     pictures : bool
-        Also write the PNG triptychs (needs the records' models and image files).
-    device : str
-        Where to reconstruct for the pictures.
+        Also write the PNG triptychs (needs the records' models and image files), on ``device``.
     each_setting : bool
-        Write one export per setting of the matching records, into
-        ``out_dir / "exports" / SLUG /`` (``patch_ids.json``, ``pictures/`` and ``setting.json``;
-        see :func:`setting_slug`), instead of requiring a single setting.
-    options : dict, optional
-        Only records whose stored options include these ``key: value`` pairs (e.g. ``{"eps": 0.2}``).
-    seed : int, optional
-        Only records stored with this seed (the same as ``options={"seed": seed}``).
+        One export per setting, into ``out_dir / "exports" / SLUG /`` (with ``setting.json``;
+        :func:`~keypatch.exports.base.setting_slug`), instead of requiring a single setting.
+    options, seed : optional
+        Only records whose stored options include these ``key: value`` pairs, or this seed.
     per_folder : bool
-        Also write one ``patch_ids.json`` into each folder of images, where the authors' fine-tuning
-        dataset reads it (``ROOT/CLASS/patch_ids.json``), merged into one already there
-        (:func:`~keypatch.exports.patch_ids.write_patch_ids_per_folder`); listed as ``json_per_folder``.
+        Also write a ``patch_ids.json`` into each image folder, where the authors' fine-tuning reads it,
+        merged into one there (:func:`~keypatch.exports.patch_ids.write_patch_ids_per_folder`).
     formats : sequence of str
-        Also write, beside ``patch_ids.json``, any of ``"coco"`` (``coco.json``), ``"labelstudio"``
-        (``labelstudio_tasks.json`` and ``labelstudio_config.xml``) and ``"masks"`` (``masks/``), at
-        each image's original resolution, or any other format registered in
-        :data:`~keypatch.exports.base.EXPORTS`.
-    image_root : str or Path, optional
-        The folder the annotation files' image references are relative to (default: the common
-        folder of the exported images); every image must lie under it.
-    image_url : str, optional
-        Prefix of the Label Studio tasks' image URLs (default: Label Studio's local-files URL of the
-        image root, ``/data/local-files/?d=ROOTNAME/``).
+        Also write, beside ``patch_ids.json``, formats of :data:`~keypatch.exports.base.EXPORTS`
+        (``coco``, ``labelstudio``, ``masks``: at each image's original resolution).
+    image_root, image_url : optional
+        The folder image references are relative to (default: the images' common folder), and the
+        Label Studio tasks' URL prefix (default: its local-files URL of the root).
     **filters
-        Passed to :meth:`ResultStore.records` (``strategy``, ``ratio``, ``model_id``, ``start``...);
-        None values are ignored.
+        Passed to :meth:`ResultStore.records` (``strategy``, ``ratio``, ``model_id``, ``start``...).
 
     Every path at which a stored image content was found is exported (one entry per path, each
     with the content's record), and named as :func:`~keypatch.exports.patch_ids.unique_names` says;
@@ -119,29 +105,17 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
 
     Raises
     ------
-    FileNotFoundError
-        If there is no store.
-    ValueError
-        If no record matches, or (without ``each_setting``) the matching records have more than
-        one setting: the message lists the flags that select each.
+    FileNotFoundError, ValueError
+        No store; no record matches, or (without ``each_setting``) the records have more than one
+        setting: the message lists the flags that select each.
     """
-    if filters.get("model_id") == "default":
-        from keypatch.reconstructors.loading import default_model_id
-
-        filters["model_id"] = default_model_id()
     unknown = sorted(set(formats) - set(EXPORTS))
     if unknown:
         raise ValueError(f"unknown export format {unknown[0]!r}; choose from {', '.join(sorted(EXPORTS))}")
     options = dict(options or {})
     if seed is not None:
         options["seed"] = seed
-    with ResultStore(out_dir, create=False, read_only=True) as store:
-        folder = store.path.parent
-        records = match_options(store.records(**filters), options)
-        records = every_path(records, store.paths([r.sha256 for r in records]))
-    if not records:
-        given = [f"{k}={v}" for k, v in filters.items() if v is not None] + [f"{k}={v}" for k, v in options.items()]
-        raise ValueError(f"no records in {folder}" + (f" match {', '.join(given)}" if given else ""))
+    folder, records = selected(out_dir, options, filters)
     from keypatch.exports.annotations import ImageRefs
     from keypatch.reconstructors import resolve_device
 
@@ -160,6 +134,28 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
     if json_path or pictures_dir:
         raise ValueError("--json and --pictures name one export; with --each-setting every setting gets its own "
                          "folder under OUT/exports/")
+    return {"records": len(records), "exports": _each_setting(records, folder, pictures, dev, progress, formats, refs)}
+
+
+def selected(out_dir: str | Path, options: dict[str, Any], filters: dict[str, Any]) -> tuple[Path, list[Record]]:
+    """The results folder of ``out_dir`` and its records matching ``filters`` and ``options``, one per
+    path of each image content (:func:`~keypatch.exports.base.every_path`); a ValueError if none."""
+    if filters.get("model_id") == "default":
+        from keypatch.reconstructors.loading import default_model_id
+
+        filters["model_id"] = default_model_id()
+    with ResultStore(out_dir, create=False, read_only=True) as store:
+        folder = store.path.parent
+        records = match_options(store.records(**filters), options)
+        records = every_path(records, store.paths([r.sha256 for r in records]))
+    if not records:
+        given = [f"{k}={v}" for k, v in filters.items() if v is not None] + [f"{k}={v}" for k, v in options.items()]
+        raise ValueError(f"no records in {folder}" + (f" match {', '.join(given)}" if given else ""))
+    return folder, records
+
+
+def _each_setting(records: Sequence[Record], folder: Path, pictures: bool, device: str, progress: bool,
+                  formats: Sequence[str], refs: Any) -> list[dict[str, Any]]:
     groups: dict[tuple, list[Record]] = defaultdict(list)
     for r in records:
         groups[r.settings].append(r)
@@ -171,6 +167,6 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
         (target / "setting.json").write_text(json.dumps(
             {"model_id": model_id, "strategy": strategy, "ratio": ratio, "start": start,
              "options": json.loads(options_json), "records": len(group)}, indent=1) + "\n")
-        exports.append(_export_one(group, target / JSON_NAME, target / PICTURES_NAME if pictures else None, dev,
+        exports.append(_export_one(group, target / JSON_NAME, target / PICTURES_NAME if pictures else None, device,
                                    progress, formats=formats, refs=refs))
-    return {"records": len(records), "exports": exports}
+    return exports
