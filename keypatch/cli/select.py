@@ -11,13 +11,14 @@ from keypatch.cli.common import add_device, add_output
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``select``."""
     from keypatch.classifiers import available_classifiers
+    from keypatch.selection.bins import SELECTORS
 
     p = sub.add_parser("select", help="select a subset of images (Dataset Quantization bins, GraphCut, random)",
                        description="Embed every image with a pretrained classifier, then keep round(ratio * n) of "
                                    "them. Writes OUT/selection.json and OUT/contact_sheet.jpg.")
     p.add_argument("paths", nargs="+", type=v.existing, help="image files and/or folders (searched recursively)")
     p.add_argument("--ratio", type=v.ratio, required=True, help="keep ratio in (0, 1]")
-    p.add_argument("--method", choices=["dq", "graphcut", "random"], default="dq")
+    p.add_argument("--method", choices=sorted(SELECTORS), default="dq")
     p.add_argument("--bins", type=v.positive_int, default=10, help="DQ's number of bins (default 10)")
     p.add_argument("--seed", type=v.seed, default=0)
     p.add_argument("--lam", type=v.non_negative_float, default=1.0, help="GraphCut lambda (default 1)")

@@ -26,7 +26,7 @@ class Greedy(SearchProposer):
         Visible sets per MAE pass (bounds memory; all images x candidates of a step are batched).
     precision : {"auto", "float32", "mixed", "bfloat16"}
         float32 is exact; ``"mixed"`` screens in bfloat16 and re-scores the best candidates in
-        float32 (float32's picks, 2.5x faster for ViT-B on an AVX512-BF16 CPU); bfloat16 can
+        float32 (float32's picks, faster for ViT-B where bfloat16 is native); bfloat16 can
         change picks. ``"auto"`` (the default): mixed where bfloat16 is native (CUDA, CPUs with
         AVX512-BF16 or AMX), float32 elsewhere (on AVX2-only CPUs bfloat16 is several times
         *slower*). See :mod:`keypatch.reconstructors.precision`.

@@ -6,9 +6,8 @@ re-evaluates only the candidates with the largest stale gains: as soon as the be
 is at least the largest stale gain left, that patch is taken. For a submodular objective the
 stale gains are upper bounds and the picks equal greedy's. ``L`` is far from submodular: about half
 of the candidates' gains *grow* from one step to the next, so patches whose gain was low when last
-scored are rarely re-scored. Measured with the embedded model on the 13 test photos
-(``benchmarks/README.md``): +6% above exact greedy's final ``L`` at r = 0.1 and +40% at r = 0.25,
-with 5x and 10x fewer MAE evaluations; ``swap`` is the cheap strategy to use instead.
+scored are rarely re-scored, and it falls far behind exact greedy at larger ratios
+(``docs/results.md``); ``swap`` is the cheap strategy to use instead.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ set when ``c`` was last scored; relative gains age better than absolute ones bec
 shrinks as patches are added), and adds the best of those. It is the locality-aware cousin of
 lazy greedy without lazy's stopping rule, which the KPP loss (far from submodular) defeats.
 
-Measured with the embedded model on the 13 test photos (``benchmarks/README.md``): final ``L``
-+2.8% / +2.6% above exact greedy at r = 0.1 / 0.25 with 4.2x / 4.6x fewer MAE evaluations (lazy:
-+6.2% / +40%); ``swap`` (stochastic greedy, then neighbour moves) does better still.
+Its final ``L`` is a few percent above exact greedy's for several times fewer MAE evaluations,
+well ahead of lazy greedy's (``docs/results.md``); ``swap`` (stochastic greedy, then neighbour
+moves) does better still.
 """
 
 from __future__ import annotations

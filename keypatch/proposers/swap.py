@@ -8,11 +8,9 @@ within ``reach`` on the grid (``S - p + q``) and keeps the best move if it lower
 so the result is never worse than the base answer, and after a round without any move it is a
 local optimum: no single neighbour move improves it.
 
-The default, stochastic greedy (``eps=0.2``) and two rounds, is the fast recipe: measured with the
-embedded model on the 13 test photos (``benchmarks/README.md``) its mean final ``L`` is 0.5-1.2%
-*below* exact greedy's with 6.1x (r = 0.1) and 9.3x (r = 0.25) fewer MAE evaluations.
-``base="greedy", rounds=1`` refines exact greedy itself: 4-5% lower ``L`` than greedy on every
-test photo, for 3-4% more evaluations.
+The default, stochastic greedy (``eps=0.2``) and two rounds, is the fast recipe: its final ``L``
+ends below exact greedy's with several times fewer MAE evaluations; ``base="greedy", rounds=1``
+refines exact greedy itself for a few percent more evaluations (measured in ``docs/results.md``).
 """
 
 from __future__ import annotations

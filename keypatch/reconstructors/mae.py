@@ -66,8 +66,8 @@ class Attention(nn.Module):
         qkv = qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         if q.device.type == "cpu" and n <= SHORT_SEQUENCE:
-            # two batched matmuls beat the fused CPU kernel on short sequences (1.4-2.6x measured at
-            # 12-45 tokens; slower from ~200 on)
+            # two batched matmuls beat the fused CPU kernel on short sequences (slower on long ones;
+            # docs/results.md)
             x = torch.matmul(torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5).softmax(-1), v)
         else:
             x = F.scaled_dot_product_attention(q, k, v)

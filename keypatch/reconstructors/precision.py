@@ -28,9 +28,8 @@ DEFAULT_PRECISION = "auto"
 
 MIXED_MIN_WIDTH = 768
 """``"auto"`` is ``"mixed"`` only for models whose encoder is at least this wide (ViT-B and larger).
-Narrower models gain little from bfloat16 and lose it to the float32 re-scoring: on an AVX512-BF16
-CPU the embedded model (width 192) ran ``mixed`` 1.15x faster than float32 at r = 0.1 and 0.86x at
-r = 0.25, ViT-B 2.5x faster at k = 5 (``benchmarks/results_mixed_picks_avx512_2026-12-02.txt``)."""
+Narrower models gain little from bfloat16 and lose it to the float32 re-scoring (measured in
+``docs/precision.md`` and ``benchmarks/README.md``)."""
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 """``/proc/cpuinfo`` flags of x86 CPUs with native bfloat16 matrix products."""

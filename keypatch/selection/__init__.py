@@ -18,13 +18,19 @@ from pathlib import Path
 import numpy as np
 
 from keypatch.geometry.files import list_image_files
-from keypatch.selection.bins import DatasetSelection, dq_bins, n_keep, sample_bins, select_indices
+from keypatch.selection.bins import (
+    SELECTORS,
+    DatasetSelection,
+    dq_bins,
+    n_keep,
+    register_selection,
+    sample_bins,
+    select_indices,
+)
 from keypatch.selection.contact_sheet import contact_sheet
 from keypatch.selection.diversity import coverage, diversity_metrics, diversity_study, spread
 from keypatch.selection.embed import embed_images, embed_paths
 from keypatch.selection.graphcut import cosine_similarity, graphcut_greedy, graphcut_select, graphcut_value
-
-METHODS = ("dq", "graphcut", "random")
 
 
 @dataclass
@@ -96,8 +102,8 @@ def select_dataset(paths, ratio: float, method: str = "dq", *, n_bins: int = 10,
     -------
     SelectionResult
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in SELECTORS:
+        raise ValueError(f"method must be one of {', '.join(sorted(SELECTORS))}, got {method!r}")
     if embeddings is None:
         files, emb = embed_paths(paths, classifier, device=device, batch_size=batch_size, cache=cache,
                                  progress=progress)
@@ -134,7 +140,8 @@ def select_dataset(paths, ratio: float, method: str = "dq", *, n_bins: int = 10,
 
 
 __all__ = [
-    "METHODS",
+    "SELECTORS",
+    "register_selection",
     "DatasetSelection",
     "SelectionResult",
     "contact_sheet",

@@ -9,6 +9,7 @@ union covers the data at every ratio.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,24 +127,49 @@ def sample_bins(bins: list[np.ndarray], ratio: float, seed: int = 0) -> DatasetS
     return DatasetSelection(np.concatenate(idx).astype(np.int64), bins, np.concatenate(of), "dq", float(ratio))
 
 
+Selector = Callable[..., DatasetSelection]
+
+SELECTORS: dict[str, Selector] = {}
+"""Dataset selection methods by name: ``fn(embeddings, ratio, *, n_bins, seed, lam, bins)`` ->
+:class:`DatasetSelection`. A new method is a function with :func:`register_selection`."""
+
+
+def register_selection(name: str) -> Callable[[Selector], Selector]:
+    """Decorator: register a selection method under ``name`` (the ``--method`` choices read it)."""
+
+    def add(fn: Selector) -> Selector:
+        SELECTORS[name] = fn
+        return fn
+
+    return add
+
+
+@register_selection("dq")
+def _dq(emb: np.ndarray, ratio: float, *, n_bins: int, seed: int, lam: float, bins) -> DatasetSelection:
+    """DQ bins (``n_bins``; ``bins`` reused when given) sampled uniformly, seeded."""
+    return sample_bins(bins if bins is not None else dq_bins(emb, n_bins, lam), ratio, seed)
+
+
+@register_selection("graphcut")
+def _graphcut(emb: np.ndarray, ratio: float, *, n_bins: int, seed: int, lam: float, bins) -> DatasetSelection:
+    """One GraphCut selection over everything (deterministic)."""
+    k = n_keep(emb.shape[0], ratio)
+    idx = graphcut_greedy(cosine_similarity(emb), k, lam)
+    return DatasetSelection(idx, [np.arange(emb.shape[0])], np.zeros(k, dtype=np.int64), "graphcut", float(ratio))
+
+
+@register_selection("random")
+def _random(emb: np.ndarray, ratio: float, *, n_bins: int, seed: int, lam: float, bins) -> DatasetSelection:
+    """Uniform without replacement, seeded."""
+    n, k = emb.shape[0], n_keep(emb.shape[0], ratio)
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False)).astype(np.int64)
+    return DatasetSelection(idx, [np.arange(n)], np.zeros(k, dtype=np.int64), "random", float(ratio))
+
+
 def select_indices(embeddings: np.ndarray, ratio: float, method: str = "dq", *, n_bins: int = 10, seed: int = 0,
                    lam: float = 1.0, bins: list[np.ndarray] | None = None) -> DatasetSelection:
-    """Select ``round(ratio * n)`` samples of ``embeddings`` ``(n, d)`` with ``method``.
-
-    ``"dq"``: DQ bins (``n_bins``; pass ``bins`` to reuse them) sampled uniformly, seeded.
-    ``"graphcut"``: one GraphCut selection over everything (deterministic).
-    ``"random"``: uniform without replacement, seeded.
-    """
-    emb = np.asarray(embeddings)
-    n = emb.shape[0]
-    k = n_keep(n, ratio)
-    everything = [np.arange(n)]
-    if method == "dq":
-        return sample_bins(bins if bins is not None else dq_bins(emb, n_bins, lam), ratio, seed)
-    if method == "graphcut":
-        idx = graphcut_greedy(cosine_similarity(emb), k, lam)
-        return DatasetSelection(idx, everything, np.zeros(k, dtype=np.int64), "graphcut", float(ratio))
-    if method == "random":
-        idx = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False)).astype(np.int64)
-        return DatasetSelection(idx, everything, np.zeros(k, dtype=np.int64), "random", float(ratio))
-    raise ValueError(f"method must be 'dq', 'graphcut' or 'random', got {method!r}")
+    """Select ``round(ratio * n)`` samples of ``embeddings`` ``(n, d)`` with ``method`` (a name in
+    :data:`SELECTORS`: ``"dq"``, ``"graphcut"``, ``"random"``, or one registered since)."""
+    if method not in SELECTORS:
+        raise ValueError(f"method must be one of {', '.join(sorted(SELECTORS))}, got {method!r}")
+    return SELECTORS[method](np.asarray(embeddings), ratio, n_bins=n_bins, seed=seed, lam=lam, bins=bins)
