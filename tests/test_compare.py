@@ -28,7 +28,7 @@ def test_compare_command(photos, tmp_path, capsys):
     from keypatch.cli.main import main
 
     out = tmp_path / "cmp"
-    rc = main(["compare", str(photos), "--ratios", "0.005", "0.01", "--strategies", "greedy", "attention", "random",
+    rc = main(["experiment", "compare", str(photos), "--ratios", "0.005", "0.01", "--strategies", "greedy", "attention", "random",
                "--model", "random:small", "--device", "cpu", "--greedy-start", "none", "--out", str(out), "--quiet",
                "--json"])
     assert rc == 0

@@ -1,4 +1,4 @@
-"""``keypatch ablation``: greedy from the central patch vs from nothing, L vs ratio."""
+"""``keypatch experiment ablation``: greedy from the central patch vs from nothing, L vs ratio."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``keypatch classify``: fine-tune a ViT on the kept patches only (KPP vs random)."""
+"""``keypatch experiment classify``: fine-tune a ViT on the kept patches only (KPP vs random)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``keypatch compare``: mean L(S) of patch strategies across keep ratios (CSV + plot)."""
+"""``keypatch experiment compare``: mean L(S) of patch strategies across keep ratios (CSV + plot)."""
 
 from __future__ import annotations
 

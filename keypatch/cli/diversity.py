@@ -1,4 +1,5 @@
-"""``keypatch diversity``: coverage and spread of GraphCut, DQ-bin and random subsets across keep ratios."""
+"""``keypatch experiment diversity``: coverage and spread of GraphCut, DQ-bin and random subsets across
+keep ratios."""
 
 from __future__ import annotations
 

@@ -12,8 +12,7 @@ import logging
 import sqlite3
 import sys
 
-COMMANDS = ["propose", "export", "report", "store", "ablation", "classify",
-            "select", "compare", "diversity"]
+COMMANDS = ["propose", "export", "report", "store", "select", "experiment"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # a bad value (2, its one line printed), --help or --version (0)
         return exc.code if isinstance(exc.code, int) else 0
+    name = " ".join(filter(None, [args.command, getattr(args, "experiment", None)]))  # e.g. "experiment compare"
     verbose = getattr(args, "verbose", 0) or 0
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(name)s: %(message)s")
@@ -47,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
             set_threads(args.threads)
         from keypatch.cli.common import command_warnings
 
-        with command_warnings(args.command):
+        with command_warnings(name):
             result = args.func(args)
     except (ValueError, OSError, RuntimeError, sqlite3.Error) as exc:
         text = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"keypatch {args.command}: error: {text}", file=sys.stderr)
+        print(f"keypatch {name}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished records are kept", file=sys.stderr)

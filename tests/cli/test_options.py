@@ -14,10 +14,16 @@ import pytest
 from keypatch.cli.main import build_parser, main
 
 
-def _commands() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
-    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return dict(sub.choices)
+def _commands(parser: argparse.ArgumentParser | None = None, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every command's parser by its words (``"propose"``, ``"experiment compare"``), nested ones included."""
+    parser = parser or build_parser()
+    out = {}
+    for sub in (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)):
+        for name, p in sub.choices.items():
+            words = f"{prefix}{name}"
+            nested = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+            out.update(_commands(p, words + " ") if nested else {words: p})
+    return out
 
 
 def _valued(p: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -65,7 +71,7 @@ def test_a_bad_value_is_one_line_and_exit_2(command, option, bad, places, capsys
     monkeypatch.setattr(loading, "load_mae", lambda *a, **k: pytest.fail("work started"))
     p = _commands()[command]
     value = bad.format(**places)
-    argv = [command]
+    argv = command.split()
     for a in _valued(p):
         if _name(a) == option:
             argv += ([option] if a.option_strings else []) + [value]

@@ -48,12 +48,12 @@ def _lines(err: str, command: str) -> list[str]:
 
 def test_compare_skips_an_unreadable_file_and_prints_strict_json_with_times_per_image(folder, tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert main(["compare", str(folder), "--ratios", "0.25", "0.5", "--strategies", "greedy", "random",
+    assert main(["experiment", "compare", str(folder), "--ratios", "0.25", "0.5", "--strategies", "greedy", "random",
                  "--model", "random:toy", "--out", str(out), "--json", "--quiet"]) == 0
     captured = capsys.readouterr()
     summary = strict_json(captured.out)  # NaN seconds (prefix runs) are null
     assert isinstance(summary, dict) and summary["images"] == 2 and set(summary["files"]) >= {"compare.csv"}
-    lines = _lines(captured.err, "compare")
+    lines = _lines(captured.err, "experiment compare")
     assert len(lines) == 3 and sum("broken.jpg" in ln and "skipped" in ln for ln in lines) == 1
     assert "logo.svg" in captured.err and captured.err.count("note:") == 1  # the squashed photo, once
     rows = list(csv.DictReader((out / "compare.csv").open()))
@@ -70,9 +70,9 @@ def test_propose_export_report_json_are_single_strict_objects(folder, tmp_path, 
 
 
 def test_ablation_and_select_skip_what_they_cannot_read(folder, tmp_path, capsys):
-    assert main(["ablation", str(folder), "--max-ratio", "0.25", "--model", "random:toy", "--out",
+    assert main(["experiment", "ablation", str(folder), "--max-ratio", "0.25", "--model", "random:toy", "--out",
                  str(tmp_path / "abl")]) == 0
-    lines = _lines(capsys.readouterr().err, "ablation")
+    lines = _lines(capsys.readouterr().err, "experiment ablation")
     assert sum("broken.jpg" in ln for ln in lines) == 1 and sum("note:" in ln for ln in lines) == 1
     assert len((tmp_path / "abl" / "ablation.csv").read_text().splitlines()) > 1
     pytest.importorskip("efficientnet_lite_pytorch")
