@@ -28,9 +28,9 @@ def test_compare_command(photos, tmp_path, capsys):
     from keypatch.cli.main import main
 
     out = tmp_path / "cmp"
-    rc = main(["experiment", "compare", str(photos), "--ratios", "0.005", "0.01", "--strategies", "greedy", "attention", "random",
-               "--model", "random:small", "--device", "cpu", "--greedy-start", "none", "--out", str(out), "--quiet",
-               "--json"])
+    rc = main(["experiment", "compare", str(photos), "--ratios", "0.005", "0.01", "--strategies", "greedy",
+               "attention", "random", "--model", "random:small", "--device", "cpu", "--greedy-start", "none",
+               "--out", str(out), "--quiet", "--json"])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)["summary"]  # --json: one object, the summary rows in it
     assert len(printed) == 6 and {r["strategy"] for r in printed} == {"greedy", "attention", "random"}
