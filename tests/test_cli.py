@@ -300,9 +300,14 @@ def test_shared_options_are_the_same_in_every_command():
     from keypatch.cli.common import DEVICES
     from keypatch.cli.main import build_parser
 
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    def leaves(parser):
+        for sub in (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)):
+            for name, p in sub.choices.items():
+                nested = any(isinstance(a, argparse._SubParsersAction) for a in p._actions)
+                yield from (leaves(p) if nested else [(name, p)])
+
     devices = 0
-    for name, p in sub.choices.items():
+    for name, p in leaves(build_parser()):
         opts = {o: a for a in p._actions for o in a.option_strings}
         assert "--no-progress" not in opts, name
         assert "-v" in opts and "--verbose" in opts, name
