@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from keypatch.cli.main import main
-from keypatch.exports import setting_flags
 from keypatch.store import ResultStore
 
 
@@ -50,7 +49,7 @@ def test_one_card_per_record_and_every_link_resolves(gallery):
         records = s.records()
     assert len(page.cards) == len(records) == 9  # 3 photos x 3 settings
     assert sorted(page.sections) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]
-    assert {c["data-setting"] for c in page.cards} == {setting_flags(r.settings) for r in records}
+    assert {c["data-setting"] for c in page.cards} == {r.settings.flags() for r in records}
     assert len({c["data-setting"] for c in page.cards}) == 3
     for c in page.cards:
         assert float(c["data-loss"]) > 0
@@ -102,7 +101,7 @@ def test_settings_that_differ_by_model_get_headings_and_sorts_of_their_own(tmp_p
     if node is None:
         pytest.skip("node is not installed")
     script = html.split("<script>")[1].split("</script>")[0]
-    key = setting_flags(next(r for r in _records(out) if r.model_id == "random:toy:1").settings)
+    key = next(r for r in _records(out) if r.model_id == "random:toy:1").settings.flags()
     sections = re.findall(r'<section class="image" data-name="([^"]+)"', html)
     cards = {name: re.findall(r'data-setting="([^"]+)" data-loss="([^"]+)"', part)
              for name, part in zip(sections, html.split('<section class="image"')[1:], strict=True)}

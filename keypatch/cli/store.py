@@ -24,7 +24,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``store ACTION`` for parsed ``args``; 1 when ``check`` finds damage."""
-    from keypatch.exports import setting_flags
     from keypatch.store import ResultStore
     from keypatch.store.repair import check_store, repair_store, store_path
 
@@ -47,5 +46,5 @@ def run(args: argparse.Namespace) -> int:
         path = store.path
     print(f"{path}: {sum(n for _, n in counts)} records in {len(counts)} settings, {len(claims)} claimed by runs")
     for settings, n in counts:
-        print(f"  {n:6d}  {setting_flags(settings)}")
+        print(f"  {n:6d}  {settings.flags()}")
     return 0

@@ -132,9 +132,9 @@ class Job:
         self.bar.update(1)
 
     def key_of(self, digest: str) -> str:
-        from keypatch.store.sqlite import claim_key
+        from keypatch.store.setting import Setting
 
-        return claim_key(digest, self.mae.model_id, self.proposer.name, self.ratio, self.start, self.options)
+        return Setting.of(self.mae.model_id, self.proposer.name, self.ratio, self.start, self.options).key(digest)
 
     def hashed(self, batch: list[Path]) -> list[tuple[Path, str]]:
         """``(path, sha256)`` of the images of ``batch`` not yet seen in this run."""

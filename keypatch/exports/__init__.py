@@ -6,7 +6,7 @@ what ``keypatch report`` runs. The store (:mod:`keypatch.store`) knows nothing o
 """
 
 from keypatch.exports import coco, labelstudio, masks, patch_ids  # noqa: F401  (each registers its format)
-from keypatch.exports.base import EXPORTS, ExportContext, ExportWarning, register_export, setting_flags
+from keypatch.exports.base import EXPORTS, ExportContext, ExportWarning, register_export
 from keypatch.exports.results import export_results
 
-__all__ = ["EXPORTS", "ExportContext", "ExportWarning", "export_results", "register_export", "setting_flags"]
+__all__ = ["EXPORTS", "ExportContext", "ExportWarning", "export_results", "register_export"]

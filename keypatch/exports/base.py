@@ -10,8 +10,6 @@ command line's ``--format`` choices and the export contract test read :data:`EXP
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 from keypatch.store.record import Record
 
 __all__ = ["EXPORTS", "ExportContext", "ExportWarning", "check_one_setting", "every_path", "match_options",
-           "register_export", "setting_flags", "setting_slug"]
+           "register_export"]
 
 
 class ExportWarning(UserWarning):
@@ -74,29 +72,12 @@ def register_export(name: str) -> Callable[[Writer], Writer]:
     return add
 
 
-def setting_flags(settings: tuple[str, str, float, str, str]) -> str:
-    """The ``keypatch export`` flags that select exactly one setting."""
-    model_id, strategy, ratio, start, options_json = settings
-    flags = [f"--model {model_id}", f"--strategy {strategy}", f"--ratio {ratio:g}"]
-    if start:
-        flags.append(f"--start {start}")
-    flags += [f"-o {k}={v}" for k, v in sorted(json.loads(options_json).items())]
-    return " ".join(flags)
-
-
-def setting_slug(settings: tuple[str, str, float, str, str]) -> str:
-    """A folder name for one setting: ``STRATEGY-rRATIO[-START]-HASH8`` (the hash covers it all)."""
-    model_id, strategy, ratio, start, _ = settings
-    digest = hashlib.sha1(json.dumps(list(settings)).encode()).hexdigest()[:8]
-    return f"{strategy}-r{ratio:g}" + (f"-{start}" if start else "") + f"-{digest}"
-
-
 def check_one_setting(records: Sequence[Record]) -> None:
     """Raise ValueError unless every record has the same settings (the format holds one); the
     message lists each setting with the flags that select it."""
     settings = sorted({r.settings for r in records})
     if len(settings) > 1:
-        listed = "; ".join(setting_flags(st) for st in settings)
+        listed = "; ".join(st.flags() for st in settings)
         raise ValueError(f"the records have {len(settings)} different settings; select one ({listed}) or export "
                          "each into its own folder with --each-setting")
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keypatch.exports.base import ExportWarning, setting_flags
+from keypatch.exports.base import ExportWarning
 from keypatch.store.record import Record
 from keypatch.store.sqlite import ResultStore, sha256_file
 
@@ -28,23 +28,11 @@ REPORT_NAME = "report"
 CURVE_W, CURVE_H = 220, 90
 
 
-def setting_label(r: Record, with_model: bool = False) -> str:
-    """A short human label of a record's setting: strategy, ratio, start and options, and the
-    model with ``with_model`` (:func:`labeller` sets it when the records' models differ)."""
-    parts = [r.strategy, f"r={r.ratio:g}"]
-    if r.start:
-        parts.append(f"start {r.start}")
-    parts += [f"{k}={v}" for k, v in sorted(r.options.items())]
-    if with_model:
-        parts.append(f"model {r.model_id}")
-    return " ".join(parts)
-
-
 def labeller(records: Sequence[Record]):
-    """``label(record)``: :func:`setting_label`, naming the model where the records' models differ,
-    so that two settings never share a label."""
+    """``label(record)``: its setting's :meth:`~keypatch.store.setting.Setting.label`, naming the
+    model where the records' models differ, so that two settings never share a label."""
     with_model = len({r.model_id for r in records}) > 1
-    return lambda r: setting_label(r, with_model)
+    return lambda r: r.settings.label(with_model)
 
 
 def curve_svg(losses: Sequence[float]) -> str:
@@ -102,7 +90,7 @@ def _card(r: Record, picture: str | None, label: str) -> str:
     rows = [("loss", f'<span class="loss">{r.loss:.4f}</span>'), ("patches", str(len(r.patches))),
             ("evaluations", f"{r.evaluations:,}"), ("seconds", f"{r.seconds:.2f}"), ("model", html.escape(r.model_id))]
     table = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
-    return (f'<div class="card" data-setting="{html.escape(setting_flags(r.settings))}" data-loss="{r.loss:.6g}">'
+    return (f'<div class="card" data-setting="{html.escape(r.settings.flags())}" data-loss="{r.loss:.6g}">'
             f"<h3>{html.escape(label)}</h3>{img}"
             f'<div class="meta">{curve_svg(r.losses)}<table>{table}</table></div>'
             f'<p>picks: {html.escape(" ".join(str(p) for p in r.patches))}</p></div>')
@@ -213,7 +201,7 @@ def write_report(out_dir: str | Path, report_dir: str | Path | None = None, *, d
     if missing:
         warnings.warn(f"{missing} records have no picture: their image is missing or changed", ExportWarning,
                       stacklevel=2)
-    settings = sorted({(setting_flags(r.settings), label(r)) for r in records}, key=lambda kv: kv[1])
+    settings = sorted({(r.settings.flags(), label(r)) for r in records}, key=lambda kv: kv[1])
     index = target / "index.html"
     index.write_text(_page(sections, settings, f"keypatch: {folder.name}", len(records)))
     return {"index": str(index), "records": len(records), "images": len(by_image), "settings": len(settings),

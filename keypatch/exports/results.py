@@ -27,8 +27,6 @@ from keypatch.exports.base import (
     check_one_setting,
     every_path,
     match_options,
-    setting_flags,
-    setting_slug,
 )
 from keypatch.exports.patch_ids import JSON_NAME, clash_message, folder_clashes, write_patch_ids_per_folder
 from keypatch.exports.pictures import PICTURES_NAME, export_pictures
@@ -46,7 +44,7 @@ def _export_one(records: Sequence[Record], json_file: Path, pic_dir: Path | None
     if clashes:
         warnings.warn(clash_message(clashes), ExportWarning, stacklevel=3)
     out: dict[str, Any] = {"records": len(records), "pictures": 0, "pictures_dir": None,
-                           "skipped": 0, "setting": setting_flags(records[0].settings),
+                           "skipped": 0, "setting": records[0].settings.flags(),
                            "images": len({r.sha256 for r in records}), "image_root": str(refs.root)}
     context = ExportContext(json_file.parent, refs, json_file, device)
     for name in ["json", *(f for f in formats if f != "json")]:  # patch_ids.json always, first
@@ -76,7 +74,7 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
         Also write the PNG triptychs (needs the records' models and image files), on ``device``.
     each_setting : bool
         One export per setting, into ``out_dir / "exports" / SLUG /`` (with ``setting.json``;
-        :func:`~keypatch.exports.base.setting_slug`), instead of requiring a single setting.
+        :meth:`~keypatch.store.setting.Setting.slug`), instead of requiring a single setting.
     options, seed : optional
         Only records whose stored options include these ``key: value`` pairs, or this seed.
     per_folder : bool
@@ -161,7 +159,7 @@ def _each_setting(records: Sequence[Record], folder: Path, pictures: bool, devic
         groups[r.settings].append(r)
     exports = []
     for settings, group in groups.items():
-        target = folder / EXPORTS_NAME / setting_slug(settings)
+        target = folder / EXPORTS_NAME / settings.slug()
         target.mkdir(parents=True, exist_ok=True)
         model_id, strategy, ratio, start, options_json = settings
         (target / "setting.json").write_text(json.dumps(

@@ -1,5 +1,8 @@
-"""Results of proposal runs: a SQLite store, and export to the KPP reference format and pictures."""
+"""Results of proposal runs, persisted: a SQLite store of records keyed by image content and
+:class:`Setting` (a result's identity), claims of running jobs, the paths of each content, repair.
+Exports live in :mod:`keypatch.exports`."""
 
+from keypatch.store.setting import Setting
 from keypatch.store.sqlite import STORE_NAME, DuplicateRecordError, Record, ResultStore, options_key, sha256_file
 
-__all__ = ["STORE_NAME", "DuplicateRecordError", "Record", "ResultStore", "options_key", "sha256_file"]
+__all__ = ["STORE_NAME", "DuplicateRecordError", "Record", "ResultStore", "Setting", "options_key", "sha256_file"]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import uuid
 from dataclasses import dataclass, field
 
-from keypatch.store.keys import options_key
+from keypatch.store.setting import Setting
 
 DEFAULT_LEASE = 60.0
 """Seconds a claim stays valid without renewal (a live run renews it every quarter of this)."""
@@ -37,5 +36,5 @@ def alive(host: str, pid: int) -> bool:
 
 
 def claim_key(sha256: str, model_id: str, strategy: str, ratio: float, start: str, options: dict | str | None) -> str:
-    """The key of one image's claim for one setting."""
-    return json.dumps([sha256, model_id, strategy, float(ratio), start, options_key(options)], separators=(",", ":"))
+    """The key of one image's claim for one setting (:meth:`~keypatch.store.setting.Setting.key`)."""
+    return Setting.of(model_id, strategy, ratio, start, options).key(sha256)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from keypatch.store.keys import options_key
+from keypatch.store.setting import Setting
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -59,13 +60,8 @@ class Record:
         return options_key(self.options)
 
     @property
-    def settings(self) -> tuple[str, str, float, str, str]:
-        """``(model_id, strategy, ratio, start, options_json)``: everything but the image."""
-        return (self.model_id, self.strategy, float(self.ratio), self.start, self.options_json)
-
-    @property
-    def settings_of_image(self) -> tuple[str, str, str, float, str, str]:
-        """``(sha256, *settings)``: the record's key, as :func:`claim_key` takes it."""
-        return (self.sha256, *self.settings)
+    def settings(self) -> Setting:
+        """The record's :class:`~keypatch.store.setting.Setting`: everything but the image."""
+        return Setting(self.model_id, self.strategy, float(self.ratio), self.start, self.options_json)
 
 

@@ -45,6 +45,7 @@ from keypatch.store.files import (
 )
 from keypatch.store.keys import options_key
 from keypatch.store.record import Record, now, sha256_file
+from keypatch.store.setting import Setting
 
 __all__ = ["DEFAULT_LEASE", "DuplicateRecordError", "Record", "ResultStore", "RunId", "StoreDamagedError",
            "StoreError", "claim_key", "options_key", "sha256_file"]
@@ -208,7 +209,7 @@ class ResultStore:
                      json.dumps([float(v) for v in record.losses]), record.loss, int(record.evaluations),
                      float(record.seconds), created),
                 )
-                self.conn.execute("DELETE FROM claims WHERE key = ?", (claim_key(*record.settings_of_image),))
+                self.conn.execute("DELETE FROM claims WHERE key = ?", (record.settings.key(record.sha256),))
         except sqlite3.IntegrityError as exc:
             raise DuplicateRecordError(
                 f"{record.image_path} (sha256 {record.sha256[:12]}) is already stored with these settings"
@@ -315,11 +316,11 @@ class ResultStore:
 
     # -- records -----------------------------------------------------------------------------------
 
-    def settings_counts(self) -> list[tuple[tuple[str, str, float, str, str], int]]:
-        """Every distinct setting ``(model_id, strategy, ratio, start, options_json)`` with its record count."""
+    def settings_counts(self) -> list[tuple[Setting, int]]:
+        """Every distinct :class:`~keypatch.store.setting.Setting` stored, with its record count."""
         rows = self._execute("SELECT model_id, strategy, ratio, start, options_json, COUNT(*) FROM proposals "
                              "GROUP BY model_id, strategy, ratio, start, options_json ORDER BY MIN(id)").fetchall()
-        return [(tuple(r[:5]), r[5]) for r in rows]
+        return [(Setting(*r[:5]), r[5]) for r in rows]
 
     def records(self, **filters: Any) -> list[Record]:
         """Stored records, oldest first, matching every given filter.

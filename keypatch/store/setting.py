@@ -1,0 +1,62 @@
+"""A result's identity: the one value that says which setting a record was computed with.
+
+A record is keyed by its image content (sha256) and its :class:`Setting`: the model id, the
+strategy, the ratio, the start and the remaining options (canonical JSON). Every place that
+needs the identity (the store's uniqueness, claims, ``keypatch export``'s selecting flags, the
+folders of ``--each-setting``, the gallery's headings) asks this value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, NamedTuple
+
+from keypatch.store.keys import options_key
+
+__all__ = ["Setting"]
+
+
+class Setting(NamedTuple):
+    """``(model_id, strategy, ratio, start, options_json)``: everything about a result but its image."""
+
+    model_id: str
+    strategy: str
+    ratio: float
+    start: str
+    options_json: str
+
+    @classmethod
+    def of(cls, model_id: str, strategy: str, ratio: float, start: str = "",
+           options: dict[str, Any] | str | None = None) -> Setting:
+        """The setting with ``options`` in canonical form (:func:`~keypatch.store.keys.options_key`)."""
+        return cls(model_id, strategy, float(ratio), start, options_key(options))
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options as a dict."""
+        return json.loads(self.options_json)
+
+    def key(self, sha256: str) -> str:
+        """The key of one image's claim for this setting."""
+        return json.dumps([sha256, *self], separators=(",", ":"))
+
+    def flags(self) -> str:
+        """The ``keypatch export`` flags that select exactly this setting."""
+        flags = [f"--model {self.model_id}", f"--strategy {self.strategy}", f"--ratio {self.ratio:g}"]
+        if self.start:
+            flags.append(f"--start {self.start}")
+        return " ".join(flags + [f"-o {k}={v}" for k, v in sorted(self.options.items())])
+
+    def slug(self) -> str:
+        """A folder name: ``STRATEGY-rRATIO[-START]-HASH8`` (the hash covers the whole setting)."""
+        digest = hashlib.sha1(json.dumps(list(self)).encode()).hexdigest()[:8]
+        return f"{self.strategy}-r{self.ratio:g}" + (f"-{self.start}" if self.start else "") + f"-{digest}"
+
+    def label(self, with_model: bool = False) -> str:
+        """A short human label: strategy, ratio, start and options (and the model, ``with_model``)."""
+        parts = [self.strategy, f"r={self.ratio:g}"]
+        if self.start:
+            parts.append(f"start {self.start}")
+        parts += [f"{k}={v}" for k, v in sorted(self.options.items())]
+        return " ".join(parts + ([f"model {self.model_id}"] if with_model else []))
