@@ -22,7 +22,7 @@ It is not a registered strategy; ``benchmarks/bench_kpp.py`` times it against
 It starts from the central patch like ``Greedy(start="center")`` by default, so that the two must
 choose the same patches; ``start=98``, :func:`reference_count` and :func:`load_reference_image`
 give the authors' released behaviour (start patch, patch count, resize), which keypatch's
-``preset="reference"`` reproduces (``tests/test_reference.py``).
+``preset="reference"`` reproduces (``tests/regression/test_reference.py``).
 """
 
 from __future__ import annotations

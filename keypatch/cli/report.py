@@ -7,18 +7,17 @@ import argparse
 from keypatch.cli import values as v
 from keypatch.cli.common import add_device, add_output, add_results, report
 
+DESCRIPTION = ("Write DIR/report/index.html (or --report DIR2) with its pictures: one section per image, one card "
+               "per stored record (strategies, ratios and starts side by side) with the kept patches numbered in "
+               "pick order, the reconstruction, the loss-vs-patches curve and the numbers; sortable by loss. Opens "
+               "from disk, with no server and no network.")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``report``."""
+    p = sub.add_parser("report", help="write a static HTML gallery of the stored proposals", description=DESCRIPTION)
     from keypatch.proposers import available
 
-    p = sub.add_parser(
-        "report", help="write a static HTML gallery of the stored proposals",
-        description="Write DIR/report/index.html (or --report DIR2) with its pictures: one section per image, one "
-                    "card per stored record (strategies, ratios and starts side by side) with the kept patches "
-                    "numbered in pick order, the reconstruction, the loss-vs-patches curve and the numbers; "
-                    "sortable by loss. Opens from disk, with no server and no network.",
-    )
     add_results(p)
     p.add_argument("--report", type=v.out_dir, default=None, metavar="DIR2",
                    help="gallery folder (default: DIR/report)")

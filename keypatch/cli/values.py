@@ -54,58 +54,30 @@ def _number(text: str, kind: type, what: str) -> Any:
     return value
 
 
-@check(bad=["0", "1.5", "-0.1", "nan", "x"], good="0.25")
-def ratio(text: str) -> float:
-    """A keep ratio in (0, 1]."""
-    value = _number(text, float, "expected a ratio in (0, 1]")
-    if not 0.0 < value <= 1.0:
-        _fail("expected a ratio in (0, 1]", text)
-    return value
+def _number_check(name: str, kind: type, ok: Callable[[Any], bool], what: str, bad: list[str], good: str) -> Check:
+    """A check that the text is a (finite) ``kind`` for which ``ok`` holds, refusing with ``what``."""
+
+    def fn(text: str) -> Any:
+        value = _number(text, kind, what)
+        if not ok(value):
+            _fail(what, text)
+        return value
+
+    fn.__name__, fn.__doc__ = name, f"A {kind.__name__}: {what[len('expected '):]}."
+    return check(bad=bad, good=good)(fn)
 
 
-@check(bad=["0", "1", "-0.5", "x"], good="0.3")
-def fraction(text: str) -> float:
-    """A fraction in (0, 1) (a share of the images)."""
-    value = _number(text, float, "expected a fraction in (0, 1)")
-    if not 0.0 < value < 1.0:
-        _fail("expected a fraction in (0, 1)", text)
-    return value
-
-
-@check(bad=["0", "-1", "1.5", "x"], good="2")
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    value = _number(text, int, "expected a positive integer")
-    if value < 1:
-        _fail("expected a positive integer", text)
-    return value
-
-
-@check(bad=["-1", "1.5", "x"], good="0")
-def seed(text: str) -> int:
-    """A seed: an integer >= 0."""
-    value = _number(text, int, "expected a seed (an integer >= 0)")
-    if value < 0:
-        _fail("expected a seed (an integer >= 0)", text)
-    return value
-
-
-@check(bad=["0", "-1", "nan", "inf", "x"], good="1")
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    value = _number(text, float, "expected a number > 0")
-    if value <= 0:
-        _fail("expected a number > 0", text)
-    return value
-
-
-@check(bad=["-1", "nan", "inf", "x"], good="0")
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0."""
-    value = _number(text, float, "expected a number >= 0")
-    if value < 0:
-        _fail("expected a number >= 0", text)
-    return value
+ratio = _number_check("ratio", float, lambda v: 0.0 < v <= 1.0, "expected a ratio in (0, 1]",
+                      ["0", "1.5", "-0.1", "nan", "x"], "0.25")
+fraction = _number_check("fraction", float, lambda v: 0.0 < v < 1.0, "expected a fraction in (0, 1)",
+                         ["0", "1", "-0.5", "x"], "0.3")
+positive_int = _number_check("positive_int", int, lambda v: v >= 1, "expected a positive integer",
+                             ["0", "-1", "1.5", "x"], "2")
+seed = _number_check("seed", int, lambda v: v >= 0, "expected a seed (an integer >= 0)", ["-1", "1.5", "x"], "0")
+positive_float = _number_check("positive_float", float, lambda v: v > 0, "expected a number > 0",
+                               ["0", "-1", "nan", "inf", "x"], "1")
+non_negative_float = _number_check("non_negative_float", float, lambda v: v >= 0, "expected a number >= 0",
+                                   ["-1", "nan", "inf", "x"], "0")
 
 
 @check(bad=["0", "-2", "x"], good="auto")
@@ -150,31 +122,24 @@ def model(text: str) -> str:
           "hub id (org/name)", text)
 
 
-@check(bad=["{missing}"], good="{file}")
-def existing(text: str) -> Path:
-    """A file or folder that exists."""
-    path = Path(text)
-    if not path.exists():
-        _fail("no such file or folder", text)
-    return path
+def _path_check(name: str, ok: Callable[[Path], bool], what: str, bad: list[str], good: str) -> Check:
+    """A check that ``ok(Path(text))`` holds, refusing with ``what``."""
+
+    def fn(text: str) -> Path:
+        path = Path(text)
+        if not ok(path):
+            _fail(what, text)
+        return path
+
+    fn.__name__, fn.__doc__ = name, f"{what[0].upper()}{what[1:]}: a path that passes ``{ok.__name__}``."
+    return check(bad=bad, good=good)(fn)
 
 
-@check(bad=["{missing}", "{file}"], good="{dir}")
-def existing_dir(text: str) -> Path:
-    """A folder that exists."""
-    path = Path(text)
-    if not path.is_dir():
-        _fail("expected an existing folder", text)
-    return path
-
-
-@check(bad=["{missing}", "{dir}"], good="{file}")
-def existing_file(text: str) -> Path:
-    """A file that exists."""
-    path = Path(text)
-    if not path.is_file():
-        _fail("expected an existing file", text)
-    return path
+existing = _path_check("existing", Path.exists, "no such file or folder", ["{missing}"], "{file}")
+existing_dir = _path_check("existing_dir", Path.is_dir, "expected an existing folder", ["{missing}", "{file}"],
+                           "{dir}")
+existing_file = _path_check("existing_file", Path.is_file, "expected an existing file", ["{missing}", "{dir}"],
+                            "{file}")
 
 
 def _blocked(path: Path) -> Path | None:

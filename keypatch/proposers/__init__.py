@@ -1,7 +1,7 @@
 """Proposers: patch-selection strategies behind one registry.
 
 A new strategy is one file with a :class:`Proposer` subclass decorated with :func:`register`, and
-one import line below; ``tests/test_contract.py`` then checks it with every other strategy. A
+one import line below; ``tests/proposers/test_contract.py`` then checks it with every other strategy. A
 strategy that searches over the KPP objective subclasses
 :class:`keypatch.proposers.search.SearchProposer` and implements ``search(objective, k, seeds)``
 (``start``, ``chunk_size`` and ``precision`` come with it): it chooses the visible sets, and the

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _reference_loop():
     spec = importlib.util.spec_from_file_location(
-        "reference_loop", Path(__file__).resolve().parents[1] / "benchmarks" / "reference_loop.py")
+        "reference_loop", Path(__file__).resolve().parents[2] / "benchmarks" / "reference_loop.py")
     ref = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ref)
     return ref

@@ -19,7 +19,7 @@ from keypatch.batch import run_propose  # noqa: E402
 from keypatch.engines import RayEngine  # noqa: E402
 from keypatch.store import ResultStore  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)

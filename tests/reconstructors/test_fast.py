@@ -89,7 +89,7 @@ def test_greedy_batch_chunking_does_not_change_picks(toy_model):
 
 def test_reference_loop_reimplementation_picks_like_greedy():
     spec = importlib.util.spec_from_file_location(
-        "reference_loop", Path(__file__).resolve().parents[1] / "benchmarks" / "reference_loop.py")
+        "reference_loop", Path(__file__).resolve().parents[2] / "benchmarks" / "reference_loop.py")
     ref = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ref)
     model = load_mae("random:toy:1", device="cpu")

@@ -112,7 +112,8 @@ def _run_contract_with(tmp_path: Path, name: str, body: str) -> subprocess.Compl
     code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import {name}; import pytest; "
             f"sys.exit(pytest.main([{str(here / 'test_contract.py')!r}, '-q', '-p', 'no:cacheprovider', "
             f"'-k', {name!r} + ' and not new_strategy', '-W', 'ignore']))")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=here.parent, timeout=600)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=here.parents[1],
+                          timeout=600)
 
 
 def test_a_new_strategy_is_covered_without_editing_a_test(tmp_path):
