@@ -458,6 +458,10 @@ def test_a_read_only_store_is_read_and_checked_intact(tmp_path, read_only_view, 
     out = tmp_path / "res"
     assert main(["propose", str(tmp_path / "a.png"), "--ratio", "0.25", "--out", str(out), *TOY]) == 0
     assert not (out / "results.sqlite-wal").exists()  # closed cleanly: no WAL files beside it
+    for argv in (["store", "info"], ["store", "check"], ["export", "--no-pictures", "-q"]):
+        assert main([*argv, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["patch_ids.json", "results.sqlite"]  # reading left no -wal/-shm
+    (out / "patch_ids.json").unlink()
     ro = read_only_view(out)
     capsys.readouterr()
     assert main(["store", "info", "--out", str(ro)]) == 0

@@ -138,6 +138,18 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
 
 
+def connect_for_reading(path: Path) -> sqlite3.Connection:
+    """A connection that refuses writes (``query_only``). Where the folder can be written it is an
+    ordinary connection otherwise, so that closing it as the last one checkpoints the WAL and removes
+    the ``-wal``/``-shm`` files as a writer's close does (a ``mode=ro`` connection leaves them
+    behind); elsewhere :func:`connect_readonly`."""
+    if not (writable(path.parent) and os.access(path, os.W_OK)):
+        return connect_readonly(path)
+    conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
 def writable(folder: Path) -> bool:
     """Whether files can be made in ``folder`` (False on a read-only mount, even for root)."""
     return os.access(folder, os.W_OK | os.X_OK)

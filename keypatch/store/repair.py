@@ -14,16 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from keypatch.store.sqlite import (
-    APPLICATION_ID,
-    STORE_NAME,
-    Record,
-    ResultStore,
-    StoreError,
-    connect_readonly,
-    foreign_store,
-    header_ids,
-)
+from keypatch.store.errors import StoreError
+from keypatch.store.files import APPLICATION_ID, connect_for_reading, foreign_store, header_ids
+from keypatch.store.sqlite import STORE_NAME, Record, ResultStore
 
 _COLUMNS = ("id, image_path, sha256, model_id, strategy, ratio, start, options_json, patches_json, losses_json,"
             " evaluations, seconds, created")
@@ -50,7 +43,7 @@ def check_store(path: str | Path, max_problems: int = 20) -> list[str]:
     path = store_path(path)
     identify(path)
     try:
-        conn = connect_readonly(path)
+        conn = connect_for_reading(path)
         try:
             rows = [r[0] for r in conn.execute(f"PRAGMA integrity_check({int(max_problems)})")]
         finally:
@@ -71,7 +64,7 @@ def identify(path: Path) -> None:
     if app == APPLICATION_ID:
         return
     try:
-        conn = connect_readonly(path)
+        conn = connect_for_reading(path)
         try:
             why = foreign_store(path, app, conn)
         finally:
@@ -108,7 +101,7 @@ def read_readable(path: str | Path, budget: int = 200_000) -> tuple[list[Record]
     query ``budget`` ran out before every id was tried.
     """
     path = store_path(path)
-    conn = connect_readonly(path)
+    conn = connect_for_reading(path)
     records: list[Record] = []
     lost, queries = 0, 0
     try:
@@ -142,7 +135,7 @@ def read_readable(path: str | Path, budget: int = 200_000) -> tuple[list[Record]
 def _readable_paths(path: Path) -> list[tuple[str, str]]:
     """The ``(sha256, image_path)`` rows of the store's ``paths`` table, or none if they cannot be read."""
     try:
-        conn = connect_readonly(path)
+        conn = connect_for_reading(path)
         try:
             return [(str(a), str(b)) for a, b in conn.execute("SELECT sha256, image_path FROM paths")]
         finally:

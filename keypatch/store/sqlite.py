@@ -38,7 +38,7 @@ from keypatch.store.files import (
     PROPOSALS_TABLE,
     SCHEMA_VERSION,
     check_writable,
-    connect_readonly,
+    connect_for_reading,
     create_store,
     foreign_store,
     header_ids,
@@ -104,7 +104,7 @@ class ResultStore:
         self.lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         try:
-            self._conn = (connect_readonly(path) if read_only else
+            self._conn = (connect_for_reading(path) if read_only else
                           sqlite3.connect(str(path), timeout=30.0, check_same_thread=False))
             self._open(check)
         except sqlite3.Error as exc:
