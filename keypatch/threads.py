@@ -82,23 +82,10 @@ class ThreadTuner:
             self.reset()
             self.many = many
         if units < self.min_units:
-            threads = min(self.rate, key=self.rate.__getitem__) if len(self.rate) == 2 else many
-            if threads == many:
-                return fn()
-            torch.set_num_threads(threads)
-            try:
-                return fn()
-            finally:
-                torch.set_num_threads(many)
+            return _on(min(self.rate, key=self.rate.__getitem__) if len(self.rate) == 2 else many, many, fn)
         threads = self.choose(many)
-        if threads != many:
-            torch.set_num_threads(threads)
         start = time.perf_counter()
-        try:
-            out = fn()
-        finally:
-            if threads != many:
-                torch.set_num_threads(many)
+        out = _on(threads, many, fn)
         seconds = (time.perf_counter() - start) / units
         if threads in self.rate and self.last[threads] == self.passes - 1:  # running on: smooth
             seconds = (1 - self.smoothing) * self.rate[threads] + self.smoothing * seconds
@@ -106,6 +93,17 @@ class ThreadTuner:
         self.passes += 1
         self.used[threads] = self.used.get(threads, 0) + 1
         return out
+
+
+def _on(threads: int, many: int, fn: Callable[[], T]) -> T:
+    """``fn()`` on ``threads`` torch threads, ``many`` given back afterwards."""
+    if threads == many:
+        return fn()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(many)
 
 
 TUNER = ThreadTuner()

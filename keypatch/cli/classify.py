@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-manifest", type=v.existing_file,
                    help="first build ROOT from a `python -m tools.photos.prepare` manifest.json (GCompris classes)")
     p.add_argument("--ratios", type=v.ratio, nargs="+", default=[0.05, 0.1, 0.25])
-    p.add_argument("--strategies", nargs="+", default=["greedy", "random"], choices=v.registry_choices(available()))
+    p.add_argument("--strategies", nargs="+", default=["greedy", "random"], choices=sorted(available()))
     add_model(p)
     add_device(p)
     p.add_argument("--epochs", type=v.positive_int, default=30)

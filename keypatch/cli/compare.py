@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="add the test photos shipped with scikit-image / scikit-learn / matplotlib")
     p.add_argument("--ratios", type=v.ratio, nargs="+", default=[0.05, 0.1, 0.25])
     p.add_argument("--strategies", nargs="+", default=["greedy", "attention", "random"],
-                   choices=v.registry_choices(available()))
+                   choices=sorted(available()))
     add_model(p)
     p.add_argument("--out", type=v.out_dir, required=True)
     p.add_argument("--seed", type=v.seed, default=0)
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=v.positive_int, default=8, help="images per batch")
     p.add_argument("--greedy-start", choices=["center", "none"], default=None, help="greedy's first patch")
     p.add_argument("--patch-mode", choices=["pixel-mean", "resize"], default=None, help="attention's per-patch scores")
-    p.add_argument("--classifier", default=None, choices=v.registry_choices(available_classifiers()),
+    p.add_argument("--classifier", default=None, choices=sorted(available_classifiers()),
                    help="attention's classifier (default efficientnet-lite0)")
     add_output(p, json_summary=True)
 

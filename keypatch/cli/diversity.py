@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bins", type=v.positive_int, default=10)
     p.add_argument("--seeds", type=v.positive_int, default=10, help="seeds averaged for DQ and random")
     p.add_argument("--lam", type=v.non_negative_float, default=1.0)
-    p.add_argument("--classifier", default="efficientnet-lite0", choices=v.registry_choices(available_classifiers()))
+    p.add_argument("--classifier", default="efficientnet-lite0", choices=sorted(available_classifiers()))
     add_device(p)
     p.add_argument("--cache", type=v.out_file, default=None, help="embeddings .npz to reuse")
     p.add_argument("--csv", type=v.out_file, required=True)

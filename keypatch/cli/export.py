@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: DIR/patch_ids.json)")
     p.add_argument("--pictures", type=v.out_dir, default=None, metavar="DIR", help="default: DIR/pictures")
     p.add_argument("--no-pictures", action="store_true", help="only write the JSON")
-    p.add_argument("--strategy", default=None, choices=v.registry_choices(available()),
+    p.add_argument("--strategy", default=None, choices=sorted(available()),
                    help="only records of this strategy")
     p.add_argument("--ratio", type=v.ratio, default=None, help="only records of this ratio")
     p.add_argument("--model", default=None, type=v.model, help="only records of this model id (e.g. 'default')")

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("paths", nargs="+", type=v.existing, metavar="PATH", help="image files and folders")
     p.add_argument("--ratio", type=v.ratio, required=True, help="fraction of patches to keep, in (0, 1]")
-    p.add_argument("--strategy", default="greedy", choices=v.registry_choices(available()), metavar="STRATEGY",
+    p.add_argument("--strategy", default="greedy", choices=sorted(available()), metavar="STRATEGY",
                    help=f"proposal strategy: {', '.join(available())} (default: greedy = KPP, exact; "
                         "swap = stochastic greedy + neighbour moves, lower loss in 1/6 of the evaluations)")
     p.add_argument("--start", default=None, type=v.start, metavar="center|none|INDEX|ROW,COL",

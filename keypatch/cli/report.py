@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_results(p)
     p.add_argument("--report", type=v.out_dir, default=None, metavar="DIR2",
                    help="gallery folder (default: DIR/report)")
-    p.add_argument("--strategy", default=None, choices=v.registry_choices(available()),
+    p.add_argument("--strategy", default=None, choices=sorted(available()),
                    help="only records of this strategy")
     p.add_argument("--ratio", type=v.ratio, default=None, help="only records of this ratio")
     add_device(p, "where to reconstruct for the pictures")

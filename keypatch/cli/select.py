@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bins", type=v.positive_int, default=10, help="DQ's number of bins (default 10)")
     p.add_argument("--seed", type=v.seed, default=0)
     p.add_argument("--lam", type=v.non_negative_float, default=1.0, help="GraphCut lambda (default 1)")
-    p.add_argument("--classifier", default="efficientnet-lite0", choices=v.registry_choices(available_classifiers()),
+    p.add_argument("--classifier", default="efficientnet-lite0", choices=sorted(available_classifiers()),
                    help="embedding network (default efficientnet-lite0)")
     add_device(p)
     p.add_argument("--batch-size", type=v.positive_int, default=16)

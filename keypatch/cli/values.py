@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -198,14 +197,3 @@ def option(text: str) -> tuple[str, int | float | str]:
         except ValueError:
             pass
     return key, value
-
-
-def registry_choices(names: list[str]) -> list[str]:
-    """A registry's names as ``choices`` (so a new entry is an accepted value with no CLI edit)."""
-    return sorted(names)
-
-
-def main_error(command: str, text: str) -> int:
-    """Print ``keypatch COMMAND: error: TEXT`` as one line on stderr; returns 2."""
-    print(f"keypatch {command}: error: {' '.join(str(text).split())}", file=sys.stderr)
-    return 2

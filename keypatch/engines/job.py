@@ -16,12 +16,16 @@ from typing import Any
 
 import torch
 
+from keypatch import api
+from keypatch.geometry import InputNotes, load_image
 from keypatch.geometry.decode import ImageWarning
 from keypatch.presets import RunSettings, run_settings
 from keypatch.proposers.base import Proposer
 from keypatch.proposers.search import start_patch
 from keypatch.reconstructors.mae import MAE
 from keypatch.reconstructors.precision import resolve_precision
+from keypatch.store import DuplicateRecordError, Record, Setting, sha256_file
+from keypatch.store.claims import RunId
 
 __all__ = ["Heartbeat", "Job", "stored_settings"]
 
@@ -85,14 +89,12 @@ class Job:
 
     def __init__(self, mae: Any, proposer: Proposer, ratio: float, seed: int, lease: float, found: int,
                  settings: RunSettings | None = None, model_spec: Any = None) -> None:
-        from keypatch.geometry import InputNotes
-        from keypatch.store.sqlite import RunId
-
         self.mae, self.proposer, self.ratio, self.seed, self.lease = mae, proposer, ratio, seed, lease
         self.model_spec = mae if model_spec is None else model_spec  # how a worker elsewhere loads the model
         self.settings = settings or run_settings()
         self.k = mae.grid.count(ratio, self.settings.count)
         self.start, self.options = stored_settings(proposer, seed, mae, self.settings)
+        self.setting = Setting.of(mae.model_id, proposer.name, ratio, self.start, self.options)  # the records' identity
         self.notes, self.run = InputNotes(), RunId()
         self.store: Any = None
         self.bar: Any = None
@@ -132,14 +134,11 @@ class Job:
         self.bar.update(1)
 
     def key_of(self, digest: str) -> str:
-        from keypatch.store.setting import Setting
-
-        return Setting.of(self.mae.model_id, self.proposer.name, self.ratio, self.start, self.options).key(digest)
+        """The claim key of the image ``digest`` for this job's setting."""
+        return self.setting.key(digest)
 
     def hashed(self, batch: list[Path]) -> list[tuple[Path, str]]:
         """``(path, sha256)`` of the images of ``batch`` not yet seen in this run."""
-        from keypatch.store import sha256_file
-
         items, found = [], []
         for path in batch:
             try:
@@ -184,8 +183,6 @@ class Job:
 
     def prepare(self, batch: list[Path]) -> tuple[list[Path], list[tuple[Path, str, torch.Tensor]]]:
         """Hash, claim and decode ``batch``: the paths another run holds, and ``(path, sha256, image)`` to compute."""
-        from keypatch.geometry import load_image
-
         busy, claimed = self.claimed(batch)
         todo = []
         for path, digest in claimed:
@@ -203,12 +200,10 @@ class Job:
 
     def compute(self, todo: list[tuple[Path, str, torch.Tensor]]) -> None:
         """Propose for the loaded images and store one record each."""
-        from keypatch.api import propose_normalised
-
         if self.mae.device.type == "cpu":  # runs sharing this machine split its cores
             torch.set_num_threads(max(1, self.threads // max(1, self.store.live_runs())))
         images = torch.stack([x for _, _, x in todo]).to(self.mae.device)
-        results = propose_normalised(images, self.ratio, self.proposer, self.mae, self.seed,
+        results = api.propose_normalised(images, self.ratio, self.proposer, self.mae, self.seed,
                                      self.settings.count)
         for (path, digest, _), res in zip(todo, results, strict=True):
             self.keep(path, digest, res.patches, res.losses, res.evaluations, res.seconds)
@@ -217,8 +212,6 @@ class Job:
              seconds: float) -> None:
         """Store the answer for one image as this run's record (counted as recomputed when another
         run stored it meanwhile, after its claim had expired)."""
-        from keypatch.store import DuplicateRecordError, Record
-
         record = Record(
             image_path=str(path.absolute()), sha256=digest, model_id=self.mae.model_id,
             strategy=self.proposer.name, ratio=self.ratio, start=self.start, options=self.options,

@@ -102,12 +102,13 @@ def plot_compare(summary: Sequence[dict], path: str | Path, title: str = "") -> 
 
 
 def _timed_select(proposer, mae, x: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, list[int], list[float]]:
-    """``proposer.select`` one image at a time (image ``j`` with ``seed + j``), so that each image has
-    its own seconds: ``(patches, evaluations, seconds)``."""
+    """``proposer.select`` one image at a time, so that each image has its own seconds:
+    ``(patches, evaluations, seconds)``. Every image gets ``seed``, as in one batched call (randomised
+    strategies draw from the seed and the image's own pixels, so the answers are the batch's)."""
     patches, evals, secs = [], [], []
     for j in range(x.shape[0]):
         t0 = time.perf_counter()
-        p, _, e = proposer.select(mae, x[j : j + 1], k, seed + j)
+        p, _, e = proposer.select(mae, x[j : j + 1], k, seed)
         if mae.device.type == "cuda":
             torch.cuda.synchronize()
         secs.append(time.perf_counter() - t0)
@@ -158,9 +159,10 @@ def run_compare(paths, ratios: Sequence[float] = DEFAULT_RATIOS, strategies: Seq
         Folder for ``compare.csv`` (one row per image, strategy and ratio), ``summary.csv``,
         ``summary.md`` and ``compare.png``.
     seed : int
-        Image ``j`` (global index) uses ``seed + j`` for randomised strategies. Each image is
-        proposed on its own (``batch_size`` images are loaded together), so that ``seconds`` in
-        ``compare.csv`` is that image's time.
+        For randomised strategies: the batch of images starting at index ``s`` uses ``seed + s``,
+        each image drawing from it and its own pixels. Each image is proposed on its own
+        (``batch_size`` images are loaded together), so that ``seconds`` in ``compare.csv`` is that
+        image's time.
     options : dict, optional
         Per-strategy options, e.g. ``{"greedy": {"start": "center"}, "attention": {"patch_mode": "resize"}}``.
 

@@ -61,6 +61,10 @@ def test_compare_on_named_arrays(tmp_path):
                                 progress=False)
     assert [r["image"] for r in rows] == ["noise", "flat", "noise", "flat"] and all(r["k"] == 4 for r in rows)
     assert {s["strategy"]: s["vs_random"] for s in summary}["random"] == pytest.approx(1.0)
+    import keypatch  # each image timed alone, with the batch's seed: the picks of a batched proposal
+
+    batched = keypatch.propose_batch(list(images.values()), 0.25, "random", "random:toy", seed=0, device="cpu")
+    assert [r["patches"] for r in rows if r["strategy"] == "random"] == [" ".join(map(str, b.patches)) for b in batched]
 
 
 def test_summary_and_table():
