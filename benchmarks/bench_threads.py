@@ -7,11 +7,12 @@ Each setting runs in a fresh process (OpenMP reads its wait policy when torch lo
 the same with one other process spinning on a core meanwhile (a pure-Python loop, as another
 user's job). Settings:
 
-* ``all threads``: PyTorch's default count (the cores) fixed, OpenMP's default waiting (what
-  keypatch did before :mod:`keypatch.threads`): ``set_threads(torch.get_num_threads())``;
+* ``all threads``: PyTorch's default count (the cores) fixed, OpenMP's default waiting (keypatch's
+  default): ``set_threads(torch.get_num_threads())``;
 * ``passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep instead of spinning);
 * ``1 thread``: ``set_threads(1)`` (``--threads 1``);
-* ``keypatch default``: nothing set: :data:`keypatch.threads.TUNER` chooses pass by pass.
+* ``auto``: ``set_threads("auto")`` (``--threads auto``): :data:`keypatch.threads.TUNER` chooses pass
+  by pass.
 
 Prints the median seconds per setting and condition, and the ratios the thread defaults are chosen
 by: each setting under contention against the best setting under contention, and quiet against
@@ -37,8 +38,7 @@ import keypatch
 from keypatch.experiments.photos import load_test_photos
 from keypatch.threads import TUNER, set_threads
 threads = int(sys.argv[1])
-if threads >= 0:
-    set_threads(threads or torch.get_num_threads())
+set_threads("auto" if threads < 0 else threads or torch.get_num_threads())
 image = np.asarray(load_test_photos()[sys.argv[3]])
 mae = keypatch.load_mae("default")
 keypatch.propose(image, float(sys.argv[2]), model=mae)  # warm-up
@@ -52,7 +52,7 @@ SETTINGS = {
     "all threads": ({}, 0),
     "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, 0),
     "1 thread": ({}, 1),
-    "keypatch default": ({}, -1),
+    "auto": ({}, -1),
 }
 
 

@@ -127,7 +127,7 @@ class Objective:
 
     def _passes(self, model: MAE, ctx: LossContext, sets: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
         """``L`` of ``sets`` with ``model`` on ``ctx``, ``chunk_size`` sets per pass (on a CPU, each pass
-        on the thread count :data:`keypatch.threads.TUNER` chooses)."""
+        on the thread count :data:`keypatch.threads.TUNER` chooses when it is on)."""
         m = sets.shape[0]
         cpu = sets.device.type == "cpu"
 

@@ -3,14 +3,17 @@ what each has been taking per scored set.
 
 On a quiet machine the model's passes run fastest on every core. When another process holds a
 core, OpenMP's threads wait for the one that is descheduled at every parallel region, and a pass
-can take several times longer than on one thread (``benchmarks/bench_threads.py``). The objective
-therefore runs its CPU passes through :data:`TUNER`: it times every pass, keeps an estimate of the
-seconds per set for the current thread count (``torch.get_num_threads()``, whatever set it) and for
-one thread, runs the faster, and re-measures the other every :attr:`ThreadTuner.probe_every`
-passes, so it follows a machine whose load changes. Results do not depend on the choice (the
-passes are bit-equal on one thread and on several; tests hold the picks equal).
+can take several times longer than on one thread (``benchmarks/bench_threads.py``). With
+``set_threads("auto")`` (``--threads auto``) the objective runs its CPU passes through :data:`TUNER`:
+it times every pass, keeps an estimate of the seconds per set for the current thread count
+(``torch.get_num_threads()``, whatever set it) and for one thread, runs the faster, and re-measures
+the other every :attr:`ThreadTuner.probe_every` passes, so it follows a machine whose load changes.
 
-``keypatch.threads.set_threads(n)`` (``--threads N`` on the command line) fixes the count instead.
+It is off by default: PyTorch's CPU kernels do not give bit-equal results on one thread and on
+several for every shape (a pass of 3 sets of the toy model differed in the last bit of a loss), so
+a choice made from timings would make the same call give losses that differ in the last bits from
+run to run, against keypatch's rule that a result is the same given its inputs and seed.
+``set_threads(n)`` (``--threads N``) fixes the count.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class ThreadTuner:
 
     def __init__(self, probe_every: int = 16, smoothing: float = 0.5, clear: float = 1.3, min_units: int = 16) -> None:
         self.probe_every, self.smoothing, self.clear, self.min_units = probe_every, smoothing, clear, min_units
-        self.enabled = True
+        self.enabled = False
         self.reset()
 
     def reset(self) -> None:
@@ -107,12 +110,14 @@ def _on(threads: int, many: int, fn: Callable[[], T]) -> T:
 
 
 TUNER = ThreadTuner()
-"""The process's tuner, shared by every :class:`~keypatch.objective.Objective` on a CPU."""
+"""The process's tuner, shared by every :class:`~keypatch.objective.Objective` on a CPU (off until
+``set_threads("auto")``)."""
 
 
 def set_threads(threads: int | str) -> None:
     """Fix the torch thread count (an int >= 1), or ``"auto"``: let :data:`TUNER` choose between
-    the current count and one, pass by pass (the default)."""
+    the current count and one, pass by pass (faster on a shared machine; losses may then differ
+    in the last bits from run to run)."""
     if threads == "auto":
         TUNER.enabled = True
         TUNER.reset()

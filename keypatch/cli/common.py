@@ -34,8 +34,9 @@ def add_device(p: argparse.ArgumentParser, what: str = "where to compute") -> No
 
     p.add_argument("--device", choices=DEVICES, default="auto", help=f"{what} (default: auto = cuda if available)")
     p.add_argument("--threads", type=values.threads, default=None, metavar="auto|N",
-                   help="CPU threads: N fixes the count; auto (default) runs each pass on all of torch's threads or "
-                        "on one, whichever has been faster (one, when another process holds a core)")
+                   help="CPU threads: N fixes the count (default: torch's); auto runs each pass on all of torch's "
+                        "threads or on one, whichever has been faster (one, when another process holds a core: "
+                        "faster on a shared machine, but losses may differ in the last bits from run to run)")
 
 
 def add_results(p: argparse.ArgumentParser) -> None:
