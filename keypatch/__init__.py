@@ -7,9 +7,16 @@ Quick start
 >>> result.patches, result.loss                                 # doctest: +SKIP
 """
 
+import os
 from typing import TYPE_CHECKING
 
-from keypatch._lazy import lazy_attributes
+# Intel MKL's strict reproducibility mode: its matrix products give the same bits on any thread count
+# (not so by default for small products), so the thread tuner (keypatch.threads) may move a pass to
+# one thread without changing a loss. It must be set before MKL's first product; a value the user set
+# is kept (MKL_CBWR=AUTO turns it off).
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+from keypatch._lazy import lazy_attributes  # noqa: E402
 
 if TYPE_CHECKING:
     from keypatch.api import propose, propose_batch, reconstruct, reconstruction_loss

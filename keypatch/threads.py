@@ -3,21 +3,26 @@ what each has been taking per scored set.
 
 On a quiet machine the model's passes run fastest on every core. When another process holds a
 core, OpenMP's threads wait for the one that is descheduled at every parallel region, and a pass
-can take several times longer than on one thread (``benchmarks/bench_threads.py``). With
-``set_threads("auto")`` (``--threads auto``) the objective runs its CPU passes through :data:`TUNER`:
-it times every pass, keeps an estimate of the seconds per set for the current thread count
-(``torch.get_num_threads()``, whatever set it) and for one thread, runs the faster, and re-measures
-the other every :attr:`ThreadTuner.probe_every` passes, so it follows a machine whose load changes.
+can take several times longer than on one thread (``benchmarks/bench_threads.py``). The objective
+runs its CPU passes through :data:`TUNER`: it times every pass, keeps an estimate of the seconds
+per set for the current thread count (``torch.get_num_threads()``, whatever set it) and for one
+thread, runs the faster, and re-measures the other every :attr:`ThreadTuner.probe_every` passes,
+so it follows a machine whose load changes.
 
-It is off by default: PyTorch's CPU kernels do not give bit-equal results on one thread and on
-several for every shape (a pass of 3 sets of the toy model differed in the last bit of a loss), so
-a choice made from timings would make the same call give losses that differ in the last bits from
-run to run, against keypatch's rule that a result is the same given its inputs and seed.
-``set_threads(n)`` (``--threads N``) fixes the count.
+Moving a pass between thread counts must not change a loss. PyTorch's CPU matrix products come
+from Intel MKL, whose products of few rows give different last bits on one thread and on several
+unless MKL's strict reproducibility mode is on; ``import keypatch`` turns it on
+(``MKL_CBWR=AUTO,STRICT``, unless the variable is already set) and the tuner is on by default only
+where :func:`threads_invariant` finds it in effect (not where MKL ran a product before keypatch
+was imported, nor on a torch without MKL). ``set_threads("auto")`` (``--threads auto``) turns it on
+regardless; ``set_threads(n)`` (``--threads N``) fixes the count and turns it off.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -26,7 +31,40 @@ import torch
 
 T = TypeVar("T")
 
-__all__ = ["TUNER", "ThreadTuner", "set_threads"]
+__all__ = ["TUNER", "ThreadTuner", "set_threads", "threads_invariant"]
+
+MKL_CBWR_STRICT = 0x10000
+"""MKL's flag for its strict reproducibility mode (``mkl_cbwr.h``)."""
+
+
+@functools.cache
+def _mkl_cbwr_get() -> Callable[[int], int] | None:
+    """MKL's ``cbwr_get`` from the torch library that holds MKL, or None (no MKL, no such symbol)."""
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
+        path = os.path.join(os.path.dirname(torch.__file__), "lib", name)
+        if not os.path.exists(path):
+            continue
+        try:
+            fn = ctypes.CDLL(path).mkl_serv_cbwr_get
+        except (OSError, AttributeError):
+            return None
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        return fn
+    return None
+
+
+def threads_invariant() -> bool:
+    """Whether torch's CPU matrix products give the same bits on any thread count: MKL's strict
+    reproducibility mode is in effect (``MKL_CBWR=...,STRICT`` read before MKL's first product)."""
+    if not torch.backends.mkl.is_available():
+        return False
+    fn = _mkl_cbwr_get()
+    if fn is None:
+        return False
+    try:
+        return bool(fn(-1) & MKL_CBWR_STRICT)  # MKL_CBWR_ALL: the whole setting
+    except OSError:
+        return False
 
 
 class ThreadTuner:
@@ -47,7 +85,9 @@ class ThreadTuner:
 
     def __init__(self, probe_every: int = 16, smoothing: float = 0.5, clear: float = 1.3, min_units: int = 16) -> None:
         self.probe_every, self.smoothing, self.clear, self.min_units = probe_every, smoothing, clear, min_units
-        self.enabled = False
+        self.enabled: bool | None = None
+        """True: tune; False: run every pass as it is; None (the default): tune where
+        :func:`threads_invariant`, decided at the first pass."""
         self.reset()
 
     def reset(self) -> None:
@@ -79,6 +119,8 @@ class ThreadTuner:
         not measured: its time per unit is mostly fixed costs, no guide to the passes that count.
         """
         many = torch.get_num_threads()
+        if self.enabled is None:  # MKL's mode is settled once it has run a product (the context's, before any pass)
+            self.enabled = threads_invariant()
         if not self.enabled or many <= 1:
             return fn()
         if many != self.many:  # the count was changed (by the user, or by runs sharing the machine): start anew
@@ -110,14 +152,14 @@ def _on(threads: int, many: int, fn: Callable[[], T]) -> T:
 
 
 TUNER = ThreadTuner()
-"""The process's tuner, shared by every :class:`~keypatch.objective.Objective` on a CPU (off until
-``set_threads("auto")``)."""
+"""The process's tuner, shared by every :class:`~keypatch.objective.Objective` on a CPU (on where
+:func:`threads_invariant`, or after ``set_threads("auto")``)."""
 
 
 def set_threads(threads: int | str) -> None:
-    """Fix the torch thread count (an int >= 1), or ``"auto"``: let :data:`TUNER` choose between
-    the current count and one, pass by pass (faster on a shared machine; losses may then differ
-    in the last bits from run to run)."""
+    """Fix the torch thread count (an int >= 1; tuning off), or ``"auto"``: let :data:`TUNER` choose
+    between the current count and one, pass by pass, even where :func:`threads_invariant` is false
+    (then losses may differ in the last bits from run to run)."""
     if threads == "auto":
         TUNER.enabled = True
         TUNER.reset()

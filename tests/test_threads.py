@@ -1,13 +1,18 @@
-"""The thread tuner: it runs the faster of all threads and one, follows a change, and never changes a pick."""
+"""The thread tuner: it runs the faster of all threads and one, follows a change, and never changes a loss."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import keypatch
+import keypatch.objective as objective_mod
 import keypatch.threads as threads_mod
-from keypatch.threads import ThreadTuner, set_threads
+from keypatch.threads import ThreadTuner, set_threads, threads_invariant
 
 
 @pytest.fixture
@@ -69,15 +74,68 @@ def test_small_passes_are_not_measured_and_a_fixed_count_turns_tuning_off(two_th
         set_threads(0)
 
 
-def test_tuning_is_off_by_default_so_a_call_repeats_bit_for_bit(two_threads, toy_model):
-    """One thread and two give different last bits for some passes (multi on these images: a pass of 3
-    sets), so a timing-driven choice would change results from run to run: it is off unless asked."""
-    import keypatch.threads as fresh
+needs_mkl = pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch without MKL")
 
-    assert ThreadTuner().enabled is False and fresh.TUNER.enabled is False
+
+@needs_mkl
+def test_import_turns_on_mkls_strict_mode_so_small_products_match_on_any_thread_count(two_threads):
+    """Products of few rows (a pass of 1-3 small sets) differ in the last bit between one thread
+    and two under MKL's default mode; keypatch's import turns the strict mode on."""
+    assert threads_invariant()
+    g = torch.Generator().manual_seed(0)
+    for rows in (6, 9, 10):
+        x, w, b = torch.randn(rows, 32, generator=g), torch.randn(96, 32, generator=g), torch.randn(96, generator=g)
+        torch.set_num_threads(1)
+        one = torch.addmm(b, x, w.t())
+        torch.set_num_threads(2)
+        assert torch.equal(one, torch.addmm(b, x, w.t()))
+
+
+@needs_mkl
+def test_without_strict_mode_the_tuner_stays_off_unless_asked():
+    code = ("import torch; torch.ones(8, 8) @ torch.ones(8, 8); import keypatch; "  # MKL ran before keypatch
+            "from keypatch.threads import TUNER, threads_invariant, set_threads; "
+            "TUNER.run(lambda: 0, 64); print(threads_invariant(), TUNER.enabled); "
+            "set_threads('auto'); print(TUNER.enabled)")
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "True"]
+    env["MKL_CBWR"] = "AUTO"  # the user's own setting is kept
+    out = subprocess.run([sys.executable, "-c", code.replace("torch.ones(8, 8) @ torch.ones(8, 8); ", "")],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "True"]
+
+
+class Alternating(ThreadTuner):
+    """A tuner that moves every pass, however small, to the other thread count."""
+
+    def choose(self, many):
+        return 1 if self.passes % 2 else many
+
+
+def test_tuning_is_on_by_default_and_moving_passes_between_thread_counts_changes_no_loss(
+        two_threads, toy_model, monkeypatch):
+    """The contract tests' images with ``multi`` (passes of 1-3 sets among them): every pass alternately
+    on one thread and two gives the bits of every pass on two."""
+    assert ThreadTuner().enabled is None
     from keypatch.geometry import normalize
 
     small = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(11))  # the contract tests' images
     images = [normalize(torch.nn.functional.interpolate(s[None], size=64, mode="bilinear")[0]) for s in small]
-    runs = [[p.losses for p in keypatch.propose_batch(images, 0.5, "multi", toy_model, seed=5)] for _ in range(4)]
-    assert all(r == runs[0] for r in runs)
+
+    def losses():
+        return [p.losses for p in keypatch.propose_batch(images, 0.5, "multi", toy_model, seed=5)]
+
+    fixed = ThreadTuner()
+    fixed.enabled = False
+    monkeypatch.setattr(objective_mod, "TUNER", fixed)
+    expected = losses()
+    tuner = Alternating(min_units=0)
+    tuner.enabled = True
+    monkeypatch.setattr(objective_mod, "TUNER", tuner)
+    assert losses() == expected
+    assert tuner.used.get(1, 0) >= 5 and tuner.used.get(2, 0) >= 5
+    monkeypatch.undo()
+    torch.set_num_threads(2)
+    threads_mod.TUNER.run(lambda: 0, 64)
+    assert threads_mod.TUNER.enabled is threads_invariant()
