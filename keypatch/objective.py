@@ -144,6 +144,28 @@ class Objective:
             out[s : s + size] = one(slice(s, s + size))
         return out
 
+    @torch.no_grad()
+    def screen(self, sets: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """``L`` of many visible sets in the screening precision: bfloat16 with ``"mixed"`` (and
+        ``"bfloat16"``), float32 otherwise. For strategies that rank many sets and confirm the best
+        with :meth:`score`; arguments and result as :meth:`score`."""
+        self.evaluations.index_add_(0, image_index, torch.ones_like(image_index))
+        return self._passes(self.screen_model, self.screen_context, sets, image_index)
+
+    @torch.no_grad()
+    def patch_errors(self, sets: torch.Tensor) -> torch.Tensor:
+        """Each patch's squared error when each image is rebuilt from its set: ``sets (B, k)`` -> ``(B, N)``.
+
+        One full MAE pass per image (counted as one evaluation), in float32: the mean over each
+        patch's values of ``(prediction - normalised pixels)^2``; visible patches hold their
+        errors too (the strategies that screen by it ignore them). No host synchronisation.
+        """
+        b = self.batch
+        ii = torch.arange(b, device=sets.device)
+        self.evaluations.index_add_(0, ii, torch.ones_like(ii))
+        pred = self.model.predict_tokens(self.context.tokens, sets, ii)
+        return (pred.float() - self.model.targets(self.images).float()).pow(2).mean(-1)
+
     def score_each(self, sets: torch.Tensor) -> torch.Tensor:
         """``L`` of one visible set per image, ``sets (B, k)`` -> ``(B,)``."""
         return self.score(sets, torch.arange(self.batch, device=sets.device))
@@ -175,14 +197,21 @@ class Objective:
         (:attr:`widened` counts those steps). This costs two host synchronisations per step.
         """
         b, c = candidates.shape
-        sets = torch.cat([chosen[:, None, :].expand(b, c, chosen.shape[1]), candidates[..., None]], dim=2)
-        sets = sets.reshape(b * c, -1)
+        return self.choices(torch.cat([chosen[:, None, :].expand(b, c, chosen.shape[1]), candidates[..., None]], dim=2))
+
+    @torch.no_grad()
+    def choices(self, sets: torch.Tensor) -> torch.Tensor:
+        """``L`` of ``C`` alternative visible sets per image, ``sets (B, C, k)`` -> ``(B, C)``, for a
+        strategy that keeps the best of them: with ``"mixed"`` screened in bfloat16 and the best
+        re-scored in float32 exactly as :meth:`step` does (which calls it)."""
+        b, c, _ = sets.shape
+        flat = sets.reshape(b * c, -1)
         ii = torch.arange(b, device=sets.device).repeat_interleave(c)
         if self.precision != "mixed":
-            return self.score(sets, ii).view(b, c)
+            return self.score(flat, ii).view(b, c)
         self.evaluations.index_add_(0, ii, torch.ones_like(ii))
-        screened = self._passes(self.screen_model, self.screen_context, sets, ii).view(b, c)
-        return self._refine(screened, sets.view(b, c, -1))
+        screened = self._passes(self.screen_model, self.screen_context, flat, ii).view(b, c)
+        return self._refine(screened, flat.view(b, c, -1))
 
     def _refine(self, screened: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
         """``screened (B, C)`` bfloat16 scores with those near each minimum re-scored in float32."""

@@ -9,11 +9,13 @@ strategy that searches over the KPP objective subclasses
 """
 
 from keypatch.proposers import attention as _attention  # noqa: F401  (registers "attention")
+from keypatch.proposers import backward as _backward  # noqa: F401  (registers "backward")
 from keypatch.proposers import greedy as _greedy  # noqa: F401  (registers "greedy")
 from keypatch.proposers import lazy as _lazy  # noqa: F401  (registers "lazy")
 from keypatch.proposers import local as _local  # noqa: F401  (registers "local")
 from keypatch.proposers import multi as _multi  # noqa: F401  (registers "multi")
 from keypatch.proposers import random as _random  # noqa: F401  (registers "random")
+from keypatch.proposers import screened as _screened  # noqa: F401  (registers "screened")
 from keypatch.proposers import stochastic as _stochastic  # noqa: F401  (registers "stochastic")
 from keypatch.proposers import swap as _swap  # noqa: F401  (registers "swap")
 from keypatch.proposers.base import Proposal, Proposer, available, get_proposer, register

@@ -141,6 +141,8 @@ def _coerce(strategy: str, key: str, value: Any, kind: type | tuple[type, ...]) 
         value = None
     elif isinstance(value, kinds):
         return value
+    elif bool in kinds and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"  # -o batched=false from the command line
     elif float in kinds and isinstance(value, int):
         return float(value)
     elif int in kinds and isinstance(value, float) and value.is_integer():

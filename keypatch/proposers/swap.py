@@ -24,7 +24,7 @@ from keypatch.proposers.base import get_proposer, register
 from keypatch.proposers.search import SearchProposer
 from keypatch.reconstructors.precision import DEFAULT_PRECISION
 
-BASES = ("greedy", "local", "lazy", "stochastic", "multi")
+BASES = ("greedy", "local", "lazy", "stochastic", "multi", "screened")
 """Strategies ``swap`` can refine (they share ``start``, ``chunk_size`` and ``precision``)."""
 
 BASE_DEFAULTS = {"stochastic": {"eps": 0.2}}
@@ -93,7 +93,6 @@ class SwapRefine(SearchProposer):
         n, dev = objective.grid.n, objective.device
         if self.rounds == 0 or k >= n:
             return patches, losses
-        patches = patches.clone()
         current = losses[:, -1].to(dev, torch.float32)
         if bool(current.isnan().any()):  # the base did not score its whole set
             current = objective.score_each(patches)
@@ -101,28 +100,104 @@ class SwapRefine(SearchProposer):
 
     def refine(self, objective: Objective, patches: torch.Tensor, current: torch.Tensor):
         """Move patches to better neighbours, ``rounds`` passes; ``current (B,)`` is ``L(patches)``."""
-        (b, k), n, dev = patches.shape, objective.grid.n, objective.device
-        dist = objective.grid.distances(dev)
-        near = (dist > 0) & (dist <= self.reach)  # (N, N) the moves of each patch
-        for _ in range(self.rounds):
-            moved = torch.zeros(b, dtype=torch.bool, device=dev)
-            for i in range(k):
-                free = torch.ones(b, n, dtype=torch.bool, device=dev).scatter_(1, patches, False)
-                moves = near[patches[:, i]] & free  # (B, N): where patch i may go
-                rows, dest = moves.nonzero(as_tuple=True)  # ascending destination per image
-                if rows.numel() == 0:
-                    continue
-                sets = patches[rows].clone()
-                sets[:, i] = dest
-                scores = torch.full((b, n), math.inf, device=dev)
-                scores[rows, dest] = objective.score(sets, rows)
-                best, where = scores.min(dim=1)  # first minimum: lowest index on ties
-                better = best < current
-                patches[better, i] = where[better]
-                current = torch.where(better, best, current)
-                moved |= better
-            if not bool(moved.any()):
-                break
-        out = torch.full((b, k), math.nan, device=dev)
-        out[:, -1] = current
-        return patches, out
+        return refine(objective, patches, current, self.rounds, self.reach)
+
+
+def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, rounds: int,
+           reach: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each patch of ``patches (B, k)`` to its best free neighbour within ``reach`` where that
+    lowers ``L`` (``current (B,)`` is ``L(patches)``), ``rounds`` passes over the patches, stopping
+    once a pass moves nothing. Returns the patches (moved in place of the originals) and ``(B, k)``
+    losses, NaN but the last (``L`` of the whole set)."""
+    (b, k), n, dev = patches.shape, objective.grid.n, objective.device
+    patches = patches.clone()
+    dist = objective.grid.distances(dev)
+    near = (dist > 0) & (dist <= reach)  # (N, N) the moves of each patch
+    for _ in range(rounds):
+        moved = torch.zeros(b, dtype=torch.bool, device=dev)
+        for i in range(k):
+            free = torch.ones(b, n, dtype=torch.bool, device=dev).scatter_(1, patches, False)
+            moves = near[patches[:, i]] & free  # (B, N): where patch i may go
+            rows, dest = moves.nonzero(as_tuple=True)  # ascending destination per image
+            if rows.numel() == 0:
+                continue
+            sets = patches[rows].clone()
+            sets[:, i] = dest
+            scores = torch.full((b, n), math.inf, device=dev)
+            scores[rows, dest] = objective.score(sets, rows)
+            best, where = scores.min(dim=1)  # first minimum: lowest index on ties
+            better = best < current
+            patches[better, i] = where[better]
+            current = torch.where(better, best, current)
+            moved |= better
+        if not bool(moved.any()):
+            break
+    out = torch.full((b, k), math.nan, device=dev)
+    out[:, -1] = current
+    return patches, out
+
+
+def refine_batched(objective: Objective, patches: torch.Tensor, current: torch.Tensor, rounds: int,
+                   reach: int = 1, apart: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`refine` with each round one batched pass: every move of every patch of every image.
+
+    A round scores ``S - p + q`` for each chosen ``p`` and each free ``q`` within ``reach`` of it,
+    all at once, with ``S`` itself, in the objective's screening precision
+    (:meth:`Objective.screen`: bfloat16 with ``"mixed"``). Of the moves that lower ``L``, each
+    patch's best are taken in order of their gain, skipping one whose source or destination lies
+    within ``apart`` of a move already taken (moves that far apart barely interact). The best
+    single move and the set with all of them are scored in float32 (two more evaluations); the
+    better is kept if it lowers the float32 ``L``, else that image's search ends. Ties go to the
+    lowest patch index. Returns as :func:`refine`.
+    """
+    (b, k), n, dev = patches.shape, objective.grid.n, objective.device
+    patches = patches.clone()
+    dist = objective.grid.distances(dev)
+    near = (dist > 0) & (dist <= reach)
+    ar = torch.arange(b, device=dev)
+    active = torch.ones(b, dtype=torch.bool, device=dev)
+    for _ in range(rounds):
+        free = torch.ones(b, n, dtype=torch.bool, device=dev).scatter_(1, patches, False)
+        allowed = near[patches] & free[:, None, :] & active[:, None, None]  # (B, k, N)
+        img, i, dest = allowed.nonzero(as_tuple=True)
+        if img.numel() == 0:
+            break
+        sets = patches[img].clone()
+        sets[torch.arange(img.numel(), device=dev), i] = dest
+        rows = active.nonzero(as_tuple=True)[0]
+        screened = objective.screen(torch.cat([patches[rows], sets]), torch.cat([rows, img]))
+        here = torch.full((b,), -math.inf, device=dev).index_copy_(0, rows, screened[: rows.numel()])
+        scores = torch.full((b, k, n), math.inf, device=dev)
+        scores[img, i, dest] = screened[rows.numel():]
+        best, where = scores.min(dim=2)  # (B, k): each patch's best move, lowest destination on ties
+        gain = here[:, None] - best  # against the set itself in the same precision
+        improving = gain > 0
+        if not bool(improving.any()):
+            break
+        order = torch.sort(-gain, dim=1, stable=True).indices  # patches by gain, largest first
+        taken = torch.zeros(b, k, dtype=torch.bool, device=dev)
+        blocked = torch.zeros(b, n, dtype=torch.bool, device=dev)
+        for r in range(k):
+            p = order[:, r]
+            src, dst = patches[ar, p], where[ar, p]
+            ok = improving[ar, p] & ~blocked[ar, src] & ~blocked[ar, dst]
+            taken[ar, p] = ok
+            blocked |= ok[:, None] & ((dist[src] <= apart) | (dist[dst] <= apart))
+        top = order[:, 0]
+        single = patches.clone()
+        single[ar, top] = where[ar, top]
+        both = torch.where(taken, where, patches)
+        live = improving.any(dim=1)
+        rows = live.nonzero(as_tuple=True)[0]
+        exact = objective.score(torch.cat([single[rows], both[rows]]), rows.repeat(2)).view(2, -1)
+        single_loss = torch.full((b,), math.inf, device=dev).index_copy_(0, rows, exact[0])
+        both_loss = torch.full((b,), math.inf, device=dev).index_copy_(0, rows, exact[1])
+        use_both = both_loss < single_loss
+        new = torch.minimum(both_loss, single_loss)
+        moved = new < current
+        patches = torch.where((moved & use_both)[:, None], both, torch.where(moved[:, None], single, patches))
+        current = torch.where(moved, new, current)
+        active &= moved
+    out = torch.full((b, k), math.nan, device=dev)
+    out[:, -1] = current
+    return patches, out

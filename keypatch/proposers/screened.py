@@ -1,0 +1,119 @@
+"""Screened greedy KPP: each step scores exactly only the candidates a cheap screen ranks first.
+
+Exact greedy scores every remaining patch at every step (3,535 MAE evaluations per image at
+r = 0.1). Two cheap signals say which few are worth scoring:
+
+* the current reconstruction's error per masked patch (one MAE pass from the chosen set): adding
+  a patch removes its own error from ``L`` and mostly helps the patches around it, so patches the
+  MAE rebuilds worst are likely picks;
+* the previous step's exact scores: a runner-up of the last step usually stays a strong
+  candidate (the loss changes most near the patch just added).
+
+Each step scores the ``m`` patches with the largest current error and the ``keep`` best runners-up
+of the last step (``m + keep`` sets, fewer patches by error filling in where runners-up are
+missing), and adds the best of them. Alone that screen misses greedy's pick often enough to lose
+several percent of ``L``; ``rounds`` of neighbour moves afterwards (:func:`keypatch.proposers.swap.refine`,
+as ``swap``'s; each move lowers ``L``) win it back and more. The trade against exact greedy is
+measured by ``benchmarks/bench_search.py`` (``docs/results.md``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from keypatch.objective import DEFAULT_CHUNK, Objective
+from keypatch.proposers.base import register
+from keypatch.proposers.search import SearchProposer, start_state
+from keypatch.proposers.swap import refine, refine_batched
+from keypatch.reconstructors.precision import DEFAULT_PRECISION
+
+
+@register
+class ScreenedGreedy(SearchProposer):
+    """Greedy over the patches the MAE currently rebuilds worst and the last step's runners-up.
+
+    Parameters
+    ----------
+    m : int
+        Patches with the largest current reconstruction error scored at each step.
+    keep : int
+        Best runners-up of the previous step scored again (0: none).
+    rounds : int
+        Rounds of neighbour moves after the greedy pass (0: none), as ``swap``'s.
+    reach : int
+        Chebyshev radius of those moves (1: the 8 neighbours).
+    batched : bool
+        Each round of moves as one batched pass over all patches of all images
+        (:func:`keypatch.proposers.swap.refine_batched`: fewer, larger passes, for one image at a
+        time on a GPU) instead of patch by patch (lower ``L`` for the same evaluations).
+    start, chunk_size, precision
+        As for ``greedy`` (see :class:`~keypatch.proposers.search.SearchProposer`).
+
+    Notes
+    -----
+    Every step costs one full MAE pass per image (the error map) plus ``m + keep`` scored sets
+    (:meth:`Objective.step`, so ``"mixed"`` screens them in bfloat16 as greedy does), all images
+    batched; a round of moves about ``8 k`` more. With ``m`` at least the number of patches and no
+    rounds it is exact greedy (plus the error passes). Ties go to the lowest patch index, in the
+    screen and in the pick, so the result is deterministic and the same image by image as in a
+    batch. ``evaluations`` counts the error passes and every scored set. With ``rounds > 0`` only
+    the final ``L`` is known (shorter prefixes NaN; the public API recomputes them).
+    """
+
+    name = "screened"
+    options = {**SearchProposer.options, "m": int, "keep": int, "rounds": int, "reach": int, "batched": bool}
+
+    def __init__(self, m: int = 6, keep: int = 2, rounds: int = 2, reach: int = 1, batched: bool = False,
+                 start: str = "center", chunk_size: int = DEFAULT_CHUNK, precision: str = DEFAULT_PRECISION) -> None:
+        super().__init__(start, chunk_size, precision)
+        if m < 1 or keep < 0 or rounds < 0 or reach < 1:
+            raise ValueError(f"m must be >= 1, keep and rounds >= 0 and reach >= 1, got m={m}, keep={keep}, "
+                             f"rounds={rounds}, reach={reach}")
+        self.m, self.keep, self.rounds, self.reach = int(m), int(keep), int(rounds), int(reach)
+        self.batched = bool(batched)
+        self.batched = bool(batched)
+
+    @property
+    def prefix_consistent(self) -> bool:  # type: ignore[override]
+        """Without neighbour moves no step depends on ``k``."""
+        return self.rounds == 0
+
+    @torch.no_grad()
+    def search(self, objective: Objective, k: int, seeds: list[int]):
+        chosen, losses, remaining = start_state(objective, self.start)
+        b, n, dev = objective.batch, objective.grid.n, objective.device
+        ar = torch.arange(b, device=dev)
+        picks, step_losses = [chosen], [losses]
+        ranked = torch.arange(n, device=dev).expand(b, n)
+        runner = torch.full((b, n), math.inf, device=dev)  # last step's scores (inf: not scored)
+        for j in range(chosen.shape[1], k):
+            sets = torch.cat(picks, dim=1)
+            err = objective.patch_errors(sets).masked_fill_(~remaining, -math.inf)
+            # each patch's rank by error, largest first, ties to the lowest index (a stable sort)
+            by_err = torch.empty_like(ranked).scatter_(1, torch.sort(-err, dim=1, stable=True).indices, ranked)
+            top_err = by_err < self.m
+            # the best runners-up of the last step that the error screen left out
+            left = runner.masked_fill(top_err | ~remaining, math.inf)
+            by_runner = torch.empty_like(ranked).scatter_(1, torch.sort(left, dim=1, stable=True).indices, ranked)
+            top_runner = (by_runner < self.keep) & left.isfinite()
+            # candidates: the error screen's, the runners-up, then (too few runners-up) further by error
+            key = torch.where(top_err, by_err, torch.where(top_runner, n + by_runner, 2 * n + by_err))
+            key = key.masked_fill(~remaining, 4 * n)
+            count = min(self.m + self.keep, n - j)
+            cand = key.topk(count, dim=1, largest=False).indices.sort(dim=1).values  # ascending: ties low
+            scores = objective.step(sets, cand)
+            best = scores.argmin(dim=1)  # first minimum: lowest index on ties
+            pick = cand[ar, best]
+            picks.append(pick[:, None])
+            step_losses.append(scores[ar, best][:, None])
+            remaining[ar, pick] = False
+            runner = torch.full((b, n), math.inf, device=dev).scatter_(1, cand, scores)
+        patches, losses = torch.cat(picks, dim=1), torch.cat(step_losses, dim=1)
+        if self.rounds == 0 or k >= n:
+            return patches, losses
+        current = losses[:, -1].to(dev, torch.float32)
+        if self.batched:
+            return refine_batched(objective, patches, current, self.rounds, self.reach)
+        return refine(objective, patches, current, self.rounds, self.reach)
