@@ -70,7 +70,8 @@ def run_propose(paths: str | Path | Sequence[str | Path], ratio: float, strategy
     ----------
     paths : path or sequence of paths
         Image files and folders (:func:`keypatch.geometry.list_image_files`); with Ray, also a Ray
-        Dataset with a ``path`` column.
+        Dataset with a ``path`` column, or with ``bytes`` and ``path`` columns (the images' bytes,
+        read by the workers; the path only names them).
     ratio : float
         Fraction of patches to keep, in ``(0, 1]`` (checked before anything is loaded).
     strategy, model, start, device, seed

@@ -98,7 +98,7 @@ class Job:
         self.notes, self.run = InputNotes(), RunId()
         self.store: Any = None
         self.bar: Any = None
-        self.digests: dict[Path, str] = {}
+        self.digests: dict[Any, str] = {}
         self.seen: set[str] = set()
         self.threads = torch.get_num_threads()
         self.summary: dict[str, Any] = {
@@ -157,6 +157,24 @@ class Job:
             self.store.add_paths(found)
         return items
 
+    def named(self, items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """``(name, sha256)`` of images hashed elsewhere (a dataset's rows: the name is kept as it is,
+        not resolved against this machine's folders), those not yet seen in this run; every name is
+        recorded as a path of its content."""
+        new = [(d, name) for name, d in items if name not in self.digests]
+        for name, d in items:
+            self.digests[name] = d
+        out, taken = [], set()
+        for name, d in items:
+            if d in self.seen or d in taken:  # the same content at another name: one record
+                self.skip()
+            else:
+                taken.add(d)
+                out.append((name, d))
+        if new:
+            self.store.add_paths(new)
+        return out
+
     def process(self, batch: list[Path]) -> list[Path]:
         """Claim, load and compute ``batch``; returns the paths held by another run."""
         busy, todo = self.prepare(batch)
@@ -167,7 +185,11 @@ class Job:
     def claimed(self, batch: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
         """Hash and claim ``batch``: the paths another run holds, and ``(path, sha256)`` to compute here
         (images already stored are counted as skipped)."""
-        items = self.hashed(batch)
+        return self.claim(self.hashed(batch))
+
+    def claim(self, items: list[tuple[Any, str]]) -> tuple[list[Any], list[tuple[Any, str]]]:
+        """Claim ``(path, sha256)`` items already hashed: the paths another run holds, and the items to
+        compute here (images already stored are counted as skipped)."""
         busy, todo = [], []
         statuses = self.store.claim([self.key_of(d) for _, d in items], self.run, self.lease)
         for (path, digest), status in zip(items, statuses, strict=True):
@@ -213,7 +235,8 @@ class Job:
         """Store the answer for one image as this run's record (counted as recomputed when another
         run stored it meanwhile, after its claim had expired)."""
         record = Record(
-            image_path=str(path.absolute()), sha256=digest, model_id=self.mae.model_id,
+            image_path=str(path.absolute()) if isinstance(path, Path) else str(path),  # a dataset's name as it is
+            sha256=digest, model_id=self.mae.model_id,
             strategy=self.proposer.name, ratio=self.ratio, start=self.start, options=self.options,
             patches=patches, losses=losses, evaluations=evaluations, seconds=seconds,
         )

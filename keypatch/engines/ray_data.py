@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,27 @@ from typing import Any
 import numpy as np
 
 from keypatch.engines.base import Engine, register_engine
-from keypatch.engines.ray_workers import ProposeActor, decode_batch
+from keypatch.engines.ray_workers import ProposeActor, decode_batch, hash_batch
 
-__all__ = ["ProposeActor", "RayEngine", "dataset_paths", "decode_batch", "require_ray"]
+__all__ = ["DatasetImages", "ProposeActor", "RayEngine", "dataset_paths", "decode_batch", "hash_batch",
+           "require_ray"]
+
+CLAIM_BATCH = 4096
+"""Digests the driver claims at a time when the images come as a dataset's bytes."""
+
+
+class DatasetImages:
+    """A user's Ray Dataset of image bytes (columns ``bytes`` and ``path``) as a job's images: read where
+    they live, by Ray's workers; ``len()`` counts its rows (on the workers)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self._count: int | None = None
+
+    def __len__(self) -> int:
+        if self._count is None:
+            self._count = int(self.dataset.count())
+        return self._count
 
 RAY_PACKAGES = {"ray": "ray[data]"}
 
@@ -82,9 +101,16 @@ class RayEngine(Engine):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > least:
                 raise ValueError(f"{what} must be a number {'> 0' if least == 0 else '>= 0'}, got {value!r}")
 
-    def files(self, paths: Any) -> list[Path]:
-        """Files and folders, or a Ray Dataset with a ``path`` column."""
+    def files(self, paths: Any) -> Any:
+        """Files and folders; a Ray Dataset with a ``path`` column (files this machine reads); or one
+        with ``bytes`` and ``path`` columns (``read_binary_files(..., include_paths=True)``): images
+        read where they live, the path only their name (:class:`DatasetImages`)."""
         if hasattr(paths, "select_columns"):
+            if "bytes" in (paths.columns() or []):
+                if "path" not in paths.columns():
+                    raise ValueError("a Ray Dataset of image bytes needs a 'path' column to name them "
+                                     "(read_binary_files(..., include_paths=True) gives one)")
+                return DatasetImages(paths)
             paths = dataset_paths(paths)
         return super().files(paths)
 
@@ -96,12 +122,39 @@ class RayEngine(Engine):
         then wait, as the local engine does, for images another run holds."""
         ray = require_ray()
         try:
+            if isinstance(files, DatasetImages):
+                self._run_dataset(ray, job, files.dataset, batch_size, poll)
+                return
             waiting, todo = job.claimed(files)
             if todo:
                 self._stream(ray, job, todo, batch_size)
             job.wait_for(waiting, batch_size, poll)
         finally:
             job.finish()
+
+    def _run_dataset(self, ray: Any, job: Any, dataset: Any, batch_size: int, poll: float) -> None:
+        """Images as a dataset's bytes: the workers hash them, the driver claims the digests in
+        batches of :data:`CLAIM_BATCH` (it never holds the bytes), the workers decode the claimed ones
+        and the actors propose; images another run holds are waited for and then taken over."""
+        self._start(ray)
+        rows = dataset.select_columns(["path", "bytes"])
+        hashed = rows.map_batches(hash_batch, batch_format="numpy", num_cpus=0.5)
+        busy: list[tuple[str, str]] = []
+        todo: list[tuple[str, str]] = []
+        for batch in hashed.iter_batches(batch_size=CLAIM_BATCH, batch_format="numpy"):
+            held, mine = job.claim(job.named([(str(p), str(d)) for p, d in zip(batch["path"], batch["sha256"],
+                                                                                strict=True)]))
+            busy += [(p, job.digests[p]) for p in held]
+            todo += mine
+        while True:
+            if todo:
+                self._stream(ray, job, todo, batch_size, rows)
+            if not busy:
+                return
+            job.bar.set_postfix_str(f"{len(busy)} held by another run")
+            time.sleep(poll)
+            held, todo = job.claim(busy)
+            busy = [(p, job.digests[p]) for p in held]
 
     def _start(self, ray: Any) -> None:
         for name, level in QUIET_LOGGERS.items():
@@ -118,15 +171,20 @@ class RayEngine(Engine):
         ray.init(num_cpus=cpus, num_gpus=int(np.ceil(self.workers * self.gpus_per_worker)) or None,
                  include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
 
-    def _stream(self, ray: Any, job: Any, todo: list[tuple[Path, str]], batch_size: int) -> None:
+    def _stream(self, ray: Any, job: Any, todo: list[tuple[Any, str]], batch_size: int, rows: Any = None) -> None:
+        """Decode and propose ``todo`` (``(path, sha256)``), storing each record as it comes back; with
+        ``rows`` (a dataset's ``path`` and ``bytes``), its rows whose ``(path, sha256)`` are in ``todo``."""
         self._start(ray)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the driver's own bar counts images
         digests = {str(p): d for p, d in todo}
-        ds = ray.data.from_items([{"path": str(p), "sha256": d} for p, d in todo],
-                                 override_num_blocks=len(todo))  # one image a block: no idle actor at the end
-        ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=0.5,
-                            fn_kwargs={"size": job.mae.config.image_size, "resize": job.settings.resize})
+        decode = {"size": job.mae.config.image_size, "resize": job.settings.resize}
+        if rows is None:
+            ds = ray.data.from_items([{"path": str(p), "sha256": d} for p, d in todo],
+                                     override_num_blocks=len(todo))  # one image a block: no idle actor at the end
+        else:
+            ds, decode["wanted"] = rows, frozenset(digests.items())
+        ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=0.5, fn_kwargs=decode)
         device = "cuda" if self.gpus_per_worker > 0 else "cpu"
         # one batch in flight per actor: a batch goes to the first actor free, so none idles while another
         # holds a queue (at the start, when one actor is ready first, and at the end)
@@ -139,7 +197,7 @@ class RayEngine(Engine):
                                    "threads": max(1, int(self.cpus_per_worker)), "device": device},
         )
         for row in ds.iter_rows():
-            path = Path(row["path"])
+            path = Path(row["path"]) if rows is None else str(row["path"])  # a dataset's name stays a name
             for kind in json.loads(row["notes"]):
                 job.notes.add(kind, str(path))
             if row["error"]:

@@ -7,6 +7,7 @@ and a model actor imports torch and the MAE when it is made (:class:`ProposeActo
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -16,22 +17,39 @@ from keypatch.geometry.decode import InputNotes
 from keypatch.geometry.pixels import decode_pixels
 
 
-def decode_batch(batch: dict[str, np.ndarray], size: int, resize: str) -> dict[str, np.ndarray]:
-    """A Ray task: the images of ``batch["path"]`` decoded, resized and normalised as the local engine
-    does; ``error`` holds the message of an image that could not be read (its image is zeros) and
-    ``notes`` the deliberate changes made (JSON list of kinds)."""
+def hash_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A Ray task: ``path`` and the sha256 of each image file's ``bytes`` (what the driver claims by),
+    without the bytes."""
+    return {"path": batch["path"],
+            "sha256": np.array([hashlib.sha256(bytes(b)).hexdigest() for b in batch["bytes"]], dtype=object)}
+
+
+def decode_batch(batch: dict[str, np.ndarray], size: int, resize: str,
+                 wanted: frozenset[tuple[str, str]] | None = None) -> dict[str, np.ndarray]:
+    """A Ray task: the images of ``batch["path"]`` (or of ``batch["bytes"]``, the path then only their
+    name) decoded, resized and normalised as the local engine does; ``error`` holds the message of
+    an image that could not be read (its image is zeros) and ``notes`` the deliberate changes made
+    (JSON list of kinds). With ``wanted``, the rows of bytes are hashed and only those whose
+    ``(path, sha256)`` it holds are kept (the driver's claims)."""
+    if "bytes" in batch:
+        digests = [hashlib.sha256(bytes(b)).hexdigest() for b in batch["bytes"]]
+        keep = [i for i, d in enumerate(digests) if wanted is None or (str(batch["path"][i]), d) in wanted]
+        batch = {"path": batch["path"][keep], "sha256": np.array([digests[i] for i in keep], dtype=object),
+                 "bytes": batch["bytes"][keep]}
     images, errors, notes = [], [], []
-    for path in batch["path"]:
+    for i, path in enumerate(batch["path"]):
         found = InputNotes()
+        source = bytes(batch["bytes"][i]) if "bytes" in batch else str(path)
         try:
-            images.append(decode_pixels(str(path), size, found, resize=resize))
+            images.append(decode_pixels(source, size, found, name=str(path), resize=resize))
             errors.append("")
         except (OSError, ValueError) as exc:
             images.append(np.zeros((3, size, size), dtype=np.float32))
             errors.append(str(exc))  # the driver's report names the file
         notes.append(json.dumps(sorted(found.counts)))
-    return {**batch, "image": np.stack(images), "error": np.array(errors, dtype=object),
-            "notes": np.array(notes, dtype=object)}
+    batch = {k: v for k, v in batch.items() if k != "bytes"}
+    return {**batch, "image": np.stack(images) if images else np.zeros((0, 3, size, size), dtype=np.float32),
+            "error": np.array(errors, dtype=object), "notes": np.array(notes, dtype=object)}
 
 
 class ProposeActor:

@@ -38,6 +38,7 @@ on purpose (alpha dropped, first frame, squashed, rotated by EXIF) is recorded i
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -140,21 +141,31 @@ def open_image_file(path: str | Path) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no image file at {path}")
+    return _open_fully(path, str(path))
+
+
+def open_image_bytes(data: bytes, name: str) -> Image.Image:
+    """Open and fully read an image file's bytes (e.g. a Ray Dataset's ``bytes`` column) as
+    :func:`open_image_file` reads a file; ``name`` stands for the file in messages."""
+    return _open_fully(io.BytesIO(bytes(data)), name)
+
+
+def _open_fully(source: Path | io.BytesIO, name: str) -> Image.Image:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", Image.DecompressionBombWarning)
         im = None
         try:
-            im = Image.open(path)
+            im = Image.open(source)
             im.load()
         except Exception as exc:  # Pillow raises several types for bad files
             if im is not None:
                 im.close()  # a truncated file: no "unclosed file" warning besides the message
             if isinstance(exc, Image.DecompressionBombError):
-                raise ValueError(f"{path}: {exc}") from exc
-            raise ValueError(f"{path} is not a readable image: {exc}") from exc
+                raise ValueError(f"{name}: {exc}") from exc
+            raise ValueError(f"{name} is not a readable image: {exc}") from exc
     for w in caught:
         if issubclass(w.category, Image.DecompressionBombWarning):
-            warnings.warn(f"{path}: {w.message}", ImageSizeWarning, stacklevel=3)
+            warnings.warn(f"{name}: {w.message}", ImageSizeWarning, stacklevel=4)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return im
@@ -244,14 +255,14 @@ def _array_to_rgb8(arr: np.ndarray, note: Note) -> np.ndarray:
     return _gray(u8) if u8.ndim == 2 else np.ascontiguousarray(u8)
 
 
-def to_rgb8(image: str | Path | Image.Image | np.ndarray, notes: InputNotes | None = None,
+def to_rgb8(image: str | Path | bytes | Image.Image | np.ndarray, notes: InputNotes | None = None,
             name: str | None = None) -> np.ndarray:
     """An image as an ``HxWx3`` uint8 array, by the rules in this module's docstring.
 
     Parameters
     ----------
-    image : path, PIL image or numpy array
-        The input.
+    image : path, bytes, PIL image or numpy array
+        The input (bytes: an image file's, read as the file would be).
     notes : InputNotes, optional
         Where to record deliberate changes; without it each kind is warned once per process
         (:class:`InputNote`).
@@ -266,6 +277,10 @@ def to_rgb8(image: str | Path | Image.Image | np.ndarray, notes: InputNotes | No
     if isinstance(image, (str, Path)):
         name = name or str(image)
         with open_image_file(image) as im:
+            return _pil_to_rgb8(im, name, _note_to(notes, name))
+    if isinstance(image, (bytes, bytearray, memoryview)):  # an image file's bytes
+        name = name or "image"
+        with open_image_bytes(image, name) as im:
             return _pil_to_rgb8(im, name, _note_to(notes, name))
     name = name or "image"
     if isinstance(image, Image.Image):

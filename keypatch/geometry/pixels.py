@@ -36,8 +36,8 @@ def check_resize(resize: str) -> str:
     return resize
 
 
-def decode_pixels(image: str | Path | Image.Image | np.ndarray, size: int = 224, notes: InputNotes | None = None,
-                  name: str | None = None, resize: str = "bicubic") -> np.ndarray:
+def decode_pixels(image: str | Path | bytes | Image.Image | np.ndarray, size: int = 224,
+                  notes: InputNotes | None = None, name: str | None = None, resize: str = "bicubic") -> np.ndarray:
     """One image as a normalised ``(3, size, size)`` float32 array (see :func:`keypatch.geometry.load_image`).
 
     The image is read by the rules of :mod:`keypatch.geometry.decode`, resized to ``size`` with

@@ -69,6 +69,35 @@ def test_ray_engine_stores_what_the_local_engine_stores(photos, tmp_path):
     assert again["done"] == 0 and again["skipped"] == 12
 
 
+def test_a_dataset_of_bytes_whose_paths_exist_nowhere_gives_the_local_records(photos, tmp_path):
+    """Images given as a Ray Dataset of their bytes, named by URIs that no disk here holds: the
+    workers hash and decode them, and the records (picks by content) are the local engine's."""
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():  # the dataset below would start Ray with this machine's 2 CPUs: too few here
+        ray.init(num_cpus=3, include_dashboard=False, logging_level="WARNING")
+    files = sorted(photos.iterdir())
+    rows = [{"bytes": f.read_bytes(), "path": f"s3://bucket/nowhere/{f.name}"} for f in files]
+    rows.append({"bytes": files[0].read_bytes(), "path": "s3://bucket/elsewhere/copy.jpg"})  # same content again
+    local = run_propose([photos], 0.25, model="random:toy", out_dir=tmp_path / "local", progress=False)
+    remote = run_propose(ray.data.from_items(rows), 0.25, model="random:toy", out_dir=tmp_path / "ray",
+                         progress=False, engine=RayEngine(workers=2), batch_size=2)
+    assert remote["found"] == 14 and remote["done"] == local["done"] == 12 and remote["skipped"] == 1
+    assert remote["failed_paths"] == ["s3://bucket/nowhere/broken.jpg"]
+    got, want = _records(tmp_path / "ray"), _records(tmp_path / "local")
+    assert got.keys() == want.keys()
+    for key, (patches, losses) in want.items():
+        assert got[key][0] == patches and got[key][1] == pytest.approx(losses, rel=1e-6)
+    with ResultStore(tmp_path / "ray" / "results.sqlite", create=False) as s:
+        names = {r.image_path for r in s.records()}
+        assert names == {f"s3://bucket/nowhere/{f.name}" for f in files if f.name != "broken.jpg"}
+    # a re-run claims nothing new: every image is found stored from its digest alone
+    again = run_propose(ray.data.from_items(rows), 0.25, model="random:toy", out_dir=tmp_path / "ray",
+                        progress=False, engine=RayEngine(workers=2))
+    assert again["done"] == 0 and again["skipped"] == 13 and again["failed"] == 1
+
+
 def _start(out: Path, photos: Path, batch: int) -> subprocess.Popen:
     code = ("import sys; from keypatch.cli.main import main; sys.exit(main(['propose', sys.argv[1], '--ratio', "
             "'0.05', '--model', 'random:small', '--engine', 'ray', '--workers', '2', '--batch-size', sys.argv[3], "
