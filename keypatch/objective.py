@@ -120,9 +120,9 @@ class Objective:
         torch.Tensor
             ``(M,)`` float32 on the model's device. No host synchronisation.
         """
-        self.evaluations.index_add_(0, image_index, torch.ones_like(image_index))  # no host sync (bincount has one)
         if self.precision == "bfloat16":
-            return self._passes(self.screen_model, self.screen_context, sets, image_index)
+            return self.screen(sets, image_index)
+        self.evaluations.index_add_(0, image_index, torch.ones_like(image_index))  # no host sync (bincount has one)
         return self._passes(self.model, self.context, sets, image_index)
 
     def _passes(self, model: MAE, ctx: LossContext, sets: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
@@ -209,9 +209,7 @@ class Objective:
         ii = torch.arange(b, device=sets.device).repeat_interleave(c)
         if self.precision != "mixed":
             return self.score(flat, ii).view(b, c)
-        self.evaluations.index_add_(0, ii, torch.ones_like(ii))
-        screened = self._passes(self.screen_model, self.screen_context, flat, ii).view(b, c)
-        return self._refine(screened, flat.view(b, c, -1))
+        return self._refine(self.screen(flat, ii).view(b, c), sets)
 
     def _refine(self, screened: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
         """``screened (B, C)`` bfloat16 scores with those near each minimum re-scored in float32."""

@@ -73,7 +73,6 @@ class ScreenedGreedy(SearchProposer):
                              f"rounds={rounds}, reach={reach}")
         self.m, self.keep, self.rounds, self.reach = int(m), int(keep), int(rounds), int(reach)
         self.batched = bool(batched)
-        self.batched = bool(batched)
 
     @property
     def prefix_consistent(self) -> bool:  # type: ignore[override]

@@ -96,10 +96,6 @@ class SwapRefine(SearchProposer):
         current = losses[:, -1].to(dev, torch.float32)
         if bool(current.isnan().any()):  # the base did not score its whole set
             current = objective.score_each(patches)
-        return self.refine(objective, patches, current)
-
-    def refine(self, objective: Objective, patches: torch.Tensor, current: torch.Tensor):
-        """Move patches to better neighbours, ``rounds`` passes; ``current (B,)`` is ``L(patches)``."""
         return refine(objective, patches, current, self.rounds, self.reach)
 
 
