@@ -70,6 +70,8 @@ ratio = _number_check("ratio", float, lambda v: 0.0 < v <= 1.0, "expected a rati
                       ["0", "1.5", "-0.1", "nan", "x"], "0.25")
 fraction = _number_check("fraction", float, lambda v: 0.0 < v < 1.0, "expected a fraction in (0, 1)",
                          ["0", "1", "-0.5", "x"], "0.3")
+drop = _number_check("drop", float, lambda v: 0.0 <= v < 1.0, "expected a share of patches to drop in [0, 1)",
+                     ["1", "-0.1", "nan", "x"], "0.2")
 positive_int = _number_check("positive_int", int, lambda v: v >= 1, "expected a positive integer",
                              ["0", "-1", "1.5", "x"], "2")
 seed = _number_check("seed", int, lambda v: v >= 0, "expected a seed (an integer >= 0)", ["-1", "1.5", "x"], "0")
@@ -77,6 +79,17 @@ positive_float = _number_check("positive_float", float, lambda v: v > 0, "expect
                                ["0", "-1", "nan", "inf", "x"], "1")
 non_negative_float = _number_check("non_negative_float", float, lambda v: v >= 0, "expected a number >= 0",
                                    ["-1", "nan", "inf", "x"], "0")
+
+
+@check(bad=["gif", "jpeg", "webp:0", "png:90"], good="jpeg:90")
+def codec(text: str) -> str:
+    """A codec of quantized datasets: png, webp (lossless), webp:Q or jpeg:Q."""
+    from keypatch.data.codec import parse_codec
+
+    try:
+        return parse_codec(text).spec
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 @check(bad=["0", "-2", "x"], good="auto")

@@ -60,18 +60,14 @@ class ClassifyResult:
 
 
 def labelled_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    """Files and labels of a folder with one sub-folder per class (sorted class names)."""
-    from keypatch.geometry.files import list_image_files
+    """Files and labels of a folder with one sub-folder per class (sorted class names); see
+    :func:`keypatch.geometry.files.class_folders`."""
+    from keypatch.geometry.files import class_folders
 
-    found = {d.name: list_image_files(d, allow_empty=True) for d in Path(root).iterdir() if d.is_dir()}
-    classes = sorted(c for c, f in found.items() if f)  # each folder is walked once
-    if len(classes) < 2:
+    found = class_folders(root)
+    if found is None or len(found[2]) < 2:
         raise ValueError(f"{root} needs at least two class sub-folders with images")
-    files, labels = [], []
-    for i, c in enumerate(classes):
-        files.extend(found[c])
-        labels.extend([i] * len(found[c]))
-    return files, labels, classes
+    return found
 
 
 def split(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:

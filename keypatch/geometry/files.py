@@ -84,3 +84,25 @@ def list_image_files(paths: str | Path | Iterable[str | Path], *, allow_empty: b
         listed = ", ".join(str(p) for p in paths) or "(no paths given)"
         raise ValueError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {listed}")
     return unique
+
+
+def class_folders(root: str | Path) -> tuple[list[Path], list[int], list[str]] | None:
+    """Files and labels of a folder with one sub-folder per class, or None when ``root`` is not one.
+
+    ``root`` is a class-per-folder dataset (torchvision's ImageFolder layout) when it holds no image
+    file itself and at least one sub-folder with images; each sub-folder is a class (sorted names,
+    label = position), searched recursively. Sub-folders without images are not classes.
+    """
+    root = Path(root)
+    if not root.is_dir() or any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in root.iterdir()):
+        return None
+    found = {d.name: list_image_files(d, allow_empty=True) for d in sorted(root.iterdir())
+             if d.is_dir() and not d.name.startswith(".")}
+    classes = sorted(c for c, f in found.items() if f)  # each folder is walked once
+    if not classes:
+        return None
+    files, labels = [], []
+    for i, c in enumerate(classes):
+        files.extend(found[c])
+        labels.extend([i] * len(found[c]))
+    return files, labels, classes

@@ -36,14 +36,11 @@ def check_resize(resize: str) -> str:
     return resize
 
 
-def decode_pixels(image: str | Path | bytes | Image.Image | np.ndarray, size: int = 224,
-                  notes: InputNotes | None = None, name: str | None = None, resize: str = "bicubic") -> np.ndarray:
-    """One image as a normalised ``(3, size, size)`` float32 array (see :func:`keypatch.geometry.load_image`).
-
-    The image is read by the rules of :mod:`keypatch.geometry.decode`, resized to ``size`` with
-    ``resize``'s filter without cropping (a non-square image is squashed and noted), scaled to
-    ``[0, 1]`` and normalised with the ImageNet mean and std, in float32.
-    """
+def resized_rgb8(image: str | Path | bytes | Image.Image | np.ndarray, size: int = 224,
+                 notes: InputNotes | None = None, name: str | None = None, resize: str = "bicubic") -> np.ndarray:
+    """One image as ``(size, size, 3)`` uint8 pixels: read by the rules of :mod:`keypatch.geometry.decode`
+    and resized with ``resize``'s filter without cropping (a non-square image is squashed and noted).
+    :func:`decode_pixels` is :func:`normalize_rgb8` of this."""
     check_resize(resize)
     name = name or (str(image) if isinstance(image, (str, Path)) else "image")
     rgb = to_rgb8(image, notes, name)
@@ -54,9 +51,21 @@ def decode_pixels(image: str | Path | bytes | Image.Image | np.ndarray, size: in
         if notes is not None:
             notes.add("squashed", name)
         else:
-            note_once("squashed", stacklevel=3)
-    pil = Image.fromarray(rgb).resize((size, size), RESIZE_FILTERS[resize])
-    x = np.asarray(pil, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+            note_once("squashed", stacklevel=4)
+    return np.asarray(Image.fromarray(rgb).resize((size, size), RESIZE_FILTERS[resize]))
+
+
+def normalize_rgb8(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 pixels as the MAE's ``(3, H, W)`` float32 input: scaled to ``[0, 1]`` and
+    normalised with the ImageNet mean and std."""
+    x = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
     mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
     return np.ascontiguousarray((x - mean) / std)
+
+
+def decode_pixels(image: str | Path | bytes | Image.Image | np.ndarray, size: int = 224,
+                  notes: InputNotes | None = None, name: str | None = None, resize: str = "bicubic") -> np.ndarray:
+    """One image as a normalised ``(3, size, size)`` float32 array (see :func:`keypatch.geometry.load_image`):
+    :func:`normalize_rgb8` of :func:`resized_rgb8`."""
+    return normalize_rgb8(resized_rgb8(image, size, notes, name, resize))

@@ -250,30 +250,37 @@ class MAE(nn.Module):
     def reconstruct(
         self, image: torch.Tensor, visible: torch.Tensor | list[int], *, paste_visible: bool = True
     ) -> torch.Tensor:
-        """Rebuild one image from the patches in ``visible``.
+        """Rebuild images from the patches in ``visible``.
 
         Parameters
         ----------
         image : torch.Tensor
-            ``(3, H, W)`` normalised image.
-        visible : sequence of int
-            The visible patch indices.
+            ``(3, H, W)`` normalised image, or a batch ``(B, 3, H, W)``. Only the visible patches'
+            pixels are read.
+        visible : sequence of int, or (B, k) ints
+            The visible patch indices (one row per image of a batch; every row the same length).
         paste_visible : bool
             Put the true visible patches back into the output (as the MAE demo does).
 
         Returns
         -------
         torch.Tensor
-            ``(3, H, W)`` normalised reconstruction.
+            ``(3, H, W)`` normalised reconstruction, ``(B, 3, H, W)`` for a batch.
         """
-        images, vis, ii = self.prepare_inputs(image[None] if image.dim() == 3 else image, visible, None)
+        batched = image.dim() == 4
+        images = image if batched else image[None]
+        vis = torch.as_tensor(visible, dtype=torch.long)
+        vis = vis if vis.dim() == 2 else vis[None]
+        if vis.shape[0] != images.shape[0]:
+            raise ValueError(f"{vis.shape[0]} visible sets for {images.shape[0]} images")
+        images, vis, ii = self.prepare_inputs(images, vis, torch.arange(images.shape[0]))
         pred = self.predict_tokens(self.embed(images), vis, ii)
         if paste_visible:
-            target = self.targets(images)
             keep = torch.zeros(pred.shape[:2], dtype=torch.bool, device=pred.device)
-            keep[0, vis[0]] = True
-            pred = torch.where(keep[..., None], target, pred)
-        return unpatchify(pred.float(), self.config.patch_size, self.config.in_chans)[0]
+            keep.scatter_(1, vis, True)
+            pred = torch.where(keep[..., None], self.targets(images), pred)
+        out = unpatchify(pred.float(), self.config.patch_size, self.config.in_chans)
+        return out if batched else out[0]
 
     def forward(self, images: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """Training loss: mean ``L`` over a batch, one visible set per image."""

@@ -5,6 +5,7 @@ import torch
 
 from keypatch.objective import losses as set_losses
 from keypatch.reconstructors import MAE, MAEConfig, load_mae, save_mae
+from keypatch.reconstructors.config import ARCHITECTURES
 from keypatch.reconstructors.convert import config_to_hf, hf_to_keypatch
 from keypatch.reconstructors.mae import SHORT_SEQUENCE, Attention
 
@@ -150,3 +151,28 @@ def test_attention_paths_agree_with_the_textbook_formula(tokens):
         w = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1)
         want = attn.proj((w @ v).transpose(1, 2).reshape(3, tokens, 32))
         assert torch.allclose(attn(x), want, atol=1e-5)
+
+
+def _official_keys(depth: int, decoder_depth: int) -> set[str]:
+    """The state-dict keys of facebookresearch/mae's ``MaskedAutoencoderViT``, spelt out independently."""
+    block = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
+             "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
+    keys = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias",
+            "mask_token", "decoder_pos_embed", "decoder_embed.weight", "decoder_embed.bias", "decoder_norm.weight",
+            "decoder_norm.bias", "decoder_pred.weight", "decoder_pred.bias"}
+    keys |= {f"blocks.{i}.{k}" for i in range(depth) for k in block}
+    return keys | {f"decoder_blocks.{i}.{k}" for i in range(decoder_depth) for k in block}
+
+
+def test_the_vit_large_ganloss_checkpoint_layout_dq_uses_loads(tmp_path):
+    """DQ reconstructs with mae_visualize_vit_large_ganloss.pth: {"model": ...} in the official ViT-L layout."""
+    source = load_mae("random:large:3", device="cpu")
+    sd = source.state_dict()
+    assert set(sd) == _official_keys(24, 8)
+    torch.save({"model": sd}, tmp_path / "mae_visualize_vit_large_ganloss.pth")
+    del sd
+    loaded = load_mae(tmp_path / "mae_visualize_vit_large_ganloss.pth", device="cpu")
+    assert loaded.config == ARCHITECTURES["large"]
+    x = torch.randn(1, 3, 224, 224)
+    vis = torch.tensor([[0, 17, 98, 195]])
+    assert torch.equal(set_losses(loaded, x, vis, torch.tensor([0])), set_losses(source, x, vis, torch.tensor([0])))
