@@ -33,6 +33,9 @@ __all__ = ["DatasetImages", "ProposeActor", "RayEngine", "dataset_paths", "decod
 CLAIM_BATCH = 4096
 """Digests the driver claims at a time when the images come as a dataset's bytes."""
 
+DECODE_CPUS = 0.5
+"""CPUs a hashing or decoding task asks for: the cluster must hold them beside the model actors."""
+
 
 class DatasetImages:
     """A user's Ray Dataset of image bytes (columns ``bytes`` and ``path``) as a job's images: read where
@@ -138,7 +141,8 @@ class RayEngine(Engine):
         and the actors propose; images another run holds are waited for and then taken over."""
         self._start(ray)
         rows = dataset.select_columns(["path", "bytes"])
-        hashed = rows.map_batches(hash_batch, batch_format="numpy", num_cpus=0.5)
+        self.check_resources(ray)
+        hashed = rows.map_batches(hash_batch, batch_format="numpy", num_cpus=DECODE_CPUS)
         busy: list[tuple[str, str]] = []
         todo: list[tuple[str, str]] = []
         for batch in hashed.iter_batches(batch_size=CLAIM_BATCH, batch_format="numpy"):
@@ -171,10 +175,25 @@ class RayEngine(Engine):
         ray.init(num_cpus=cpus, num_gpus=int(np.ceil(self.workers * self.gpus_per_worker)) or None,
                  include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
 
+    def check_resources(self, ray: Any) -> None:
+        """A ValueError when the cluster cannot hold the actors and still run a decoding task beside
+        them (Ray would wait for the CPUs forever): say so before any work."""
+        total = ray.cluster_resources()
+        cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
+        need = self.workers * self.cpus_per_worker
+        if need + DECODE_CPUS > cpus:
+            raise ValueError(f"the Ray cluster has {cpus:g} CPUs; {self.workers} workers x {self.cpus_per_worker:g} "
+                             f"CPUs each leave less than the {DECODE_CPUS:g} a decoding task needs, and the job "
+                             "would wait forever: use fewer --workers or --cpus-per-worker, or a larger cluster")
+        if self.workers * self.gpus_per_worker > gpus:
+            raise ValueError(f"the Ray cluster has {gpus:g} GPUs; {self.workers} workers x {self.gpus_per_worker:g} "
+                             "GPUs each do not fit")
+
     def _stream(self, ray: Any, job: Any, todo: list[tuple[Any, str]], batch_size: int, rows: Any = None) -> None:
         """Decode and propose ``todo`` (``(path, sha256)``), storing each record as it comes back; with
         ``rows`` (a dataset's ``path`` and ``bytes``), its rows whose ``(path, sha256)`` are in ``todo``."""
         self._start(ray)
+        self.check_resources(ray)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the driver's own bar counts images
         digests = {str(p): d for p, d in todo}
@@ -184,7 +203,8 @@ class RayEngine(Engine):
                                      override_num_blocks=len(todo))  # one image a block: no idle actor at the end
         else:
             ds, decode["wanted"] = rows, frozenset(digests.items())
-        ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=0.5, fn_kwargs=decode)
+        ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=DECODE_CPUS,
+                            fn_kwargs=decode)
         device = "cuda" if self.gpus_per_worker > 0 else "cpu"
         # one batch in flight per actor: a batch goes to the first actor free, so none idles while another
         # holds a queue (at the start, when one actor is ready first, and at the end)

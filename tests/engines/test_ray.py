@@ -169,3 +169,17 @@ def test_ray_is_named_when_missing(monkeypatch, photos, tmp_path, capsys):
     assert main(["propose", str(photos), "--ratio", "0.1", "--engine", "ray", "--out", str(tmp_path)]) == 2
     assert "pip install 'keypatch[ray]'" in capsys.readouterr().err
     assert not (tmp_path / "results.sqlite").exists()
+
+
+def test_actors_that_leave_no_cpu_for_decoding_are_an_error_not_a_hang():
+    """Ray would wait forever for a decoding task's CPU; the engine says so before any work."""
+    from types import SimpleNamespace
+
+    def cluster(cpus, gpus=0):
+        return SimpleNamespace(cluster_resources=lambda: {"CPU": cpus, "GPU": gpus})
+
+    RayEngine(workers=2, cpus_per_worker=1).check_resources(cluster(3))  # one CPU left for decoding: fine
+    with pytest.raises(ValueError, match="2 CPUs.*wait forever"):
+        RayEngine(workers=2, cpus_per_worker=1).check_resources(cluster(2))
+    with pytest.raises(ValueError, match="GPUs"):
+        RayEngine(workers=2, gpus_per_worker=1).check_resources(cluster(8, gpus=1))
