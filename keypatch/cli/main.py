@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import sys
 
-COMMANDS = ["propose", "export", "report", "store", "select", "quantize", "reconstruct", "experiment"]
+COMMANDS = ["propose", "export", "report", "store", "select", "quantize", "reconstruct", "serve", "experiment"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the classifier that compares (default efficientnet-lite1: not attention's Lite0)")
     p.add_argument("--seen", nargs="*", type=v.existing, default=[],
                    help="the MAE's training images: images with the same content are reported apart")
-    p.add_argument("--baseline", default="random", help="the strategy differences are taken from (default random)")
+    p.add_argument("--baseline", default="random", choices=sorted(available()), metavar="STRATEGY",
+                   help="the strategy differences are taken from (default random)")
     add_model(p)
     p.add_argument("--out", type=v.out_dir, required=True)
     p.add_argument("--seed", type=v.seed, default=0)

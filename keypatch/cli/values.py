@@ -181,6 +181,33 @@ def out_file(text: str) -> Path:
     return path
 
 
+@check(bad=["", "localhost:8080", "ftp://host/", "http://"], good="http://127.0.0.1:8080")
+def http_url(text: str) -> str:
+    """An http(s) URL with a host."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(text)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or re.search(r"\s", text):
+        _fail("expected an http(s) URL such as http://localhost:8080", text)
+    return text.rstrip("/")
+
+
+@check(bad=["", "two words", "http://host"], good="127.0.0.1")
+def host(text: str) -> str:
+    """A host name or address to listen on."""
+    if not re.fullmatch(r"[A-Za-z0-9.:\-\[\]]+", text or ""):
+        _fail("expected a host name or address such as 127.0.0.1 or 0.0.0.0", text)
+    return text
+
+
+@check(bad=["", "two words"], good="0123456789abcdef")
+def token(text: str) -> str:
+    """A token: non-empty, no white space."""
+    if not text or re.search(r"\s", text):
+        _fail("expected a token without spaces", text)
+    return text
+
+
 @check(bad=["", "has space/", "a\tb"], good="https://example.org/images/")
 def url_prefix(text: str) -> str:
     """A non-empty URL prefix without white space."""

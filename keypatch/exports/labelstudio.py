@@ -22,28 +22,41 @@ LABELSTUDIO_CONFIG = f"""<View>
 """The labelling config the tasks of :func:`export_labelstudio` fit."""
 
 
+def brush_result(grid: PatchGrid, patches: Sequence[int], width: int, height: int, *, from_name: str = "tag",
+                 to_name: str = "image", label: str = LABEL, result_id: str = "keypatch") -> dict[str, Any]:
+    """One ``brushlabels`` result: the kept ``patches`` as Label Studio's RLE mask at the original
+    ``width x height`` resolution, labelled ``label``, for the config's ``from_name``/``to_name``."""
+    return {"id": result_id[:40], "from_name": from_name, "to_name": to_name, "type": "brushlabels",
+            "original_width": width, "original_height": height, "image_rotation": 0,
+            "value": {"format": "rle", "rle": labelstudio_rle(kept_mask(grid, patches, width, height)),
+                      "brushlabels": [label]}}
+
+
+def prediction(record: Record, grid: PatchGrid, width: int, height: int, *, model_version: str | None = None,
+               **names: str) -> dict[str, Any]:
+    """A Label Studio prediction of ``record``: its kept patches (:func:`brush_result`; ``names`` are
+    its ``from_name``, ``to_name``, ``label``, ``result_id``) with the final loss ``L`` as the score,
+    so that sorting tasks by prediction score puts the images the MAE rebuilds worst first or last."""
+    return {"model_version": model_version or f"keypatch {record.strategy} r={record.ratio:g}",
+            "score": float(record.loss), "result": [brush_result(grid, record.patches, width, height, **names)]}
+
+
 def export_labelstudio(records: Sequence[Record], path: str | Path, grid: PatchGrid,
                        refs: ImageRefs | None = None) -> Path:
     """Write Label Studio import tasks (a JSON list) at ``path`` and the config beside it.
 
     Each task's ``data.image`` is ``refs.labelstudio(path)`` (default :class:`ImageRefs` of the
     images' common folder: Label Studio's local-files URL). Its ``predictions`` hold one
-    ``brushlabels`` result with the kept patches (``score``: ``-L``). The config is written to
-    ``labelstudio_config.xml`` in the same folder.
+    :func:`prediction`: a ``brushlabels`` result with the kept patches, ``score`` the loss ``L``.
+    The config is written to ``labelstudio_config.xml`` in the same folder.
     """
     sized = with_sizes(records, grid)
     refs = refs or ImageRefs.common([r.image_path for _, r, _, _ in sized])
     tasks = []
     for name, r, w, h in sized:
-        image = refs.labelstudio(r.image_path)
-        result = {"id": name[:40], "from_name": "tag", "to_name": "image", "type": "brushlabels",
-                  "original_width": w, "original_height": h, "image_rotation": 0,
-                  "value": {"format": "rle", "rle": labelstudio_rle(kept_mask(grid, r.patches, w, h)),
-                            "brushlabels": [LABEL]}}
-        tasks.append({"data": {"image": image, "name": name, "patches": [int(x) for x in r.patches],
-                               "loss": float(r.loss)},
-                      "predictions": [{"model_version": f"keypatch {r.strategy} r={r.ratio:g}",
-                                       "score": -float(r.loss), "result": [result]}]})
+        tasks.append({"data": {"image": refs.labelstudio(r.image_path), "name": name,
+                               "patches": [int(x) for x in r.patches], "loss": float(r.loss)},
+                      "predictions": [prediction(r, grid, w, h, result_id=name)]})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(tasks))

@@ -1,0 +1,71 @@
+"""``keypatch serve``: a Label Studio ML backend that pre-annotates tasks with their key patches."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from keypatch.cli import values as v
+from keypatch.cli.common import add_device, add_model, add_results
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``serve``."""
+    from keypatch.proposers import available
+
+    p = sub.add_parser(
+        "serve", help="a Label Studio ML backend: key patches as brush pre-annotations, the model kept warm",
+        description="Serve Label Studio's ML backend protocol (/health, /setup, /predict, /webhook) on HOST:PORT. "
+                    "Each task's image (Label Studio upload or local-files URL, http(s) URL, or a file under "
+                    "--document-root) gets its key patches as a BrushLabels mask at its own resolution, the loss "
+                    "L as the prediction score. Images are batched across concurrent requests and every result "
+                    "goes into OUT/results.sqlite (keypatch export and report read it; stored images are served "
+                    "from it). Connect it in the project's Settings > Model; docs/serve.md.")
+    p.add_argument("--host", default="127.0.0.1", type=v.host, help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=v.positive_int, default=9090, help="port (default 9090)")
+    p.add_argument("--ratio", type=v.ratio, default=None, help="fraction of patches to keep, in (0, 1] (required)")
+    p.add_argument("--strategy", default="greedy", choices=sorted(available()), metavar="STRATEGY",
+                   help=f"proposal strategy: {', '.join(available())} (default greedy)")
+    add_model(p)
+    add_device(p)
+    add_results(p)
+    p.add_argument("--seed", type=v.seed, default=0, help="seed for randomised strategies")
+    p.add_argument("--batch-size", type=v.positive_int, default=8, help="most images per model call (default 8)")
+    p.add_argument("--label-studio-url", default=None, type=v.http_url,
+                   help="Label Studio's address, for its /data/upload and /data/local-files URLs (default: what "
+                        "Label Studio's /setup call says)")
+    p.add_argument("--api-key", default=None, type=v.token,
+                   help="a Label Studio token for those URLs (default: from /setup)")
+    p.add_argument("--document-root", type=v.existing_dir, default=None,
+                   help="read local-files URLs and plain paths under this folder from disk")
+    p.add_argument("--max-image-mb", type=v.positive_float, default=64, help="largest image file fetched (MB)")
+    p.add_argument("--max-request-mb", type=v.positive_float, default=16, help="largest request body (MB)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the labelling config the backend fits and exit")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", type=v.option,
+                   help="strategy option, repeatable (as for keypatch propose)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log each request on stderr")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``serve`` for parsed ``args`` (until interrupted)."""
+    from keypatch.serve import LABELSTUDIO_CONFIG, Backend, BackendServer, ImageSource
+
+    if args.print_config:
+        print(LABELSTUDIO_CONFIG, end="")
+        return 0
+    if args.ratio is None:
+        raise ValueError("--ratio is required to serve")
+    source = ImageSource(args.label_studio_url, args.api_key, args.document_root, int(args.max_image_mb * 2**20))
+    backend = Backend(args.ratio, args.strategy, args.model, args.out, device=args.device, seed=args.seed,
+                      batch_size=args.batch_size, source=source, **dict(args.option))
+    server = BackendServer(backend, args.host, args.port, int(args.max_request_mb * 2**20))
+    print(f"keypatch serve: {backend.model_version} at {server.url} (results in {backend.store_path})",
+          file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        backend.close()
+    return 0
