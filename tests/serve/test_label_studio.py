@@ -1,0 +1,126 @@
+"""The backend against a real Label Studio server (pip label-studio, SQLite, 127.0.0.1, no network).
+
+Label Studio is started with a fixed legacy token and local-files serving; a project gets the
+backend's config, a local storage for the photos and the backend as its model; six tasks are
+imported and their predictions retrieved through Label Studio's own action. The predictions must be
+keypatch's export of the same records, scored with their losses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+from PIL import Image
+
+from keypatch.exports.labelstudio import LABELSTUDIO_CONFIG, export_labelstudio
+from keypatch.serve import Backend, BackendServer
+from keypatch.store import ResultStore
+from tests.conftest import photo_array
+
+pytest.importorskip("label_studio")
+sdk = pytest.importorskip("label_studio_sdk")
+
+TOKEN = "0123456789abcdef0123456789abcdef01234567"
+PHOTOS = ["chelsea", "coffee", "astronaut", "rocket", "camera", "immunohistochemistry"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, seconds: float, proc: subprocess.Popen) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"Label Studio exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(2)
+    raise TimeoutError(f"{url} did not answer within {seconds:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory):
+    """A Label Studio server on a free local port; yields (url, document root)."""
+    root = tmp_path_factory.mktemp("ls")
+    docroot = root / "files"
+    (docroot / "photos").mkdir(parents=True)
+    for i, name in enumerate(PHOTOS):
+        Image.fromarray(photo_array(name)[i * 7:, i * 5:]).save(docroot / "photos" / f"{name}.jpg", quality=92)
+    port = _free_port()
+    env = {**os.environ, "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(docroot),
+           "ML_BLOCK_LOCAL_IP": "false", "USE_DEFAULT_BANNED_SUBNETS": "false",  # the backend is on 127.0.0.1
+           "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "", "COLLECT_ANALYTICS": "false"}
+    log = open(root / "label-studio.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "label_studio.server", "start", "--data-dir", str(root / "data"), "--port", str(port),
+         "--no-browser", "--username", "keypatch@example.org", "--password", "keypatch-test",
+         "--user-token", TOKEN, "--enable-legacy-api-token"],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait(f"http://127.0.0.1:{port}/health", 420, proc)
+        yield f"http://127.0.0.1:{port}", docroot
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_label_studio_gets_keypatch_predictions_equal_to_the_export(label_studio, tmp_path):
+    url, docroot = label_studio
+    backend = Backend(0.05, "greedy", "default", tmp_path / "results", device="cpu", batch_size=6)
+    server = BackendServer(backend, "127.0.0.1", _free_port())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = sdk.LabelStudio(base_url=url, api_key=TOKEN)
+        project = client.projects.create(title="keypatch backend", label_config=LABELSTUDIO_CONFIG)
+        client.import_storage.local.create(project=project.id, path=str(docroot / "photos"), title="photos",
+                                           use_blob_urls=True)
+        ml = client.ml.create(url=server.url, project=project.id, title="keypatch")
+        assert ml.model_version == backend.model_version  # Label Studio called /health and /setup
+        client.projects.import_tasks(id=project.id,
+                                     request=[{"image": f"/data/local-files/?d=photos/{n}.jpg"} for n in PHOTOS])
+        client.actions.create(id="retrieve_tasks_predictions", project=project.id,
+                              selected_items={"all": True, "excluded": []})
+        tasks = list(client.tasks.list(project=project.id, fields="all"))
+    finally:
+        server.shutdown()
+        server.server_close()
+        backend.close()
+    assert len(tasks) == 6
+    with ResultStore(backend.store_path) as store:
+        records = {r.sha256: r for r in store.records()}
+    assert len(records) == 6
+    for task in tasks:
+        name = task.data["image"].split("photos/")[1]
+        path = docroot / "photos" / name
+        record = records[hashlib.sha256(path.read_bytes()).hexdigest()]
+        assert len(task.predictions) == 1
+        pred = task.predictions[0]
+        pred = pred if isinstance(pred, dict) else pred.dict()
+        assert pred["score"] == pytest.approx(record.loss, rel=1e-6)
+        assert pred["model_version"] == backend.model_version
+        record.image_path = str(path)
+        exported = json.loads(export_labelstudio([record], tmp_path / f"{name}.json", backend.mae.grid).read_text())
+        want = exported[0]["predictions"][0]["result"][0]
+        got = pred["result"][0]
+        assert got["value"]["rle"] == want["value"]["rle"] and got["value"]["brushlabels"] == ["key_patch"]
+        assert (got["original_width"], got["original_height"]) == Image.open(path).size
