@@ -1,0 +1,107 @@
+"""``python tools/labelstudio_screenshot.py --out docs/serve_labelstudio.png``: an annotator's view.
+
+Starts a local Label Studio (its own data folder), starts ``keypatch serve`` in this process, makes
+a project with the backend's config, imports one photo, lets Label Studio retrieve its prediction,
+logs in with headless Chromium and photographs the task's labelling page with the key patches
+pre-annotated. Needs ``label-studio`` and ``label-studio-sdk`` here, and Playwright with a Chromium
+(``--python`` names an interpreter that has Playwright, ``--chromium`` the browser binary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+
+EMAIL, PASSWORD, TOKEN = "annotator@example.org", "keypatch-demo", "0123456789abcdef0123456789abcdef01234567"
+
+SHOT = textwrap.dedent("""
+    import sys
+    from playwright.sync_api import sync_playwright
+    url, chromium, email, password, page_url, out = sys.argv[1:7]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(url + "/user/login/")
+        page.fill("input[name=email]", email)
+        page.fill("input[name=password]", password)
+        page.click("button[type=submit]")
+        page.wait_for_load_state("networkidle")
+        page.goto(page_url)
+        page.wait_for_load_state("networkidle")
+        page.wait_for_timeout(6000)
+        page.screenshot(path=out)
+        browser.close()
+""")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("docs/serve_labelstudio.png"))
+    ap.add_argument("--photo", default="chelsea", help="a test photo name (keypatch.experiments.photos)")
+    ap.add_argument("--ratio", type=float, default=0.1)
+    ap.add_argument("--python", default=sys.executable, help="an interpreter with Playwright")
+    ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--port", type=int, default=8097)
+    args = ap.parse_args()
+
+    from label_studio_sdk import LabelStudio
+
+    from keypatch.experiments.photos import load_test_photos
+    from keypatch.serve import LABELSTUDIO_CONFIG, Backend, BackendServer
+
+    work = Path(tempfile.mkdtemp(prefix="keypatch-ls-"))
+    (work / "files" / "photos").mkdir(parents=True)
+    Image.fromarray(load_test_photos([args.photo])[args.photo]).save(work / "files" / "photos" / f"{args.photo}.jpg",
+                                                                     quality=92)
+    env = {**os.environ, "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(work / "files"), "ML_BLOCK_LOCAL_IP": "false",
+           "USE_DEFAULT_BANNED_SUBNETS": "false"}
+    url = f"http://127.0.0.1:{args.port}"
+    ls = subprocess.Popen([sys.executable, "-m", "label_studio.server", "start", "--data-dir", str(work / "data"),
+                           "--port", str(args.port), "--no-browser", "--username", EMAIL, "--password", PASSWORD,
+                           "--user-token", TOKEN, "--enable-legacy-api-token"], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    backend = Backend(args.ratio, "greedy", "default", work / "results", device="cpu")
+    server = BackendServer(backend, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=5)
+                break
+            except OSError:
+                time.sleep(2)
+        client = LabelStudio(base_url=url, api_key=TOKEN)
+        project = client.projects.create(title="Key patches", label_config=LABELSTUDIO_CONFIG)
+        client.import_storage.local.create(project=project.id, path=str(work / "files" / "photos"), title="photos",
+                                           use_blob_urls=True)
+        client.ml.create(url=server.url, project=project.id, title="keypatch")
+        ref = f"/data/local-files/?d=photos/{args.photo}.jpg"
+        client.projects.import_tasks(id=project.id, request=[{"image": ref}])
+        client.actions.create(id="retrieve_tasks_predictions", project=project.id,
+                              selected_items={"all": True, "excluded": []})
+        task = next(iter(client.tasks.list(project=project.id)))
+        page = f"{url}/projects/{project.id}/data?task={task.id}"
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([args.python, "-c", SHOT, url, args.chromium, EMAIL, PASSWORD, page, str(args.out.resolve())],
+                       check=True)
+        print(f"wrote {args.out}")
+    finally:
+        server.shutdown()
+        backend.close()
+        ls.terminate()
+        ls.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
