@@ -89,8 +89,7 @@ class Backend:
         self.batch_size, self.linger, self.max_pixels = batch_size, linger, max_pixels
         self.source = source or ImageSource()
         self.model_version = f"keypatch {self.job.setting.label(with_model=True)}"
-        self.stats = {"requests": 0, "tasks": 0, "computed": 0, "from_store": 0, "errors": 0, "batches": 0,
-                      "model_loads": 1}
+        self.stats = {"requests": 0, "tasks": 0, "computed": 0, "from_store": 0, "errors": 0, "batches": 0}
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="keypatch-batches", daemon=True)

@@ -107,7 +107,7 @@ def test_concurrent_requests_share_batches_and_none_is_lost(server, images):
         for ref, r in zip(refs, body["results"], strict=True):
             assert (r["result"] == []) == (ref == "broken.jpg")
     stats = server.backend.stats
-    assert stats["requests"] - before["requests"] == 24 and stats["model_loads"] == 1
+    assert stats["requests"] - before["requests"] == 24
     assert stats["batches"] - before["batches"] < stats["tasks"] - before["tasks"]  # tasks shared batches
     _, health = _get(server.url + "/health")
     assert health["status"] == "UP"
