@@ -10,10 +10,12 @@ is read from disk when ``document_root`` holds the file. A plain path is read on
 
 from __future__ import annotations
 
+import json
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LOCAL_FILES = "/data/local-files/"
@@ -33,6 +35,29 @@ class ImageSource:
     document_root: Path | None = None
     max_bytes: int = 64 << 20
     timeout: float = 30.0
+    _access: str | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _auth(self, renew: bool = False) -> dict[str, str]:
+        """The Authorization header for Label Studio: ``Token KEY`` for a legacy token; for a
+        personal access token (a JWT refresh token), ``Bearer`` of an access token got from
+        ``/api/token/refresh/`` (kept, and renewed when Label Studio answers 401)."""
+        key = self.api_key
+        if not key:
+            return {}
+        if key.count(".") != 2:
+            return {"Authorization": f"Token {key}"}
+        with self._lock:
+            if self._access is None or renew:
+                url = self.label_studio_url.rstrip("/") + "/api/token/refresh/"
+                req = urllib.request.Request(url, data=json.dumps({"refresh": key}).encode(),
+                                             headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                        self._access = json.loads(resp.read())["access"]
+                except (OSError, ValueError, KeyError) as exc:
+                    raise ImageFetchError(f"could not exchange the personal access token at {url}: {exc}") from None
+            return {"Authorization": f"Bearer {self._access}"}
 
     def get(self, ref: str) -> bytes:
         """The bytes of the image ``ref`` names."""
@@ -87,8 +112,13 @@ class ImageSource:
             raise ImageFetchError(f"{path} is a Label Studio URL, and no Label Studio host is known: connect the "
                                   "backend from Label Studio (its /setup call names it) or start it with "
                                   "--label-studio-url and --api-key")
-        headers = {"Authorization": f"Token {self.api_key}"} if self.api_key else {}
-        return self._fetch(self.label_studio_url.rstrip("/") + path, headers)
+        url = self.label_studio_url.rstrip("/") + path
+        try:
+            return self._fetch(url, self._auth())
+        except ImageFetchError as exc:
+            if "HTTP 401" not in str(exc) or not self.api_key or self.api_key.count(".") != 2:
+                raise
+            return self._fetch(url, self._auth(renew=True))  # an access token expires: renew it once
 
     def _fetch(self, url: str, headers: dict[str, str]) -> bytes:
         req = urllib.request.Request(url, headers={"User-Agent": "keypatch-serve", **headers})

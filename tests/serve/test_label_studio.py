@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from keypatch.exports.labelstudio import LABELSTUDIO_CONFIG, export_labelstudio
-from keypatch.serve import Backend, BackendServer
+from keypatch.serve import Backend, BackendServer, ImageFetchError, ImageSource
 from keypatch.store import ResultStore
 from tests.conftest import photo_array
 
@@ -101,11 +101,17 @@ def test_label_studio_gets_keypatch_predictions_equal_to_the_export(label_studio
         client.actions.create(id="retrieve_tasks_predictions", project=project.id,
                               selected_items={"all": True, "excluded": []})
         tasks = list(client.tasks.list(project=project.id, fields="all"))
+        pat = client.tokens.create().token  # a personal access token: a JWT refresh token
     finally:
         server.shutdown()
         server.server_close()
         backend.close()
     assert len(tasks) == 6
+    first = docroot / "photos" / f"{PHOTOS[0]}.jpg"
+    source = ImageSource(label_studio_url=url, api_key=pat)  # exchanged for an access token, sent as Bearer
+    assert source.get(f"/data/local-files/?d=photos/{first.name}") == first.read_bytes()
+    with pytest.raises(ImageFetchError, match="HTTP 40"):
+        ImageSource(label_studio_url=url, api_key="not-a-token").get(f"/data/local-files/?d=photos/{first.name}")
     with ResultStore(backend.store_path) as store:
         records = {r.sha256: r for r in store.records()}
     assert len(records) == 6
