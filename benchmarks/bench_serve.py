@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--strategy", default="greedy")
     ap.add_argument("--model", default="default")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--thread", action="store_true", help="the model in a background thread (Backend's default)")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -82,7 +83,8 @@ def main() -> None:
     groups = split(names, args.requests, rng)
     broken = set(rng.choice(args.requests, 5, replace=False).tolist())
     print(f"# bench_serve: {args.images} images in {args.requests} requests of 1-4 tasks (+1 broken task in "
-          f"{len(broken)} requests); {args.model}, {args.strategy}, r = {args.ratio}, batch {args.batch_size}; "
+          f"{len(broken)} requests); {args.model}, {args.strategy}, r = {args.ratio}, batch {args.batch_size}, "
+          f"model in the {'background' if args.thread else 'main'} thread; "
           f"{cpu_name()}; {time.strftime('%Y-%m-%d')}")
 
     t0 = time.perf_counter()
@@ -98,7 +100,7 @@ def main() -> None:
     api.load_mae = lambda *a, **k: loads.append(a) or load_mae(*a, **k)  # count the backend's model loads
     api._default_model.cache_clear()
     backend = Backend(args.ratio, args.strategy, args.model, work / "serve", device="cpu",
-                      batch_size=args.batch_size, source=ImageSource(document_root=docroot))
+                      batch_size=args.batch_size, source=ImageSource(document_root=docroot), thread=args.thread)
     server = BackendServer(backend, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
@@ -110,9 +112,17 @@ def main() -> None:
             return refs, json.loads(resp.read())
 
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(args.requests) as pool:
-        answers = list(pool.map(call, range(args.requests)))
+    pool = ThreadPoolExecutor(args.requests)
+    pending = pool.map(call, range(args.requests))
+    if args.thread:
+        answers = list(pending)
+    else:  # as keypatch serve does: the model in the main thread, the requests in others
+        done: list = []
+        threading.Thread(target=lambda: (done.extend(pending), backend.close()), daemon=True).start()
+        backend.serve_batches()
+        answers = done
     serve_s = time.perf_counter() - t0
+    pool.shutdown()
     with urllib.request.urlopen(server.url + "/health", timeout=10) as r:
         healthy = json.loads(r.read())["status"] == "UP"
     server.shutdown()

@@ -58,14 +58,18 @@ def run(args: argparse.Namespace) -> int:
     if args.ratio is None:
         raise ValueError("--ratio is required to serve")
     source = ImageSource(args.label_studio_url, args.api_key, args.document_root, int(args.max_image_mb * 2**20))
+    import threading
+
     backend = Backend(args.ratio, args.strategy, args.model, args.out, device=args.device, seed=args.seed,
-                      batch_size=args.batch_size, source=source, **dict(args.option))
+                      batch_size=args.batch_size, source=source, thread=False, **dict(args.option))
     server = BackendServer(backend, args.host, args.port, int(args.max_request_mb * 2**20))
     print(f"keypatch serve: {backend.model_version} at {server.url} (results in {backend.store_path})",
           file=sys.stderr, flush=True)
+    http = threading.Thread(target=server.serve_forever, name="keypatch-http", daemon=True)
+    http.start()
     try:
-        server.serve_forever()
+        backend.serve_batches()  # the model works in the main thread: torch computes fastest there
     finally:
+        server.shutdown()
         server.server_close()
-        backend.close()
     return 0

@@ -9,7 +9,7 @@ patches (kept patches pasted back, as DQ trains on them), and a pretrained Image
 ``kl``      KL divergence of the rebuilt image's class distribution from the original's (nats);
 ``cosine``  cosine similarity of the judge's pooled features;
 ``psnr``    PSNR of the whole rebuilt image against the original at the model's size (dB, RGB in [0, 1]);
-``loss``    the MAE's ``L`` of the kept set.
+``loss``    the MAE's ``L`` of the kept set (the set itself is the row's ``patches``).
 
 Attention patches come from GradCAM++ of a classifier (EfficientNet-Lite0 by default), so a judge
 that is that classifier favours them: the default judge is EfficientNet-Lite1, a different network.
@@ -37,7 +37,7 @@ from keypatch.reconstructors.mae import MAE
 MEASURES = ("top1", "top5", "kl", "cosine", "psnr", "loss")
 """The per-image measures, in column order."""
 
-FIELDS = ("image", "sha256", "subset", "strategy", "ratio", *MEASURES)
+FIELDS = ("image", "sha256", "subset", "strategy", "ratio", *MEASURES, "patches")
 
 
 def _sha(path: Path) -> str:
@@ -110,14 +110,15 @@ def meaning_experiment(paths, ratios: Sequence[float], strategies: Sequence[str]
                     vis = chosen[r][part]
                     rebuilt = model.reconstruct(x[part], vis)
                     measures = judge_pairs(clf, x[part], rebuilt)
-                    measures["loss"] = losses(model, x[part], vis)
+                    measures["loss"] = losses(model, x[part], vis, torch.arange(len(part), device=model.device))
                     for j, i in enumerate(part):
                         n = todo[i]
                         if (shas[n], strategy, float(r)) in done:
                             continue
                         out.writerow({"image": files[n].name, "sha256": shas[n],
                                       "subset": "seen" if shas[n] in seen_shas else "unseen", "strategy": strategy,
-                                      "ratio": float(r), **{k: f"{float(v[j]):.6g}" for k, v in measures.items()}})
+                                      "ratio": float(r), **{k: f"{float(v[j]):.6g}" for k, v in measures.items()},
+                                      "patches": " ".join(str(int(p)) for p in vis[j].tolist())})
                 f.flush()
     return csv_path
 
@@ -187,16 +188,17 @@ def markdown(summary: Sequence[dict], subset: str = "all", measures: Sequence[st
     return "\n\n".join(parts) + "\n"
 
 
-def plot(summary: Sequence[dict], path: str | Path, subset: str = "all", title: str = "") -> Path:
-    """Each measure against the keep ratio, one line per strategy with its 95% interval as a band."""
+def plot(summary: Sequence[dict], path: str | Path, subset: str = "all", title: str = "",
+         measures: Sequence[str] = MEASURES) -> Path:
+    """Each of ``measures`` against the keep ratio, one line per strategy with its 95% interval as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in summary if r["subset"] == subset]
-    fig, axes = plt.subplots(1, len(MEASURES), figsize=(4 * len(MEASURES), 3.4))
-    for ax, m in zip(axes, MEASURES, strict=True):
+    fig, axes = plt.subplots(1, len(measures), figsize=(4 * len(measures), 3.4))
+    for ax, m in zip(axes, measures, strict=True):
         for s in sorted({r["strategy"] for r in rows}):
             pts = sorted((r["ratio"], r["mean"], r["lo"], r["hi"]) for r in rows if r["strategy"] == s
                          and r["measure"] == m)
@@ -206,6 +208,9 @@ def plot(summary: Sequence[dict], path: str | Path, subset: str = "all", title: 
             ax.plot(q, mean, marker="o", label=s)
             ax.fill_between(q, lo, hi, alpha=0.2)
         ax.set_xscale("log")
+        ratios = sorted({r["ratio"] for r in rows})
+        ax.set_xticks(ratios, [f"{q:g}" for q in ratios])
+        ax.minorticks_off()
         ax.set_xlabel("keep ratio")
         ax.set_title(m)
     axes[0].legend(fontsize=8)

@@ -48,7 +48,12 @@ def test_meaning_rows_resume_and_mark_seen_images(toy_model, tmp_path):
     rows = read_rows(csv)
     assert len(rows) == 3 * 2 * 2
     assert {r["image"] for r in rows if r["subset"] == "seen"} == {"coffee.png"}
-    assert all(0 <= r["top1"] <= r["top5"] <= 1 and -1 <= r["cosine"] <= 1 and r["loss"] > 0 for r in rows)
+    assert all(0 <= r["top1"] <= r["top5"] <= 1 and -1 <= r["cosine"] <= 1 for r in rows)
+    import keypatch
+
+    for r in rows:  # each row's loss is L of its own image's kept set
+        want = keypatch.reconstruction_loss(photos / r["image"], [int(p) for p in r["patches"].split()], toy_model)
+        assert r["loss"] == pytest.approx(want, rel=1e-4)
     meaning_experiment(photos, [0.25, 0.5, 0.75], ["random"], toy_model, csv, progress=False)
     again = read_rows(csv)
     assert len(again) == 12 + 3 and again[:12] == rows  # only the new ratio's rows were added
