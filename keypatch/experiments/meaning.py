@@ -20,7 +20,6 @@ difference from a baseline with its interval, per subset (images the MAE saw in 
 from __future__ import annotations
 
 import csv
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from keypatch.geometry import denormalize, load_readable
 from keypatch.geometry.files import list_image_files
 from keypatch.objective import losses
 from keypatch.reconstructors.mae import MAE
+from keypatch.store.record import sha256_file
 
 MEASURES = ("top1", "top5", "kl", "cosine", "psnr", "loss")
 """The per-image measures, in column order."""
@@ -40,14 +40,12 @@ MEASURES = ("top1", "top5", "kl", "cosine", "psnr", "loss")
 FIELDS = ("image", "sha256", "subset", "strategy", "ratio", *MEASURES, "patches")
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 @torch.no_grad()
-def judge_pairs(judge, originals: torch.Tensor, rebuilt: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The judge's measures between MAE-normalised ``originals`` and ``rebuilt`` ``(B, 3, H, W)``."""
-    lo, fo = judge.forward(judge.from_mae(originals))
+def judge_pairs(judge, originals: torch.Tensor, rebuilt: torch.Tensor,
+                reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The judge's measures between MAE-normalised ``originals`` and ``rebuilt`` ``(B, 3, H, W)``;
+    ``reference`` is the judge's ``(logits, features)`` of ``originals`` when already computed."""
+    lo, fo = reference if reference is not None else judge.forward(judge.from_mae(originals))
     lr, fr = judge.forward(judge.from_mae(rebuilt))
     po, log_pr = lo.softmax(1), lr.log_softmax(1)
     top = lo.argmax(1)
@@ -86,14 +84,16 @@ def meaning_experiment(paths, ratios: Sequence[float], strategies: Sequence[str]
 
     csv_path = Path(csv_path)
     files = list_image_files(paths)
-    seen_shas = {_sha(f) for f in list_image_files(list(seen))} if seen else set()
+    seen_shas = {sha256_file(f) for f in list_image_files(list(seen))} if seen else set()
     kept, images = load_readable(files, model.config.image_size)
     files = [files[i] for i in kept]
-    shas = [_sha(f) for f in files]
+    shas = [sha256_file(f) for f in files]
     clf = get_classifier(judge, device=model.device)
     done = _done(csv_path)
     new_file = not csv_path.is_file()
     csv_path.parent.mkdir(parents=True, exist_ok=True)
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None  # the originals, judged once for every strategy
+
     with open(csv_path, "a", newline="") as f:
         out = csv.DictWriter(f, fieldnames=FIELDS)
         if new_file:
@@ -103,13 +103,19 @@ def meaning_experiment(paths, ratios: Sequence[float], strategies: Sequence[str]
             if not todo:
                 continue
             x = images[todo].to(model.device)
+            if reference is None:
+                with torch.no_grad():
+                    judged = [clf.forward(clf.from_mae(images[s:s + batch_size].to(model.device)))
+                              for s in range(0, len(images), batch_size)]
+                reference = (torch.cat([lo for lo, _ in judged]), torch.cat([fo for _, fo in judged]))
             chosen = patches_at_ratios(x, list(ratios), strategy, model, seed, batch_size, progress, **options)
             for r in tqdm(ratios, desc=f"judging {strategy}", disable=not progress):
                 for s in range(0, len(todo), batch_size):
                     part = list(range(s, min(len(todo), s + batch_size)))
                     vis = chosen[r][part]
                     rebuilt = model.reconstruct(x[part], vis)
-                    measures = judge_pairs(clf, x[part], rebuilt)
+                    rows = [todo[i] for i in part]
+                    measures = judge_pairs(clf, x[part], rebuilt, (reference[0][rows], reference[1][rows]))
                     measures["loss"] = losses(model, x[part], vis, torch.arange(len(part), device=model.device))
                     for j, i in enumerate(part):
                         n = todo[i]

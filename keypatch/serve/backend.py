@@ -206,6 +206,7 @@ class Backend:
         with self._lock:
             self.stats["batches"] += 1
         ready: dict[str, list[tuple[_Item, int, int]]] = {}
+        found: dict[str, Record | None] = {}  # each content looked up in the store once per batch
         todo: dict[str, tuple[str, torch.Tensor]] = {}
         for item in batch:
             try:
@@ -215,8 +216,10 @@ class Backend:
                 continue
             digest = hashlib.sha256(item.data).hexdigest()
             ready.setdefault(digest, []).append((item, w, h))
-            if digest not in todo and self._stored(store, digest) is None:
-                todo[digest] = (item.name, x)
+            if digest not in found:
+                found[digest] = self._stored(store, digest)
+                if found[digest] is None:
+                    todo[digest] = (item.name, x)
         if todo:
             store.add_paths([(d, name) for d, (name, _) in todo.items()])
             images = torch.stack([x for _, x in todo.values()]).to(self.mae.device)
@@ -229,7 +232,7 @@ class Backend:
             self.stats["computed"] += len(todo)
             self.stats["from_store"] += sum(len(v) for d, v in ready.items() if d not in todo)
         for digest, items in ready.items():
-            record = self._stored(store, digest)
+            record = self._stored(store, digest) if digest in todo else found[digest]
             for item, w, h in items:
                 if record is None:
                     item.future.set_exception(RuntimeError(f"{item.name}: no record was stored"))
