@@ -100,15 +100,15 @@ def main() -> None:
         common = ["--ratio", str(args.ratio), "--model", args.model, "--strategy", args.strategy]
         print(f"# {len(files)} photos, {args.model}, {args.strategy}, r = {args.ratio}; {cpu_name()}, "
               f"{os.cpu_count()} cores")
-        rows = [("local, 1 thread", 1, 1, []), ("local, 2 threads", 2, 1, []),
-                ("local, 2 processes x 1 thread, one store", 1, 2, []),
+        rows = [("local, 1 thread", 1, 1, [], 1), ("local, 2 threads", 2, 1, [], 2),
+                ("local, 2 processes x 1 thread, one store", 1, 2, [], 2),
                 (f"ray, {args.workers} workers x 1 thread", 1, 1,
-                 ["--engine", "ray", "--workers", str(args.workers), "--cpus-per-worker", "1"])]
+                 ["--engine", "ray", "--workers", str(args.workers), "--cpus-per-worker", "1"], args.workers)]
         results = []
-        for i, (label, threads, processes, extra) in enumerate(rows):
+        for i, (label, threads, processes, extra, cores) in enumerate(rows):
             out = tmp / f"out{i}"
             seconds, start = run(tmp / "photos", out, threads, *common, *extra, processes=processes)
-            results.append((label, seconds, start, *stored(out)))
+            results.append((label, seconds, start, *stored(out), cores))
         report(results)
         bare = bare_ray_startup(args.workers)
         pair = results[2]
@@ -123,17 +123,21 @@ def rate(created: list[float]) -> float:
     return (len(created) - 1) / (created[-1] - created[0])
 
 
-def report(results: list[tuple[str, float, float, dict[str, list[int]], list[float]]]) -> None:
-    """The table: end to end, and from the first record stored to the last (start-up left out)."""
+def report(results: list[tuple[str, float, float, dict[str, list[int]], list[float], int]]) -> None:
+    """The table: end to end, and from the first record stored to the last (start-up left out), with
+    the steady rate per worker (thread or actor) against the local engine's one thread: the
+    efficiency per worker."""
     base_s, base_p = results[0][1], results[0][3]
     steady_base = rate(results[0][4])
     print("\n| engine | s | images / s | vs local, 1 thread | first record after (s) | images / s after it "
-          "| vs local, 1 thread, after it | same picks |\n|---|---|---|---|---|---|---|---|")
-    for label, seconds, start, p, created in results:
+          "| vs local, 1 thread, after it | efficiency per worker, after it | same picks |"
+          "\n|---|---|---|---|---|---|---|---|---|")
+    for label, seconds, start, p, created, cores in results:
         same = "yes" if p == base_p else f"NO ({sum(p.get(k) == v for k, v in base_p.items())}/{len(base_p)})"
         steady = rate(created)
         print(f"| {label} | {seconds:.1f} | {len(p) / seconds:.3f} | {base_s / seconds:.2f}x "
-              f"| {created[0] - start:.1f} | {steady:.3f} | {steady / steady_base:.2f}x | {same} |")
+              f"| {created[0] - start:.1f} | {steady:.3f} | {steady / steady_base:.2f}x "
+              f"| {steady / steady_base / cores:.2f} | {same} |")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "record per image goes into OUT/results.sqlite as soon as it is done; images already "
                     "stored with the same settings are skipped, so a re-run resumes.",
     )
-    p.add_argument("paths", nargs="+", type=v.existing, metavar="PATH", help="image files and folders")
+    p.add_argument("paths", nargs="+", type=v.source, metavar="PATH",
+                   help="image files and folders, or URIs (file://, and with --engine ray s3://, gs://... read "
+                        "by Ray's workers where the images live; docs/scale.md)")
     p.add_argument("--ratio", type=v.ratio, required=True, help="fraction of patches to keep, in (0, 1]")
     p.add_argument("--strategy", default="greedy", choices=sorted(available()), metavar="STRATEGY",
                    help=f"proposal strategy: {', '.join(available())} (default: greedy = KPP, exact; for datasets "

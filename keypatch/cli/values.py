@@ -154,6 +154,16 @@ existing_file = _path_check("existing_file", Path.is_file, "expected an existing
                             "{file}")
 
 
+@check(bad=["{missing}", "http//not-a-uri"], good="s3://bucket/images")
+def source(text: str) -> Path | str:
+    """An existing file or folder, or a URI (``file://``, ``s3://``...: checked when it is read)."""
+    from keypatch.geometry.files import is_uri
+
+    if is_uri(text):
+        return text
+    return existing(text)
+
+
 def _blocked(path: Path) -> Path | None:
     """The nearest parent of ``path`` that is a file (so nothing can be made there), if any."""
     return next((p for p in path.parents if p.is_file()), None)

@@ -26,10 +26,10 @@ class Engine:
         """Raise a ValueError (or the missing extra's error) before any work if the engine cannot run."""
 
     def files(self, paths: Any) -> list[Path]:
-        """The image files of ``paths`` (files and folders; an engine may take more kinds)."""
-        from keypatch.geometry.files import list_image_files
+        """The image files of ``paths`` (files, folders and ``file://`` URIs; an engine may take more kinds)."""
+        from keypatch.geometry.files import list_image_files, local_sources
 
-        return list_image_files(paths)
+        return list_image_files(local_sources(paths, self.name))
 
     def run(self, job: Any, files: list[Path], batch_size: int, poll: float) -> None:
         """Every file through ``job`` (:class:`~keypatch.engines.job.Job`), each record stored as it is

@@ -26,12 +26,16 @@ import numpy as np
 
 from keypatch.engines.base import Engine, register_engine
 from keypatch.engines.ray_workers import ProposeActor, decode_batch, hash_batch
+from keypatch.geometry.files import IMAGE_SUFFIXES, is_uri
 
 __all__ = ["DatasetImages", "ProposeActor", "RayEngine", "dataset_paths", "decode_batch", "hash_batch",
            "require_ray"]
 
 CLAIM_BATCH = 4096
 """Digests the driver claims at a time when the images come as a dataset's bytes."""
+
+BLOCKS_PER_WORKER = 256
+"""At most this many blocks per model actor when the driver lists the files (:meth:`RayEngine.blocks`)."""
 
 DECODE_CPUS = 0.5
 """CPUs a hashing or decoding task asks for: the cluster must hold them beside the model actors."""
@@ -115,7 +119,30 @@ class RayEngine(Engine):
                                      "(read_binary_files(..., include_paths=True) gives one)")
                 return DatasetImages(paths)
             paths = dataset_paths(paths)
-        return super().files(paths)
+        items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        uris = [p for p in items if is_uri(p)]
+        if uris:
+            return self._read_uris(items, uris)
+        return super().files(items)
+
+    def _read_uris(self, items: list[Any], uris: list[str]) -> DatasetImages:
+        """URIs (``file://``, ``s3://``, ``gs://``...) as a dataset of their image files' bytes, listed by
+        Ray on the driver (names and sizes only) and read by the workers."""
+        if len(uris) != len(items):
+            local = next(p for p in items if not is_uri(p))
+            raise ValueError(f"give every source as a URI or every source as a path, not both ({local} beside "
+                             f"{uris[0]}): a folder every worker sees is file:///abs/path")
+        ray = require_ray()
+        self._start(ray)
+        extensions = sorted(s[1:] for s in IMAGE_SUFFIXES)
+        try:
+            dataset = ray.data.read_binary_files(uris, include_paths=True, file_extensions=extensions)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"no such file or folder: {exc}") from exc
+        images = DatasetImages(dataset)
+        if len(images) == 0:
+            raise ValueError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {', '.join(uris)}")
+        return images
 
     def summary(self) -> dict[str, Any]:
         return {"engine": self.name, "workers": self.workers}
@@ -189,6 +216,13 @@ class RayEngine(Engine):
             raise ValueError(f"the Ray cluster has {gpus:g} GPUs; {self.workers} workers x {self.gpus_per_worker:g} "
                              "GPUs each do not fit")
 
+    def blocks(self, images: int, batch_size: int) -> int:
+        """Blocks to cut ``images`` listed files into: one batch a block (a batch goes to the first actor
+        free, so none idles at the end while another holds a queue), at most :data:`BLOCKS_PER_WORKER`
+        per actor (a block is scheduled at a cost: past that, the last block's imbalance is a small
+        part of the job)."""
+        return max(1, min(-(-images // batch_size), BLOCKS_PER_WORKER * self.workers))
+
     def _stream(self, ray: Any, job: Any, todo: list[tuple[Any, str]], batch_size: int, rows: Any = None) -> None:
         """Decode and propose ``todo`` (``(path, sha256)``), storing each record as it comes back; with
         ``rows`` (a dataset's ``path`` and ``bytes``), its rows whose ``(path, sha256)`` are in ``todo``."""
@@ -200,7 +234,7 @@ class RayEngine(Engine):
         decode = {"size": job.mae.config.image_size, "resize": job.settings.resize}
         if rows is None:
             ds = ray.data.from_items([{"path": str(p), "sha256": d} for p, d in todo],
-                                     override_num_blocks=len(todo))  # one image a block: no idle actor at the end
+                                     override_num_blocks=self.blocks(len(todo), batch_size))
         else:
             ds, decode["wanted"] = rows, frozenset(digests.items())
         ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=DECODE_CPUS,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
 """File suffixes (any case) taken from folders."""
@@ -14,6 +16,51 @@ OTHER_IMAGE_SUFFIXES = frozenset({".svg", ".svgz", ".heic", ".heif", ".avif", ".
 """Suffixes of images that folders are not searched for (vector graphics, camera raw, HEIF, layered
 and icon files, most of which Pillow does not read): found in a folder, they are left out with one
 warning that names them, not in silence. Named as a file, one is read if Pillow can."""
+
+
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+"""A source given as a URI (``scheme://...``): ``file://``, ``s3://``, ``gs://``, ``abfs://``, ``hf://``..."""
+
+
+def is_uri(source: object) -> bool:
+    """Whether ``source`` is a URI string (``scheme://...``) rather than a path."""
+    return isinstance(source, str) and URI.match(source) is not None
+
+
+def file_uri_path(uri: str) -> Path | None:
+    """The local path of a ``file://`` URI (``file:///abs/path`` or ``file://localhost/abs/path``), or
+    ``None`` for any other scheme.
+
+    Raises
+    ------
+    ValueError
+        A ``file://`` URI naming another host.
+    """
+    parts = urlparse(uri)
+    if parts.scheme.lower() != "file":
+        return None
+    if parts.netloc not in ("", "localhost"):
+        raise ValueError(f"{uri}: a file:// URI names a path on this machine (file:///abs/path), not on "
+                         f"the host {parts.netloc!r}")
+    return Path(unquote(parts.path))
+
+
+def local_sources(paths: str | Path | Iterable[str | Path], engine: str) -> list[Path]:
+    """``paths`` as local paths for an engine that reads files here: ``file://`` URIs become their
+    paths, and any other URI is a ValueError saying that Ray's workers read it."""
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    out = []
+    for p in items:
+        if not is_uri(p):
+            out.append(Path(p))
+            continue
+        local = file_uri_path(str(p))
+        if local is None:
+            raise ValueError(f"{p}: the {engine} engine reads files on this machine; images in object "
+                             "storage are read where they live by Ray's workers: --engine ray "
+                             "(pip install 'keypatch[ray]')")
+        out.append(local)
+    return out
 
 
 def list_image_files(paths: str | Path | Iterable[str | Path], *, allow_empty: bool = False) -> list[Path]:

@@ -55,6 +55,18 @@ def test_every_engine_stores_the_default_engines_records(name, images, reference
     assert again["done"] == 0 and again["skipped"] == 2  # stored images are not computed again
 
 
+def test_the_process_engine_reads_file_uris_and_names_the_engine_for_object_storage(images, reference, tmp_path):
+    summary = run_propose(images.resolve().as_uri(), 0.25, model="random:toy", out_dir=tmp_path / "a", progress=False)
+    assert summary["done"] == 2 and _records(tmp_path / "a") == reference
+    with pytest.raises(ValueError, match="s3://bucket/images: the process engine reads files on this machine.*"
+                                         "--engine ray"):
+        run_propose("s3://bucket/images", 0.25, model="random:toy", out_dir=tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="not on the host 'elsewhere'"):
+        run_propose(f"file://elsewhere{images.resolve()}", 0.25, model="random:toy", out_dir=tmp_path / "b",
+                    progress=False)
+    assert not (tmp_path / "b").exists()
+
+
 def test_engines_are_values_and_the_former_name_still_works():
     assert get_engine("local") == get_engine("process") == ENGINES["process"]()
     ray = ENGINES["ray"](workers=3)

@@ -98,6 +98,31 @@ def test_a_dataset_of_bytes_whose_paths_exist_nowhere_gives_the_local_records(ph
     assert again["done"] == 0 and again["skipped"] == 13 and again["failed"] == 1
 
 
+def test_a_uri_is_read_by_the_workers_and_gives_the_local_records(photos, tmp_path):
+    """A folder given as a file:// URI: Ray lists it, the workers read, hash and decode the images,
+    and the records are the local engine's (the paths are kept as the images' names)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=3, include_dashboard=False, logging_level="WARNING")
+    run_propose([photos], 0.25, model="random:toy", out_dir=tmp_path / "local", progress=False)
+    remote = run_propose(photos.resolve().as_uri(), 0.25, model="random:toy", out_dir=tmp_path / "ray",
+                         progress=False, engine=RayEngine(workers=2), batch_size=2)
+    assert remote["found"] == 13 and remote["done"] == 12 and remote["failed"] == 1
+    assert remote["failed_paths"] == [str((photos / "broken.jpg").resolve())]
+    got, want = _records(tmp_path / "ray"), _records(tmp_path / "local")
+    assert got.keys() == want.keys() and all(got[k][0] == v[0] for k, v in want.items())
+    with ResultStore(tmp_path / "ray" / "results.sqlite", create=False) as s:
+        assert {Path(r.image_path) for r in s.records()} == {p.resolve() for p in photos.glob("*-*.jpg")}
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        run_propose((photos / "nothing").resolve().as_uri(), 0.25, model="random:toy", out_dir=tmp_path / "x",
+                    progress=False, engine=RayEngine(workers=2))
+    with pytest.raises(ValueError, match="every source as a URI or every source as a path"):
+        run_propose([photos.as_uri(), photos], 0.25, model="random:toy", out_dir=tmp_path / "x", progress=False,
+                    engine=RayEngine(workers=2))
+    assert not (tmp_path / "x").exists()
+
+
 def _start(out: Path, photos: Path, batch: int) -> subprocess.Popen:
     code = ("import sys; from keypatch.cli.main import main; sys.exit(main(['propose', sys.argv[1], '--ratio', "
             "'0.05', '--model', 'random:small', '--engine', 'ray', '--workers', '2', '--batch-size', sys.argv[3], "
@@ -183,3 +208,49 @@ def test_actors_that_leave_no_cpu_for_decoding_are_an_error_not_a_hang():
         RayEngine(workers=2, cpus_per_worker=1).check_resources(cluster(2))
     with pytest.raises(ValueError, match="GPUs"):
         RayEngine(workers=2, gpus_per_worker=1).check_resources(cluster(8, gpus=1))
+
+
+def _node_of(pid: int, raylets: dict[int, str]) -> str | None:
+    """The node (by its raylet's pid) whose raylet started the worker process ``pid``."""
+    while pid > 1:
+        if pid in raylets:
+            return raylets[pid]
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return None
+
+
+def test_three_nodes_lose_a_worker_node_mid_run_and_store_every_image_once(photos, tmp_path):
+    """A head and two worker nodes (Ray's own cluster_utils.Cluster, each node its own raylet): the
+    two actors run on two nodes; a worker node holding one is removed mid-run; the job finishes with
+    every image stored once and the local engine's picks."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+        cluster.wait_for_nodes()
+        nodes = {"head": cluster.head_node, **{f"worker{i}": node for i, node in enumerate(workers)}}
+        raylets = {node.all_processes["raylet"][0].process.pid: name for name, node in nodes.items()}
+        out = tmp_path / "res"
+        code = ("import sys; from keypatch.cli.main import main; sys.exit(main(['propose', sys.argv[1], '--ratio', "
+                "'0.05', '--model', 'random:small', '--engine', 'ray', '--workers', '2', '--address', sys.argv[3], "
+                "'--quiet', '--out', sys.argv[2], '--precision', 'float32']))")
+        child = subprocess.Popen([sys.executable, "-c", code, str(photos), str(out), cluster.address], cwd=REPO,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        _wait_for_records(out, 2, child)
+        placed = {pid: _node_of(pid, raylets) for pid in _actor_pids()}
+        assert len(placed) == 2 and len(set(placed.values())) == 2 and None not in placed.values(), placed
+        gone = next(name for name in placed.values() if name != "head")  # a worker node holding an actor
+        cluster.remove_node(nodes[gone], allow_graceful=False)
+        assert len(_records(out)) < 12  # the node went mid-run
+        _, err = child.communicate(timeout=600)
+        assert child.returncode == 0, err.decode()[-3000:]
+        got = _records(out)  # asserts that no image is stored twice
+        assert len(got) == 12
+    finally:
+        cluster.shutdown()
+    run_propose([photos], 0.05, model="random:small", out_dir=tmp_path / "local", progress=False,
+                precision="float32")
+    want = _records(tmp_path / "local")
+    assert got.keys() == want.keys() and all(got[k][0] == v[0] for k, v in want.items())
