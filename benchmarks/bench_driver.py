@@ -84,12 +84,12 @@ def drive(source: str, out: Path, workers: int, batch: int, *extra: str) -> dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--files", type=int, nargs="+", default=[10000, 100000], help="tree sizes")
+    ap.add_argument("--files", type=int, nargs="*", default=[10000, 100000], help="tree sizes (none: only --large)")
     ap.add_argument("--tree", type=Path, default=None, help="where the tree is kept (default: a temporary one)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--rows", nargs="+", default=["uri", "paths"], choices=["uri", "paths"])
-    ap.add_argument("--large", type=int, default=1000,
+    ap.add_argument("--large", type=int, default=2000,
                     help="then the same rows on this many 256x256 noise PNGs (~200 KB each): what the driver reads "
                          "per image against the files' size (0: none)")
     args = ap.parse_args()
@@ -97,8 +97,8 @@ def main() -> None:
         tmp = Path(tmp)
         root = args.tree or tmp / "tree"
         t0 = time.perf_counter()
-        make_tree(root, max(args.files))
-        print(f"# {cpu_name()}, {os.cpu_count()} cores; tree of {max(args.files)} files made or found in "
+        make_tree(root, max(args.files, default=0))
+        print(f"# {cpu_name()}, {os.cpu_count()} cores; tree of {max(args.files, default=0)} files made or found in "
               f"{time.perf_counter() - t0:.0f} s; --strategy random --model random:toy --batch-size {args.batch_size}, "
               f"ray: {args.workers} worker(s) x 1 CPU")
         print("\n| source | files | image MB | s | ms / image | driver peak MB | driver read (rchar) MB "
@@ -127,16 +127,21 @@ def main() -> None:
                       f"{(a['seconds'] + per_s * (1e6 - n0)) / 3600:.1f} h of driver time for a million")
         if args.large:
             big = tmp / "large"
-            size = make_tree(big, args.large, side=256)
-            print(f"\n{args.large} files of 256x256 noise ({size / args.large / 1e3:.0f} KB each): the driver's reads")
-            print("\n| source | s | driver read (rchar) KB / image | of the file's bytes |\n|---|---|---|---|")
+            size = make_tree(big, args.large, side=256) / args.large
+            small = args.large // 4
+            print(f"\nFiles of 256x256 noise ({size / 1e3:.0f} KB each): what the driver reads per image, from "
+                  f"{small} to {args.large} files (the difference leaves out what it reads whatever the count: "
+                  "Python modules, Ray's start-up)")
+            print("\n| source | s | driver read (rchar) KB per further image | of a file's bytes |\n|---|---|---|---|")
             for kind in args.rows:
-                source = f"file://{big.resolve()}" if kind == "uri" else str(big)
-                r = drive(source, tmp / f"out-{kind}-large", args.workers, args.batch_size,
-                          "--engine", "ray", "--workers", str(args.workers))
-                print(f"| {kind} | {r['seconds']:.0f} | {r['rchar'] / args.large / 1e3:.1f} "
-                      f"| {r['rchar'] / size:.2f} |", flush=True)
-
+                got = {}
+                for n in (small, args.large):
+                    tree = subset(big, n, tmp / f"large{n}-{kind}")
+                    source = f"file://{tree.resolve()}" if kind == "uri" else str(tree)
+                    got[n] = drive(source, tmp / f"out-{kind}-large{n}", args.workers, args.batch_size,
+                                   "--engine", "ray", "--workers", str(args.workers))
+                per = (got[args.large]["rchar"] - got[small]["rchar"]) / (args.large - small)
+                print(f"| {kind} | {got[args.large]['seconds']:.0f} | {per / 1e3:.1f} | {per / size:.2f} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -69,9 +69,10 @@ def run_propose(paths: str | Path | Sequence[str | Path], ratio: float, strategy
     Parameters
     ----------
     paths : path or sequence of paths
-        Image files and folders (:func:`keypatch.geometry.list_image_files`); with Ray, also a Ray
-        Dataset with a ``path`` column, or with ``bytes`` and ``path`` columns (the images' bytes,
-        read by the workers; the path only names them).
+        Image files and folders (:func:`keypatch.geometry.list_image_files`) or ``file://`` URIs;
+        with Ray, also other URIs (``s3://...``, read by the workers), a Ray Dataset with a ``path``
+        column, or one with ``bytes`` and ``path`` columns (the images' bytes, read by the workers;
+        the path only names them).
     ratio : float
         Fraction of patches to keep, in ``(0, 1]`` (checked before anything is loaded).
     strategy, model, start, device, seed

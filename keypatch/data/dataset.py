@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from keypatch.data.reconstruction import model_for, rebuild
+from keypatch.data.reconstruction import model_for, rebuild, write_png
 from keypatch.data.shards import QuantizedFolder
 from keypatch.geometry.image import to_pil
 from keypatch.reconstructors import MAE
@@ -114,10 +113,7 @@ class QuantizedDataset(torch.utils.data.Dataset):
             return [Image.open(p).convert("RGB") for p in paths]
         images = [to_pil(x) for x in self.reconstruction(idx)]
         for p, im in zip(paths, images, strict=False):
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(f"{p.name}.{os.getpid()}.part")
-            im.save(tmp, "PNG")
-            tmp.replace(p)
+            write_png(im, p)
         return images
 
     def __getitem__(self, i: int) -> tuple[Any, int]:

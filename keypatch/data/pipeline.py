@@ -177,7 +177,7 @@ def quantize(src: str | Path, fraction: float, drop: float, patches: str = "gree
     with ShardWriter(out, per_shard) as writer:
         for j, (c, path) in enumerate(tqdm(list(zip(chosen, selected, strict=True)), desc="store", unit="img",
                                            disable=not progress)):
-            rec = stored.get(sha256_file(path))
+            rec = stored.get(sha256_file(path))  # hashed again: the picks must be those of the bytes packed now
             if rec is None:
                 raise RuntimeError(f"{path}: no stored pick (it could not be read by the MAE's loader)")
             rgb = to_rgb8(path, InputNotes(), str(path))  # its notes were said by the proposal run

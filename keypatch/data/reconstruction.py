@@ -9,6 +9,7 @@ patches (the MAE reads nothing of a masked patch).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,16 @@ def output_names(entries: Sequence[dict[str, Any]]) -> list[str]:
             for n, e in zip(plain, entries, strict=True)]
 
 
+def write_png(image: Any, path: Path) -> None:
+    """Save a PIL image as the PNG ``path`` whole or not at all: written beside it under a name of this
+    process's, then renamed (so a file that exists is whole, and processes writing the same file at
+    once do not mix their bytes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+    image.save(tmp, "PNG")
+    tmp.replace(path)
+
+
 def reconstruct_folder(root: str | Path, out: str | Path, model: MAE | str | None = None, *, device: str = "auto",
                        batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
     """Write every image of the quantized dataset ``root`` rebuilt by the MAE as ``out/CLASS/NAME.png``.
@@ -104,11 +115,7 @@ def reconstruct_folder(root: str | Path, out: str | Path, model: MAE | str | Non
         for s in range(0, len(todo), batch_size):
             chunk = todo[s:s + batch_size]
             for i, x in zip(chunk, rebuild(folder, chunk, mae), strict=True):
-                path = out / names[i]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + ".part")
-                to_pil(x).save(tmp, "PNG")
-                tmp.replace(path)  # a file that exists is whole
+                write_png(to_pil(x), out / names[i])
                 summary["written"] += 1
             bar.update(len(chunk))
     return summary

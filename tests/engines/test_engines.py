@@ -67,6 +67,13 @@ def test_the_process_engine_reads_file_uris_and_names_the_engine_for_object_stor
     assert not (tmp_path / "b").exists()
 
 
+def test_the_command_line_takes_a_uri_and_says_which_engine_reads_it(tmp_path, capsys):
+    assert main(["propose", "s3://bucket/images", "--ratio", "0.1", "--model", "random:toy",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "--engine ray" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert main(["propose", str(tmp_path / "nothing"), "--ratio", "0.1", "--out", str(tmp_path / "b")]) == 2
+
+
 def test_engines_are_values_and_the_former_name_still_works():
     assert get_engine("local") == get_engine("process") == ENGINES["process"]()
     ray = ENGINES["ray"](workers=3)

@@ -98,3 +98,19 @@ def test_importing_keypatch_and_the_decoding_workers_leaves_torch_out():
         import keypatch
 
         keypatch.nope  # noqa: B018
+
+
+def test_uris_are_told_from_paths_and_file_uris_name_local_paths(tmp_path):
+    from keypatch.geometry.files import file_uri_path, is_uri, local_sources
+
+    assert is_uri("s3://bucket/train") and is_uri("file:///data") and is_uri("gs+x.y-z://a")
+    assert not is_uri("photos/train") and not is_uri("C:\\photos") and not is_uri(tmp_path) and not is_uri("http//x")
+    folder = tmp_path / "a b%c"
+    assert file_uri_path(folder.as_uri()) == folder  # percent-escapes undone
+    assert file_uri_path(f"file://localhost{tmp_path}") == tmp_path
+    assert file_uri_path("s3://bucket/x") is None
+    with pytest.raises(ValueError, match="not on the host 'server'"):
+        file_uri_path("file://server/share/x")
+    assert local_sources([tmp_path.as_uri(), str(tmp_path)], "process") == [tmp_path, tmp_path]
+    with pytest.raises(ValueError, match="gs://b/x: the process engine reads files on this machine"):
+        local_sources("gs://b/x", "process")
