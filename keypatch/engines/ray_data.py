@@ -32,7 +32,8 @@ __all__ = ["DatasetImages", "ProposeActor", "RayEngine", "dataset_paths", "decod
            "require_ray"]
 
 CLAIM_BATCH = 4096
-"""Digests the driver claims at a time when the images come as a dataset's bytes."""
+"""Images the driver hashes (files) or takes digests of (a dataset's bytes) and claims at a time: one
+store transaction each."""
 
 BLOCKS_PER_WORKER = 256
 """At most this many blocks per model actor when the driver lists the files (:meth:`RayEngine.blocks`)."""
@@ -155,7 +156,11 @@ class RayEngine(Engine):
             if isinstance(files, DatasetImages):
                 self._run_dataset(ray, job, files.dataset, batch_size, poll)
                 return
-            waiting, todo = job.claimed(files)
+            waiting, todo = [], []
+            for s in range(0, len(files), CLAIM_BATCH):  # hashed and claimed in bounded batches
+                busy, mine = job.claimed(files[s : s + CLAIM_BATCH])
+                waiting += busy
+                todo += mine
             if todo:
                 self._stream(ray, job, todo, batch_size)
             job.wait_for(waiting, batch_size, poll)
