@@ -68,6 +68,25 @@ def _done(csv_path: Path) -> set[tuple[str, str, float]]:
         return {(r["sha256"], r["strategy"], float(r["ratio"])) for r in csv.DictReader(f)}
 
 
+def _with_fields(csv_path: Path) -> None:
+    """Rewrite ``csv_path`` with the columns of :data:`FIELDS` if it was written with others (a CSV of
+    an earlier version: its rows keep their values, a column it lacks is left empty), so that rows
+    appended now line up with the header."""
+    if not csv_path.is_file():
+        return
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) == FIELDS:
+            return
+        rows = list(reader)
+    tmp = csv_path.with_name(csv_path.name + ".part")
+    with open(tmp, "w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        out.writeheader()
+        out.writerows({k: r.get(k) or "" for k in FIELDS} for r in rows)
+    tmp.replace(csv_path)
+
+
 def meaning_experiment(paths, ratios: Sequence[float], strategies: Sequence[str], model: MAE, csv_path: str | Path,
                        *, judge: str = "efficientnet-lite1", seen: Sequence[str | Path] = (), seed: int = 0,
                        batch_size: int = 8, progress: bool = True, **options) -> Path:
@@ -89,6 +108,7 @@ def meaning_experiment(paths, ratios: Sequence[float], strategies: Sequence[str]
     files = [files[i] for i in kept]
     shas = [sha256_file(f) for f in files]
     clf = get_classifier(judge, device=model.device)
+    _with_fields(csv_path)
     done = _done(csv_path)
     new_file = not csv_path.is_file()
     csv_path.parent.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,19 @@ def test_meaning_rows_resume_and_mark_seen_images(toy_model, tmp_path):
     attention = [s for s in summary if s["strategy"] == "attention" and s["subset"] == "all"]
     assert all(s["lo"] <= s["mean"] <= s["hi"] and s["n"] == 3 and "diff" in s for s in attention)
     assert not any("diff" in s for s in summary if s["strategy"] == "random")
+    # a CSV written without the patches column: resumed, its header gains the column and every row lines up
+    lines = csv.read_text().splitlines()
+    cut = [",".join(line.split(",")[:-1]) for line in lines]  # no patch lists hold commas
+    csv.write_text("\n".join(cut) + "\n")
+    meaning_experiment(photos, [0.25], ["random", "swap"], toy_model, csv, progress=False)
+    import csv as csvmod
+
+    with open(csv, newline="") as f:
+        table = list(csvmod.reader(f))
+    assert table[0][-1] == "patches" and all(len(row) == len(table[0]) for row in table)
+    upgraded = read_rows(csv)
+    assert [r["patches"] for r in upgraded[:15]] == [""] * 15 and len(upgraded) == 18
+    assert all(r["patches"] for r in upgraded[15:]) and [r["top1"] for r in upgraded[:15]] == [r["top1"] for r in again]
 
 
 def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_data():
