@@ -19,6 +19,7 @@ line is extrapolated to a million images. Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -77,8 +78,6 @@ def drive(source: str, out: Path, workers: int, batch: int, *extra: str) -> dict
     line = next((x for x in done.stdout.splitlines() if x.startswith("DRIVER ")), None)
     if done.returncode or line is None:
         raise SystemExit(f"keypatch {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    import json
-
     return {**json.loads(line[len("DRIVER "):]), "seconds": seconds}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 
 from keypatch.cli import values as v
 from keypatch.cli.common import add_device, add_model, add_results
@@ -58,8 +59,6 @@ def run(args: argparse.Namespace) -> int:
     if args.ratio is None:
         raise ValueError("--ratio is required to serve")
     source = ImageSource(args.label_studio_url, args.api_key, args.document_root, int(args.max_image_mb * 2**20))
-    import threading
-
     backend = Backend(args.ratio, args.strategy, args.model, args.out, device=args.device, seed=args.seed,
                       batch_size=args.batch_size, source=source, thread=False, **dict(args.option))
     server = BackendServer(backend, args.host, args.port, int(args.max_request_mb * 2**20))

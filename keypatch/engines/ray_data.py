@@ -26,7 +26,7 @@ import numpy as np
 
 from keypatch.engines.base import Engine, register_engine
 from keypatch.engines.ray_workers import ProposeActor, decode_batch, hash_batch
-from keypatch.geometry.files import IMAGE_SUFFIXES, is_uri
+from keypatch.geometry.files import IMAGE_SUFFIXES, is_uri, no_images
 
 __all__ = ["DatasetImages", "ProposeActor", "RayEngine", "dataset_paths", "decode_batch", "hash_batch",
            "require_ray"]
@@ -142,7 +142,7 @@ class RayEngine(Engine):
             raise FileNotFoundError(f"no such file or folder: {exc}") from exc
         images = DatasetImages(dataset)
         if len(images) == 0:
-            raise ValueError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {', '.join(uris)}")
+            raise no_images(uris)
         return images
 
     def summary(self) -> dict[str, Any]:

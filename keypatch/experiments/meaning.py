@@ -81,7 +81,7 @@ def _with_fields(csv_path: Path) -> None:
         rows = list(reader)
     tmp = csv_path.with_name(csv_path.name + ".part")
     with open(tmp, "w", newline="") as f:
-        out = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        out = csv.DictWriter(f, fieldnames=FIELDS)
         out.writeheader()
         out.writerows({k: r.get(k) or "" for k in FIELDS} for r in rows)
     tmp.replace(csv_path)

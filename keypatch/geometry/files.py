@@ -63,6 +63,12 @@ def local_sources(paths: str | Path | Iterable[str | Path], engine: str) -> list
     return out
 
 
+def no_images(sources: Iterable[object]) -> ValueError:
+    """The error for sources in which no image file was found (folders, URIs)."""
+    listed = ", ".join(str(s) for s in sources) or "(no paths given)"
+    return ValueError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {listed}")
+
+
 def list_image_files(paths: str | Path | Iterable[str | Path], *, allow_empty: bool = False) -> list[Path]:
     """The image files named by ``paths``, in order, without repeats.
 
@@ -128,8 +134,7 @@ def list_image_files(paths: str | Path | Iterable[str | Path], *, allow_empty: b
             seen.add(key)
             unique.append(f)
     if not unique and not allow_empty:
-        listed = ", ".join(str(p) for p in paths) or "(no paths given)"
-        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {listed}")
+        raise no_images(paths)
     return unique
 
 
