@@ -45,6 +45,7 @@ import keypatch  # noqa: E402
 from keypatch.experiments.photos import load_test_photos  # noqa: E402
 from keypatch.geometry.image import load_images  # noqa: E402
 from keypatch.objective import Objective  # noqa: E402
+from keypatch.proposers.search import remaining_count, start_state  # noqa: E402
 from keypatch.proposers.swap import refine  # noqa: E402
 
 SIZES = (4, 8, 16)
@@ -67,16 +68,16 @@ def ranks(signal: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
 
 
-def trajectory(obj: Objective, k: int, start: int) -> list[dict]:
-    """Exact greedy from ``start`` with, at every step, the error map and every candidate's ``L``."""
+def trajectory(obj: Objective, k: int) -> list[dict]:
+    """Exact greedy from the central patch with, at every step, the error map and every candidate's
+    ``L`` (``(B, N)``, inf at the chosen patches)."""
     b, n = obj.batch, obj.grid.n
-    chosen = torch.full((b, 1), start)
-    remaining = torch.ones(b, n, dtype=torch.bool)
-    remaining[:, start] = False
+    chosen, _, remaining = start_state(obj, "center")
     steps = []
-    for _ in range(1, k):
+    for j in range(1, k):
         err = obj.patch_errors(chosen)
-        scores = obj.step(chosen, torch.arange(n).expand(b, n)).masked_fill(~remaining, math.inf)
+        cand = remaining_count(remaining, n - j)
+        scores = torch.full((b, n), math.inf).scatter_(1, cand, obj.step(chosen, cand))
         steps.append({"err": err, "scores": scores, "remaining": remaining.clone()})
         pick = scores.argmin(1)
         chosen = torch.cat([chosen, pick[:, None]], 1)
@@ -115,15 +116,14 @@ def signal_table(steps: list[dict], cols: int) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
-def remembered_screen(obj: Objective, k: int, start: int, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy over the top ``a`` by current error and the top ``b`` by remembered gain; ``(patches, L)``."""
+def remembered_screen(obj: Objective, k: int, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy from the central patch over the top ``a`` by current error and the top ``b`` by
+    remembered gain; ``(patches, L)``."""
     nb, n = obj.batch, obj.grid.n
-    ar, idx = torch.arange(nb), torch.arange(n).expand(nb, n)
-    chosen = torch.full((nb, 1), start)
-    remaining = torch.ones(nb, n, dtype=torch.bool)
-    remaining[:, start] = False
-    current = obj.score_each(chosen)
-    cand = idx.masked_fill(~remaining, n).sort(dim=1).values[:, : n - 1]
+    ar = torch.arange(nb)
+    chosen, losses, remaining = start_state(obj, "center")
+    current = losses[:, -1]
+    cand = remaining_count(remaining, n - 1)
     gain = torch.full((nb, n), -math.inf).scatter_(1, cand, current[:, None] - obj.step(chosen, cand))
     for j in range(1, k):
         by_err = ranks(obj.patch_errors(chosen), remaining)
@@ -153,11 +153,11 @@ def main() -> None:
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {cpu_name()}  torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads  model {args.model}")
     print(f"photos ({len(names)}): {', '.join(names)}")
-    start, cols = model.grid.center, model.grid.cols
+    cols = model.grid.cols
     for ratio in (float(r) for r in args.ratios.split(",")):
         k = round(ratio * model.grid.n)
         obj = Objective(model, images)
-        steps = trajectory(obj, k, start)
+        steps = trajectory(obj, k)
         greedy = steps[-1]["scores"].amin(1)
         print(f"\n## r = {ratio} (k = {k}): signals along exact greedy's {k - 1} steps, {len(names)} photos\n")
         signal_table(steps, cols)
@@ -166,7 +166,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         for screen in SCREENS:
             obj = Objective(model, images)
-            patches, loss = remembered_screen(obj, k, start, **screen)
+            patches, loss = remembered_screen(obj, k, **screen)
             cells = []
             for _ in range(3):
                 gap = loss / greedy - 1
