@@ -1,16 +1,17 @@
 """Cheaper searches against exact greedy: seconds, MAE evaluations and loss, in one run.
 
-For each ratio, every strategy below runs on all the photos in one batched call (as a dataset run
-does) with the same model, device and threads; each row gives seconds per image, the speed-up and
-the evaluation ratio against exact greedy measured in the same run, and the final ``L`` relative
-to exact greedy's (mean over the photos and the worst photo). ``--base-photos`` then times the
+For each ratio, every strategy below runs on all the photos (the 13 test photos and the default
+model's validation photos, ``--val``) in one batched call (as a dataset run does) with the same
+model, device and threads; each row gives seconds per image, the speed-up and the evaluation
+ratio against exact greedy measured in the same run, and the final ``L`` relative to exact
+greedy's (mean over the photos, the worst photo and its name). ``--base-photos`` then times the
 strategies that matter on ``random:base`` (ViT-B's cost; its losses mean nothing) at r = 0.1.
 ``--plot`` draws loss gap against speed-up (the Pareto view).
 
 Run from the repository root::
 
-    python benchmarks/bench_search.py                                  # 13 photos, r = 0.05, 0.1, 0.25
-    python benchmarks/bench_search.py --ratios 0.1 --photos 4 --base-photos 0     # quick look
+    python benchmarks/bench_search.py                                  # 13 + 21 photos, r = 0.05, 0.1, 0.25
+    python benchmarks/bench_search.py --ratios 0.1 --photos 4 --val '' --base-photos 0   # quick look
     python benchmarks/bench_search.py --plot docs/search_pareto.png --json benchmarks/results_search.json
 
 The photos are the test photographs of ``keypatch.experiments.photos`` (see ``benchmarks/README.md``).
@@ -36,6 +37,11 @@ from keypatch.experiments.photos import load_test_photos  # noqa: E402
 
 STRATEGIES: dict[str, tuple[str, dict]] = {
     "greedy (exact)": ("greedy", {}),
+    "ranked (m=4 rounds=2 moves=2)": ("ranked", {}),
+    "ranked moves=3": ("ranked", {"moves": 3}),
+    "ranked moves=0 (every neighbour)": ("ranked", {"moves": 0}),
+    "ranked keep=2 rounds=1 moves=0": ("ranked", {"keep": 2, "rounds": 1, "moves": 0}),
+    "ranked rounds=0": ("ranked", {"rounds": 0}),
     "screened (m=6 keep=2 rounds=2)": ("screened", {}),
     "screened rounds=3": ("screened", {"rounds": 3}),
     "screened m=4": ("screened", {"m": 4}),
@@ -47,7 +53,7 @@ STRATEGIES: dict[str, tuple[str, dict]] = {
 }
 """Rows of the table: label -> (strategy, options). The first is the reference."""
 
-ON_BASE = ("greedy (exact)", "screened (m=6 keep=2 rounds=2)", "screened rounds=3",
+ON_BASE = ("greedy (exact)", "ranked (m=4 rounds=2 moves=2)", "screened (m=6 keep=2 rounds=2)", "screened rounds=3",
            "swap (stochastic eps=0.2, 2 rounds)")
 """The strategies timed on ``random:base``."""
 
@@ -62,12 +68,21 @@ def run(images: list[np.ndarray], ratio: float, label: str, model) -> dict:
             "losses": [p.loss for p in out]}
 
 
-def table(ratio: float, k: int, rows: dict[str, dict]) -> list[dict]:
+def load_image_array(path: Path) -> np.ndarray:
+    """An RGB photo as a uint8 array."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def table(ratio: float, k: int, rows: dict[str, dict], names: list[str]) -> list[dict]:
     """Print one ratio's table; return its rows with the ratios against the first."""
     ref = next(iter(rows.values()))
     print(f"\n## r = {ratio} (k = {k}), {len(ref['losses'])} photos in one call\n")
-    print("| strategy | s / image | speed-up | MAE evals / image | fewer evals | loss vs greedy (mean) | (worst) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| strategy | s / image | speed-up | MAE evals / image | fewer evals | loss vs greedy (mean) | (worst) "
+          "| worst photo |")
+    print("|---|---|---|---|---|---|---|---|")
     out = []
     for label, r in rows.items():
         gap = np.array(r["losses"]) / np.array(ref["losses"]) - 1
@@ -76,7 +91,8 @@ def table(ratio: float, k: int, rows: dict[str, dict]) -> list[dict]:
                "mean_gap": float(gap.mean()), "worst_gap": float(gap.max()), "losses": r["losses"]}
         out.append(row)
         print(f"| {label} | {r['seconds']:.3f} | {row['speedup']:.1f}x | {r['evaluations']:.0f} | "
-              f"{row['fewer']:.1f}x | {row['mean_gap'] * 100:+.2f}% | {row['worst_gap'] * 100:+.2f}% |", flush=True)
+              f"{row['fewer']:.1f}x | {row['mean_gap'] * 100:+.2f}% | {row['worst_gap'] * 100:+.2f}% | "
+              f"{names[int(gap.argmax())] if gap.max() > 0 else '-'} |", flush=True)
     return out
 
 
@@ -115,23 +131,33 @@ def main() -> None:
     ap.add_argument("--ratios", default="0.05,0.1,0.25")
     ap.add_argument("--model", default="default")
     ap.add_argument("--photos", type=int, default=0, help="first N test photos (0: all)")
+    ap.add_argument("--val", default="data/photos/val",
+                    help="the default model's validation photos, added to the test photos ('' or missing: none)")
     ap.add_argument("--base-photos", type=int, default=2, help="photos timed on random:base at r = 0.1 (0: skip)")
-    ap.add_argument("--only", default="", help="comma-separated labels to run (default: all)")
+    ap.add_argument("--only", action="append", default=[], metavar="LABEL",
+                    help="a row's label to run (repeat for more; default: all; greedy always runs)")
     ap.add_argument("--plot", default="")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     photos = load_test_photos()
     names = sorted(photos)[: args.photos or None]
     images = [photos[n] for n in names]
-    labels = [s for s in STRATEGIES if not args.only or s in args.only.split(",") or s == "greedy (exact)"]
+    val = sorted(p for p in Path(args.val).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
+        if args.val and Path(args.val).is_dir() else []
+    names += [f"val/{p.stem}" for p in val]
+    images += [load_image_array(p) for p in val]
+    unknown = set(args.only) - set(STRATEGIES)
+    if unknown:
+        ap.error(f"unknown rows {sorted(unknown)}; rows: {list(STRATEGIES)}")
+    labels = [s for s in STRATEGIES if not args.only or s in args.only or s == "greedy (exact)"]
     model = keypatch.load_mae(args.model)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {cpu_name()}  torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads  model {args.model}")
-    print(f"photos ({len(names)}): {', '.join(names)}")
+    print(f"photos ({len(names)}: {len(names) - len(val)} test, {len(val)} validation): {', '.join(names)}")
     rows: list[dict] = []
     for ratio in (float(r) for r in args.ratios.split(",")):
         k = round(ratio * model.grid.n)
-        rows += table(ratio, k, {label: run(images, ratio, label, model) for label in labels})
+        rows += table(ratio, k, {label: run(images, ratio, label, model) for label in labels}, names)
     if args.base_photos:
         base = keypatch.load_mae("random:base:0")
         imgs = images[: args.base_photos]

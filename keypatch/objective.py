@@ -14,7 +14,13 @@ import torch
 from keypatch.geometry import PatchGrid
 from keypatch.reconstructors.mae import MAE
 from keypatch.reconstructors.precision import DEFAULT_PRECISION, reduced_copy, resolve_precision
-from keypatch.reconstructors.scoring import LossContext, context_losses, loss_context, reduced_context
+from keypatch.reconstructors.scoring import (
+    LossContext,
+    context_losses,
+    context_patch_errors,
+    loss_context,
+    reduced_context,
+)
 from keypatch.threads import TUNER
 
 DEFAULT_CHUNK = 0
@@ -154,17 +160,16 @@ class Objective:
 
     @torch.no_grad()
     def patch_errors(self, sets: torch.Tensor) -> torch.Tensor:
-        """Each patch's squared error when each image is rebuilt from its set: ``sets (B, k)`` -> ``(B, N)``.
+        """Each masked patch's squared error when each image is rebuilt from its set: ``sets (B, k)`` -> ``(B, N)``.
 
-        One full MAE pass per image (counted as one evaluation), in float32: the mean over each
-        patch's values of ``(prediction - normalised pixels)^2``; visible patches hold their
-        errors too (the strategies that screen by it ignore them). No host synchronisation.
+        One MAE pass per image (counted as one evaluation), in float32, on the scoring fast path
+        (:func:`~keypatch.reconstructors.scoring.context_patch_errors`): the mean over each
+        patch's values of ``(prediction - normalised pixels)^2``; 0 at the visible patches (``L``
+        is the mean of the others). No host synchronisation.
         """
-        b = self.batch
-        ii = torch.arange(b, device=sets.device)
+        ii = torch.arange(self.batch, device=sets.device)
         self.evaluations.index_add_(0, ii, torch.ones_like(ii))
-        pred = self.model.predict_tokens(self.context.tokens, sets, ii)
-        return (pred.float() - self.model.targets(self.images).float()).pow(2).mean(-1)
+        return context_patch_errors(self.model, self.context, sets, ii)
 
     def score_each(self, sets: torch.Tensor) -> torch.Tensor:
         """``L`` of one visible set per image, ``sets (B, k)`` -> ``(B,)``."""
@@ -189,10 +194,12 @@ class Objective:
 
         Notes
         -----
-        ``"mixed"``: every candidate is scored in bfloat16; the :data:`MIXED_REFINE` lowest, and
-        every candidate whose bfloat16 loss lies within the margin of the bfloat16 minimum, are
-        re-scored in float32. The margin is :data:`MIXED_SAFETY` times the image's largest relative
-        bfloat16 error seen so far (at this step included). If the re-scores show that a candidate
+        ``"mixed"``: with at most :data:`MIXED_REFINE` candidates per image every one is scored in
+        float32 directly (the re-scoring below would score them all). Otherwise every candidate is
+        scored in bfloat16; the :data:`MIXED_REFINE` lowest, and every candidate whose bfloat16 loss
+        lies within the margin of the bfloat16 minimum, are re-scored in float32. The margin is
+        :data:`MIXED_SAFETY` times the image's largest relative bfloat16 error seen so far (at this
+        step included). If the re-scores show that a candidate
         outside the re-scored ones could still be the float32 minimum, more are re-scored
         (:attr:`widened` counts those steps). This costs two host synchronisations per step.
         """
@@ -207,7 +214,7 @@ class Objective:
         b, c, _ = sets.shape
         flat = sets.reshape(b * c, -1)
         ii = torch.arange(b, device=sets.device).repeat_interleave(c)
-        if self.precision != "mixed":
+        if self.precision != "mixed" or c <= MIXED_REFINE:  # mixed re-scores that many in float32 anyway
             return self.score(flat, ii).view(b, c)
         return self._refine(self.screen(flat, ii).view(b, c), sets)
 

@@ -122,8 +122,9 @@ def _visible_rows(model: MAE, z: torch.Tensor, visible: torch.Tensor, queries: b
 
 
 def decode_one_block(model: MAE, ctx: LossContext, z: torch.Tensor, visible: torch.Tensor, masked: torch.Tensor,
-                     image_index: torch.Tensor) -> torch.Tensor:
-    """Losses ``(M,)`` from the encoder output ``z (M, k+1, Dd)`` with a one-block decoder."""
+                     image_index: torch.Tensor, reduce: bool = True) -> torch.Tensor:
+    """Losses ``(M,)`` from the encoder output ``z (M, k+1, Dd)`` with a one-block decoder
+    (``reduce=False``: each masked patch's mean squared error, ``(M, R)`` in the order of ``masked``)."""
     blk = model.decoder_blocks[0]
     m, _, dd = z.shape
     r = masked.shape[1]
@@ -142,7 +143,8 @@ def decode_one_block(model: MAE, ctx: LossContext, z: torch.Tensor, visible: tor
         rows = slice(t, t + DECODER_BLOCK_ROWS)
         y = proj_mlp(blk, residual.to(att.dtype).index_select(0, pos[rows]), att[rows], ctx.workspace)
         errs.append(patch_errors(ctx, model.decoder_norm(y), img[rows], pos[rows]))
-    return torch.cat(errs).view(m, r).sum(1) / (r * model.config.patch_dim)
+    err = torch.cat(errs).view(m, r)
+    return err.sum(1) / (r * model.config.patch_dim) if reduce else err / model.config.patch_dim
 
 
 def _first_block(model: MAE, ctx: LossContext, z: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
@@ -169,8 +171,9 @@ def _first_block(model: MAE, ctx: LossContext, z: torch.Tensor, visible: torch.T
 
 
 def decode_deep(model: MAE, ctx: LossContext, z: torch.Tensor, visible: torch.Tensor, masked: torch.Tensor,
-                image_index: torch.Tensor) -> torch.Tensor:
-    """Losses ``(M,)`` from the encoder output ``z (M, k+1, Dd)`` with a decoder of two or more blocks."""
+                image_index: torch.Tensor, reduce: bool = True) -> torch.Tensor:
+    """Losses ``(M,)`` from the encoder output ``z (M, k+1, Dd)`` with a decoder of two or more blocks
+    (``reduce=False``: as :func:`decode_one_block`)."""
     m, r = masked.shape
     x = _first_block(model, ctx, z, visible)
     *middle, last = model.decoder_blocks[1:]
@@ -186,4 +189,4 @@ def decode_deep(model: MAE, ctx: LossContext, z: torch.Tensor, visible: torch.Te
     y = x[rows].reshape(m * r, dd)
     y = proj_mlp(last, y.add_(bias) if bias is not None else y, att.reshape(m * r, dd), ctx.workspace)
     err = patch_errors(ctx, model.decoder_norm(y).view(m, r, dd), image_index[:, None], masked)
-    return err.sum(1) / (r * model.config.patch_dim)
+    return err.sum(1) / (r * model.config.patch_dim) if reduce else err / model.config.patch_dim

@@ -117,6 +117,22 @@ def context_losses(model: MAE, ctx: LossContext, visible: torch.Tensor, image_in
                              image_index[s : s + step]) for s in range(0, m, step)])
 
 
+def context_patch_errors(model: MAE, ctx: LossContext, visible: torch.Tensor,
+                         image_index: torch.Tensor) -> torch.Tensor:
+    """Each masked patch's mean squared error for ``M`` visible sets: ``(M, N)`` float32, 0 at the
+    visible patches (arguments as :func:`context_losses`, whose ``L`` is the mean of the masked
+    entries). The per-patch terms :func:`context_losses` sums, in one pass per set."""
+    m, k = visible.shape
+    n = ctx.tokens.shape[1]
+    out = torch.zeros(m, n, device=visible.device)
+    if k >= n:
+        return out
+    masked = masked_patches(visible, n)
+    z = encode(model, ctx, visible, image_index)
+    decode = decode_one_block if len(model.decoder_blocks) == 1 else decode_deep
+    return out.scatter_(1, masked, decode(model, ctx, z, visible, masked, image_index, reduce=False).float())
+
+
 def encode(model: MAE, ctx: LossContext, visible: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
     """The encoder on ``[cls] + visible`` tokens, projected to the decoder width: ``(M, k+1, Dd)``.
 

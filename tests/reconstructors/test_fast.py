@@ -56,6 +56,34 @@ def test_fast_losses_equal_full_predictions(decoder_depth):
             assert (fast == 0).all()
 
 
+@pytest.mark.parametrize("decoder_depth", [1, 2])
+def test_fast_patch_errors_equal_full_predictions(decoder_depth):
+    """Objective.patch_errors: each masked patch's error as the textbook prediction gives it, 0 at
+    the visible ones, and their mean is L."""
+    from keypatch.objective import Objective
+
+    cfg = MAEConfig(image_size=64, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32,
+                    decoder_depth=decoder_depth, decoder_num_heads=4)
+    model = MAE(cfg)
+    model.reset_parameters(seed=4)
+    with torch.no_grad():
+        model.mask_token.normal_(0, 0.5)
+    model.eval()
+    x = _images(3)
+    obj = Objective(model, x)
+    g = torch.Generator().manual_seed(1)
+    for k in (0, 5, 16):
+        sets = torch.stack([torch.randperm(16, generator=g)[:k] for _ in range(3)])
+        err = obj.patch_errors(sets)
+        with torch.no_grad():
+            pred = model.predict_tokens(model.embed(x), sets, torch.arange(3))
+        plain = (pred - model.targets(x)).pow(2).mean(-1)
+        masked = torch.ones(3, 16, dtype=torch.bool).scatter_(1, sets, False)
+        assert torch.allclose(err[masked], plain[masked], rtol=1e-5, atol=1e-6) and (err[~masked] == 0).all()
+        if k < 16:
+            assert torch.allclose(err.sum(1) / (16 - k), obj.score_each(sets), rtol=1e-5)
+
+
 def test_exact_greedy_matches_brute_force_on_the_toy_grid(toy_model):
     """Every step's pick is the argmin of the plain (full-prediction) loss over all candidates."""
     x = _images(2)

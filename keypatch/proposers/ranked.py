@@ -1,0 +1,309 @@
+"""Ranked greedy KPP: a small learned ranker chooses the few candidates scored exactly at each step.
+
+``screened`` ranks candidates by the current reconstruction error alone, and exact greedy's next
+patch is in that top 8 at well under half of the steps. ``ranked`` replaces the error with a
+ranker: a four-layer convolutional net over the patch grid (about 30 thousand parameters) that
+reads, per patch, the current error (one MAE pass from the chosen set), how it changed at the last
+step, whether the patch is chosen, its pixel variance, how much it differs from its four
+neighbours, and its distance from the centre; it outputs a score per patch. It is trained (``tools/ranker/fit.py``)
+to put exact greedy's best candidates first, from exact greedy's steps on training photos with
+every candidate's ``L``. The shipped weights (``keypatch/weights/ranker_default.safetensors``)
+were fitted to the embedded default model; for another MAE they still screen (the inputs are
+relative errors and pixel statistics) but fitting them to that model's own steps is better.
+
+Each step scores exactly the ``m`` best-ranked candidates and the ``keep`` best runners-up of the
+last step, adds the best of them, and ``rounds`` of neighbour moves
+(:func:`keypatch.proposers.swap.refine`) follow. The trade against exact greedy is measured by
+``benchmarks/bench_search.py`` (``docs/results.md``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from keypatch.objective import DEFAULT_CHUNK, Objective
+from keypatch.proposers.base import register
+from keypatch.proposers.search import SearchProposer, start_state
+from keypatch.proposers.swap import refine
+from keypatch.reconstructors.precision import DEFAULT_PRECISION
+
+DEFAULT_RANKER = Path(__file__).resolve().parent.parent / "weights" / "ranker_default.safetensors"
+"""The shipped ranker, fitted to the embedded default model (``tools/ranker/fit.py``)."""
+
+CHANNELS = 11
+"""Inputs per grid cell (:func:`ranker_inputs`)."""
+
+
+def ranker_inputs(targets: torch.Tensor, err: torch.Tensor, prev_err: torch.Tensor, chosen: torch.Tensor,
+                  rows: int, cols: int, static: torch.Tensor | None = None) -> torch.Tensor:
+    """The ranker's input grid for each image.
+
+    Parameters
+    ----------
+    targets : torch.Tensor
+        ``(B, N, D)`` the patches in the MAE's normalised pixel space.
+    err, prev_err : torch.Tensor
+        ``(B, N)`` each patch's squared error when rebuilt from the current chosen set, and from
+        the set one step before (``err`` again at the first step).
+    chosen : torch.Tensor
+        ``(B, N)`` bool, the chosen patches.
+    rows, cols : int
+        The patch grid.
+    static : torch.Tensor, optional
+        :func:`static_inputs` of ``targets`` when already computed (they do not change with the set).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 11, rows, cols)`` float32: log pixel variance; log mean squared difference to the
+        right, lower, left and upper neighbour (0 off the grid); Chebyshev distance from the
+        centre in [0, 1]; chosen; error over the mean masked error (clipped at 20) and its log;
+        the drop of that error since the last step; 0.1 x log of the mean masked error.
+    """
+    b, n = err.shape
+    if static is None:
+        static = static_inputs(targets, rows, cols)
+    e = err.float().masked_fill(chosen, 0)
+    mean = (e.sum(1) / (~chosen).sum(1).clamp(min=1)).clamp(min=1e-6)
+    rel = e / mean[:, None]
+    drop = ((prev_err.float() - err.float()) / mean[:, None]).masked_fill(chosen, 0)
+    dynamic = [chosen.float(), rel.clamp(max=20), torch.log(rel + 1e-3).masked_fill(chosen, 0),
+               drop.clamp(-20, 20), 0.1 * torch.log(mean)[:, None].expand(b, n)]
+    return torch.cat([static, torch.stack(dynamic, 1).view(b, len(dynamic), rows, cols)], 1)
+
+
+def static_inputs(targets: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """The first 6 channels of :func:`ranker_inputs`, which depend on the image only: ``(B, 6, rows, cols)``."""
+    b, n, d = targets.shape
+    t = targets.float()
+    x = t.view(b, rows, cols, d)
+    dev = t.device
+    out = [torch.log(t.var(-1).view(b, rows, cols) + 1e-3)]
+    for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+        diff = (x - torch.roll(x, shifts=(-dy, -dx), dims=(1, 2))).pow(2).mean(-1)
+        valid = torch.ones(rows, cols, device=dev)  # 0 where the neighbour is off the grid
+        if dx:
+            valid[:, -1 if dx > 0 else 0] = 0
+        if dy:
+            valid[-1 if dy > 0 else 0, :] = 0
+        out.append(torch.log(diff + 1e-3) * valid)
+    yy = torch.linspace(-1, 1, rows, device=dev)[:, None].abs()
+    xx = torch.linspace(-1, 1, cols, device=dev)[None, :].abs()
+    out.append(torch.maximum(yy, xx).expand(b, rows, cols))
+    return torch.stack(out, 1)
+
+
+class PatchRanker(nn.Module):
+    """A small fully convolutional net: :func:`ranker_inputs` ``(B, 11, R, C)`` -> a score per patch ``(B, R*C)``.
+
+    Larger scores are ranked first. Any grid size works (3x3 convolutions, then a 1x1).
+    """
+
+    def __init__(self, width: int = 32, depth: int = 4) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(CHANNELS, width, 3, padding=1), nn.ReLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
+        layers.append(nn.Conv2d(width, 1, 1))
+        self.net = nn.Sequential(*layers)
+        self.width, self.depth = width, depth
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.net(inputs).flatten(1)
+
+
+def save_ranker(ranker: PatchRanker, path: str | Path, **info: str) -> None:
+    """Write ``ranker`` as safetensors, its shape (and ``info``) in the file's metadata."""
+    meta = {"width": str(ranker.width), "depth": str(ranker.depth), "channels": str(CHANNELS), **info}
+    save_file({k: v.detach().cpu().contiguous() for k, v in ranker.state_dict().items()}, str(path), metadata=meta)
+
+
+@functools.lru_cache(maxsize=4)
+def load_ranker(path: str = "default") -> PatchRanker:
+    """A ranker from a safetensors file written by :func:`save_ranker` (``"default"``: the shipped one).
+
+    Raises FileNotFoundError naming the path, or ValueError for a file of another shape.
+    """
+    file = DEFAULT_RANKER if path == "default" else Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"no ranker weights at {file}")
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("channels") != str(CHANNELS):
+        raise ValueError(f"{file} is not a keypatch ranker with {CHANNELS} input channels "
+                         f"(metadata {json.dumps(meta)})")
+    ranker = PatchRanker(int(meta["width"]), int(meta["depth"]))
+    ranker.load_state_dict(load_file(str(file)))
+    return ranker.eval()
+
+
+@register
+class RankedGreedy(SearchProposer):
+    """Greedy over the candidates a learned ranker puts first, then neighbour moves.
+
+    Parameters
+    ----------
+    m : int
+        Best-ranked candidates scored exactly at each step.
+    errors : int
+        Further candidates scored at each step: the patches the MAE currently rebuilds worst that the
+        ranker left out (``screened``'s screen; 0: none).
+    keep : int
+        Best runners-up of the previous step scored again (0: none).
+    rounds : int
+        Rounds of neighbour moves after the greedy pass (0: none), as ``swap``'s.
+    reach : int
+        Chebyshev radius of those moves (1: the 8 neighbours).
+    moves : int
+        Destinations tried per patch in a round of moves: the free neighbours the ranker scores
+        highest (ranked once per round, from the set at its start); 0: every free neighbour, as
+        ``swap``'s rounds.
+    ranker : str
+        Weights written by :func:`save_ranker` (``tools/ranker/fit.py``); ``"default"``: the
+        shipped ones, fitted to the embedded default model.
+    start, chunk_size, precision
+        As for ``greedy`` (see :class:`~keypatch.proposers.search.SearchProposer`).
+
+    Notes
+    -----
+    A step costs one full MAE pass per image (the error map), the ranker (negligible) and
+    ``m + keep`` scored sets, all images batched; a round of moves about ``8 k`` more. The ranker
+    runs image by image and ties go to the lowest patch index, so the picks are deterministic and
+    the same alone as in a batch. With ``rounds > 0`` only the final ``L`` is known (shorter
+    prefixes NaN; the public API recomputes them).
+    """
+
+    name = "ranked"
+    options = {**SearchProposer.options, "m": int, "errors": int, "keep": int, "rounds": int, "reach": int,
+               "moves": int, "ranker": str}
+
+    def __init__(self, m: int = 4, errors: int = 0, keep: int = 0, rounds: int = 2, reach: int = 1, moves: int = 2,
+                 ranker: str = "default", start: str = "center", chunk_size: int = DEFAULT_CHUNK,
+                 precision: str = DEFAULT_PRECISION) -> None:
+        super().__init__(start, chunk_size, precision)
+        if m < 1 or min(errors, keep, rounds, moves) < 0 or reach < 1:
+            raise ValueError(f"m must be >= 1, errors, keep, rounds and moves >= 0 and reach >= 1, got m={m}, "
+                             f"errors={errors}, keep={keep}, rounds={rounds}, reach={reach}, moves={moves}")
+        self.m, self.errors, self.keep = int(m), int(errors), int(keep)
+        self.rounds, self.reach, self.moves = int(rounds), int(reach), int(moves)
+        self.ranker = str(ranker)
+        load_ranker(self.ranker)  # a missing or foreign file fails here, before any MAE pass
+
+    @property
+    def prefix_consistent(self) -> bool:  # type: ignore[override]
+        """Without neighbour moves no step depends on ``k``."""
+        return self.rounds == 0
+
+    @torch.no_grad()
+    def search(self, objective: Objective, k: int, seeds: list[int]):
+        chosen, losses, remaining = start_state(objective, self.start)
+        b, n, dev = objective.batch, objective.grid.n, objective.device
+        rank = Ranking(objective, load_ranker(self.ranker))
+        ar = torch.arange(b, device=dev)
+        picks, step_losses = [chosen], [losses]
+        runner = torch.full((b, n), math.inf, device=dev)  # last step's scores (inf: not scored)
+        for j in range(chosen.shape[1], k):
+            sets = torch.cat(picks, dim=1)
+            by_rank = ranks(rank(sets, ~remaining), remaining)
+            top = by_rank < self.m
+            # the largest current errors and the best runners-up of the last step that the ranker left out
+            by_err = ranks(rank.last.masked_fill(top, -math.inf), remaining)
+            top_err = (by_err < self.errors) & ~top
+            by_runner = ranks(-runner.masked_fill(top | top_err, math.inf), remaining)
+            top_runner = (by_runner < self.keep) & runner.isfinite() & ~top & ~top_err
+            key = torch.where(top, by_rank, torch.where(top_err, n + by_err, torch.where(
+                top_runner, 2 * n + by_runner, 3 * n + by_rank)))
+            key = key.masked_fill(~remaining, 5 * n)
+            count = min(self.m + self.errors + self.keep, n - j)
+            cand = key.topk(count, dim=1, largest=False).indices.sort(dim=1).values  # ascending: ties low
+            scores = objective.step(sets, cand)
+            best = scores.argmin(dim=1)  # first minimum: lowest index on ties
+            pick = cand[ar, best]
+            picks.append(pick[:, None])
+            step_losses.append(scores[ar, best][:, None])
+            remaining[ar, pick] = False
+            runner = torch.full((b, n), math.inf, device=dev).scatter_(1, cand, scores)
+        patches, losses = torch.cat(picks, dim=1), torch.cat(step_losses, dim=1)
+        if self.rounds == 0 or k >= n:
+            return patches, losses
+        current = losses[:, -1].to(dev, torch.float32)
+        if self.moves == 0:
+            return refine(objective, patches, current, self.rounds, self.reach)
+        return refine_ranked(objective, rank, patches, current, self.rounds, self.reach, self.moves)
+
+
+def ranks(signal: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Each patch's rank by ``signal (B, N)``, largest first, ties to the lowest index (a stable
+    sort); patches not ``allowed`` after all the others."""
+    order = torch.sort(-signal.masked_fill(~allowed, -math.inf), dim=1, stable=True).indices
+    position = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, position)
+
+
+class Ranking:
+    """The ranker's score of every patch given each image's chosen set, for one objective.
+
+    Keeps the images' targets and the last error map, ``last`` (the ranker reads how the error changed).
+    """
+
+    def __init__(self, objective: Objective, net: PatchRanker) -> None:
+        self.objective, self.grid = objective, objective.grid
+        dev = objective.device
+        self.net = net.to(dev) if next(net.parameters()).device != dev else net
+        self.targets = objective.model.targets(objective.images).float()
+        self.static = static_inputs(self.targets, self.grid.rows, self.grid.cols)
+        self.last: torch.Tensor | None = None
+
+    def __call__(self, sets: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """``sets (B, j)`` (``chosen (B, N)`` their mask) -> ``(B, N)`` scores; one MAE pass per image."""
+        err = self.objective.patch_errors(sets)
+        inputs = ranker_inputs(self.targets, err, err if self.last is None else self.last, chosen,
+                               self.grid.rows, self.grid.cols, self.static)
+        self.last = err
+        # image by image: a convolution's result must not depend on the batch it ran in
+        return torch.cat([self.net(inputs[i : i + 1]) for i in range(inputs.shape[0])])
+
+
+def refine_ranked(objective: Objective, rank: Ranking, patches: torch.Tensor, current: torch.Tensor, rounds: int,
+                  reach: int, moves: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~keypatch.proposers.swap.refine` with each patch tried only at the ``moves`` free
+    neighbours (within ``reach``) that ``rank`` scores highest, ranked once per round from the set
+    at its start. Returns as ``refine``."""
+    (b, k), n, dev = patches.shape, objective.grid.n, objective.device
+    patches = patches.clone()
+    dist = objective.grid.distances(dev)
+    near = (dist > 0) & (dist <= reach)  # (N, N) the moves of each patch
+    for _ in range(rounds):
+        chosen = torch.zeros(b, n, dtype=torch.bool, device=dev).scatter_(1, patches, True)
+        score = rank(patches, chosen)
+        moved = torch.zeros(b, dtype=torch.bool, device=dev)
+        for i in range(k):
+            free = torch.ones(b, n, dtype=torch.bool, device=dev).scatter_(1, patches, False)
+            allowed = near[patches[:, i]] & free  # (B, N): where patch i may go
+            top = (ranks(score, allowed) < moves) & allowed
+            rows, dest = top.nonzero(as_tuple=True)
+            if rows.numel() == 0:
+                continue
+            sets = patches[rows].clone()
+            sets[:, i] = dest
+            scores = torch.full((b, n), math.inf, device=dev)
+            scores[rows, dest] = objective.score(sets, rows)
+            best, where = scores.min(dim=1)  # first minimum: lowest index on ties
+            better = best < current
+            patches[better, i] = where[better]
+            current = torch.where(better, best, current)
+            moved |= better
+        if not bool(moved.any()):
+            break
+    out = torch.full((b, k), math.nan, device=dev)
+    out[:, -1] = current
+    return patches, out

@@ -1,0 +1,112 @@
+"""Ranked greedy: its inputs, its shipped ranker, its screen and its ranked moves."""
+
+import pytest
+import torch
+
+import keypatch
+from keypatch.geometry import normalize
+from keypatch.objective import Objective
+from keypatch.proposers import get_proposer
+from keypatch.proposers.ranked import (
+    DEFAULT_RANKER,
+    PatchRanker,
+    Ranking,
+    load_ranker,
+    ranker_inputs,
+    refine_ranked,
+    save_ranker,
+)
+from keypatch.proposers.swap import refine
+
+
+def _images(n: int, size: int = 224) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    small = torch.rand(n, 3, 8, 8, generator=g)
+    return torch.stack([normalize(torch.nn.functional.interpolate(s[None], size=size, mode="bilinear")[0])
+                        for s in small])
+
+
+@pytest.fixture(scope="module")
+def photos() -> torch.Tensor:
+    return _images(3)
+
+
+def test_inputs_on_a_known_grid():
+    """2x3 grid, 2 values per patch: variances, neighbour differences (0 off the grid), errors."""
+    t = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [0.0, 2.0], [3.0, 3.0], [3.0, 3.0], [3.0, 3.0]]])
+    err = torch.tensor([[4.0, 2.0, 1.0, 1.0, 0.0, 9.0]])
+    prev = torch.tensor([[5.0, 2.0, 3.0, 1.0, 0.0, 9.0]])
+    chosen = torch.tensor([[False, False, False, False, False, True]])
+    x = ranker_inputs(t, err, prev, chosen, 2, 3)
+    assert x.shape == (1, 11, 2, 3)
+    log = torch.log
+    assert x[0, 0, 0, 2] == pytest.approx(log(torch.tensor(2.0 + 1e-3)).item())  # var of (0, 2), unbiased
+    assert x[0, 1, 0, 0] == pytest.approx(log(torch.tensor(1.0 + 1e-3)).item())  # to the right: (0,0) vs (1,1)
+    assert x[0, 1, 0, 2] == 0 and x[0, 2, 1, 0] == 0 and x[0, 3, 0, 0] == 0 and x[0, 4, 0, 1] == 0  # off the grid
+    assert x[0, 2, 0, 0] == pytest.approx(log(torch.tensor(9.0 + 1e-3)).item())  # below: (0,0) vs (3,3)
+    mean = 8.0 / 5  # the masked patches' errors
+    assert x[0, 6].flatten().tolist() == [0, 0, 0, 0, 0, 1]
+    assert x[0, 7, 0, 0] == pytest.approx(4 / mean) and x[0, 7, 1, 2] == 0
+    assert x[0, 9, 0, 2] == pytest.approx(2 / mean) and x[0, 9, 0, 1] == 0  # the drop since the last step
+    assert x[0, 10, 0, 0] == pytest.approx(0.1 * log(torch.tensor(mean)).item())
+    assert x[0, 5].eq(1).all()  # Chebyshev distance from the centre: a 2-row grid has no centre row
+
+
+def test_shipped_ranker_loads_and_round_trips(tmp_path):
+    net = load_ranker()
+    assert isinstance(net, PatchRanker) and DEFAULT_RANKER.is_file()
+    x = torch.randn(2, 11, 14, 14)
+    save_ranker(net, tmp_path / "r.safetensors", model="test")
+    again = load_ranker(str(tmp_path / "r.safetensors"))
+    assert torch.equal(again(x), net(x)) and net(x).shape == (2, 196)
+
+
+def test_missing_or_foreign_weights_fail_before_any_pass(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no ranker weights"):
+        get_proposer("ranked", ranker=str(tmp_path / "none.safetensors"))
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a keypatch ranker"):
+        get_proposer("ranked", ranker=str(tmp_path / "other.safetensors"))
+
+
+def test_a_screen_as_wide_as_the_grid_without_moves_is_exact_greedy(toy_model):
+    images = _images(3, size=64)
+    wide = keypatch.propose_batch(images, 0.5, "ranked", toy_model, m=16, keep=0, rounds=0)
+    exact = keypatch.propose_batch(images, 0.5, "greedy", toy_model)
+    for w, e in zip(wide, exact, strict=True):
+        assert w.patches == e.patches and w.losses == pytest.approx(e.losses, abs=1e-6)
+        assert w.evaluations == e.evaluations + 8 - 1  # one error pass per step (the centre is given)
+
+
+def test_the_screen_scores_m_plus_keep_sets_per_step(tiny224, photos):
+    p = keypatch.propose(photos[0], 0.1, "ranked", tiny224, m=3, keep=2, rounds=0)
+    assert p.evaluations == 1 + 19 * (1 + 3 + 2)  # the centre, then per step the error pass and 5 sets
+
+
+def test_moves_only_lower_the_loss_and_ranked_moves_with_every_neighbour_are_refine(tiny224, photos):
+    objective = Objective(tiny224, photos)
+    start = torch.arange(20).expand(3, 20).clone()  # the first 20 patches: a poor set
+    current = objective.score_each(start)
+    ranking = Ranking(objective, load_ranker())
+    few, few_losses = refine_ranked(objective, ranking, start, current, rounds=2, reach=1, moves=2)
+    assert (few_losses[:, -1] < current).all()
+    assert torch.allclose(few_losses[:, -1], objective.score_each(few), rtol=1e-6)
+    every, _ = refine_ranked(objective, ranking, start, current, rounds=2, reach=1, moves=8)
+    plain, _ = refine(objective, start, current, rounds=2, reach=1)
+    assert torch.equal(every, plain)
+
+
+def test_batch_equals_one_by_one_with_ranked_moves(tiny224, photos):
+    together = keypatch.propose_batch(photos, 0.1, "ranked", tiny224, moves=2)
+    for i, p in enumerate(together):
+        alone = keypatch.propose(photos[i], 0.1, "ranked", tiny224, moves=2)
+        assert alone.patches == p.patches and alone.loss == p.loss
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="m must be >= 1"):
+        get_proposer("ranked", m=0)
+    with pytest.raises(ValueError, match="errors, keep, rounds and moves >= 0"):
+        get_proposer("ranked", moves=-1)

@@ -1,0 +1,1 @@
+"""Fitting the ``ranked`` strategy's patch ranker (``python -m tools.ranker.fit``)."""
