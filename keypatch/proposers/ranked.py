@@ -30,7 +30,7 @@ from torch import nn
 
 from keypatch.objective import DEFAULT_CHUNK, Objective
 from keypatch.proposers.base import register
-from keypatch.proposers.search import SearchProposer, start_state
+from keypatch.proposers.search import SearchProposer, ranks, screened_step, start_state
 from keypatch.proposers.swap import refine
 from keypatch.reconstructors.precision import DEFAULT_PRECISION
 
@@ -208,7 +208,6 @@ class RankedGreedy(SearchProposer):
         chosen, losses, remaining = start_state(objective, self.start)
         b, n, dev = objective.batch, objective.grid.n, objective.device
         rank = Ranking(objective, load_ranker(self.ranker))
-        ar = torch.arange(b, device=dev)
         picks, step_losses = [chosen], [losses]
         runner = torch.full((b, n), math.inf, device=dev)  # last step's scores (inf: not scored)
         for j in range(chosen.shape[1], k):
@@ -222,31 +221,21 @@ class RankedGreedy(SearchProposer):
             top_runner = (by_runner < self.keep) & runner.isfinite() & ~top & ~top_err
             key = torch.where(top, by_rank, torch.where(top_err, n + by_err, torch.where(
                 top_runner, 2 * n + by_runner, 3 * n + by_rank)))
-            key = key.masked_fill(~remaining, 5 * n)
             count = min(self.m + self.errors + self.keep, n - j)
-            cand = key.topk(count, dim=1, largest=False).indices.sort(dim=1).values  # ascending: ties low
-            scores = objective.step(sets, cand)
-            best = scores.argmin(dim=1)  # first minimum: lowest index on ties
-            pick = cand[ar, best]
+            pick, loss, cand, scores = screened_step(objective, sets, key, count, remaining)
             picks.append(pick[:, None])
-            step_losses.append(scores[ar, best][:, None])
-            remaining[ar, pick] = False
+            step_losses.append(loss[:, None])
             runner = torch.full((b, n), math.inf, device=dev).scatter_(1, cand, scores)
         patches, losses = torch.cat(picks, dim=1), torch.cat(step_losses, dim=1)
         if self.rounds == 0 or k >= n:
             return patches, losses
-        current = losses[:, -1].to(dev, torch.float32)
-        if self.moves == 0:
-            return refine(objective, patches, current, self.rounds, self.reach)
-        return refine_ranked(objective, rank, patches, current, self.rounds, self.reach, self.moves)
 
+        def rank_moves(current: torch.Tensor) -> torch.Tensor:
+            chosen = torch.zeros(b, n, dtype=torch.bool, device=dev).scatter_(1, current, True)
+            return rank(current, chosen)
 
-def ranks(signal: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Each patch's rank by ``signal (B, N)``, largest first, ties to the lowest index (a stable
-    sort); patches not ``allowed`` after all the others."""
-    order = torch.sort(-signal.masked_fill(~allowed, -math.inf), dim=1, stable=True).indices
-    position = torch.arange(order.shape[1], device=order.device).expand_as(order)
-    return torch.empty_like(order).scatter_(1, order, position)
+        return refine(objective, patches, losses[:, -1].to(dev, torch.float32), self.rounds, self.reach,
+                      rank_moves, self.moves)
 
 
 class Ranking:
@@ -271,39 +260,3 @@ class Ranking:
         self.last = err
         # image by image: a convolution's result must not depend on the batch it ran in
         return torch.cat([self.net(inputs[i : i + 1]) for i in range(inputs.shape[0])])
-
-
-def refine_ranked(objective: Objective, rank: Ranking, patches: torch.Tensor, current: torch.Tensor, rounds: int,
-                  reach: int, moves: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`~keypatch.proposers.swap.refine` with each patch tried only at the ``moves`` free
-    neighbours (within ``reach``) that ``rank`` scores highest, ranked once per round from the set
-    at its start. Returns as ``refine``."""
-    (b, k), n, dev = patches.shape, objective.grid.n, objective.device
-    patches = patches.clone()
-    dist = objective.grid.distances(dev)
-    near = (dist > 0) & (dist <= reach)  # (N, N) the moves of each patch
-    for _ in range(rounds):
-        chosen = torch.zeros(b, n, dtype=torch.bool, device=dev).scatter_(1, patches, True)
-        score = rank(patches, chosen)
-        moved = torch.zeros(b, dtype=torch.bool, device=dev)
-        for i in range(k):
-            free = torch.ones(b, n, dtype=torch.bool, device=dev).scatter_(1, patches, False)
-            allowed = near[patches[:, i]] & free  # (B, N): where patch i may go
-            top = (ranks(score, allowed) < moves) & allowed
-            rows, dest = top.nonzero(as_tuple=True)
-            if rows.numel() == 0:
-                continue
-            sets = patches[rows].clone()
-            sets[:, i] = dest
-            scores = torch.full((b, n), math.inf, device=dev)
-            scores[rows, dest] = objective.score(sets, rows)
-            best, where = scores.min(dim=1)  # first minimum: lowest index on ties
-            better = best < current
-            patches[better, i] = where[better]
-            current = torch.where(better, best, current)
-            moved |= better
-        if not bool(moved.any()):
-            break
-    out = torch.full((b, k), math.nan, device=dev)
-    out[:, -1] = current
-    return patches, out

@@ -25,7 +25,7 @@ import torch
 
 from keypatch.objective import DEFAULT_CHUNK, Objective
 from keypatch.proposers.base import register
-from keypatch.proposers.search import SearchProposer, start_state
+from keypatch.proposers.search import SearchProposer, ranks, screened_step, start_state
 from keypatch.proposers.swap import refine, refine_batched
 from keypatch.reconstructors.precision import DEFAULT_PRECISION
 
@@ -83,31 +83,21 @@ class ScreenedGreedy(SearchProposer):
     def search(self, objective: Objective, k: int, seeds: list[int]):
         chosen, losses, remaining = start_state(objective, self.start)
         b, n, dev = objective.batch, objective.grid.n, objective.device
-        ar = torch.arange(b, device=dev)
         picks, step_losses = [chosen], [losses]
-        ranked = torch.arange(n, device=dev).expand(b, n)
         runner = torch.full((b, n), math.inf, device=dev)  # last step's scores (inf: not scored)
         for j in range(chosen.shape[1], k):
             sets = torch.cat(picks, dim=1)
-            err = objective.patch_errors(sets).masked_fill_(~remaining, -math.inf)
-            # each patch's rank by error, largest first, ties to the lowest index (a stable sort)
-            by_err = torch.empty_like(ranked).scatter_(1, torch.sort(-err, dim=1, stable=True).indices, ranked)
+            by_err = ranks(objective.patch_errors(sets), remaining)  # largest first, ties to the lowest index
             top_err = by_err < self.m
             # the best runners-up of the last step that the error screen left out
-            left = runner.masked_fill(top_err | ~remaining, math.inf)
-            by_runner = torch.empty_like(ranked).scatter_(1, torch.sort(left, dim=1, stable=True).indices, ranked)
-            top_runner = (by_runner < self.keep) & left.isfinite()
+            by_runner = ranks(-runner.masked_fill(top_err, math.inf), remaining)
+            top_runner = (by_runner < self.keep) & runner.isfinite() & ~top_err
             # candidates: the error screen's, the runners-up, then (too few runners-up) further by error
             key = torch.where(top_err, by_err, torch.where(top_runner, n + by_runner, 2 * n + by_err))
-            key = key.masked_fill(~remaining, 4 * n)
             count = min(self.m + self.keep, n - j)
-            cand = key.topk(count, dim=1, largest=False).indices.sort(dim=1).values  # ascending: ties low
-            scores = objective.step(sets, cand)
-            best = scores.argmin(dim=1)  # first minimum: lowest index on ties
-            pick = cand[ar, best]
+            pick, loss, cand, scores = screened_step(objective, sets, key, count, remaining)
             picks.append(pick[:, None])
-            step_losses.append(scores[ar, best][:, None])
-            remaining[ar, pick] = False
+            step_losses.append(loss[:, None])
             runner = torch.full((b, n), math.inf, device=dev).scatter_(1, cand, scores)
         patches, losses = torch.cat(picks, dim=1), torch.cat(step_losses, dim=1)
         if self.rounds == 0 or k >= n:

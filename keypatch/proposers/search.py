@@ -7,6 +7,7 @@ the evaluations.
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from typing import Any, NamedTuple
 
@@ -126,6 +127,32 @@ def remaining_count(remaining: torch.Tensor, count: int) -> torch.Tensor:
     n = remaining.shape[1]
     key = (~remaining).long() * n + torch.arange(n, device=remaining.device)
     return key.sort(dim=1).values[:, :count]
+
+
+def ranks(signal: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Each patch's rank by ``signal (B, N)``, largest first, ties to the lowest index (a stable
+    sort); patches not ``allowed`` after all the others."""
+    order = torch.sort(-signal.masked_fill(~allowed, -math.inf), dim=1, stable=True).indices
+    position = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, position)
+
+
+def screened_step(objective: Objective, sets: torch.Tensor, key: torch.Tensor, count: int,
+                  remaining: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of a screened greedy: score the ``count`` remaining candidates with the lowest
+    ``key (B, N)`` and add the best.
+
+    Returns ``pick (B,)`` and its ``L (B,)``, and the scored candidates ``(B, count)`` (ascending)
+    with their ``L``. ``remaining`` is updated in place. Ties go to the lowest patch index.
+    """
+    n = remaining.shape[1]
+    cand = key.masked_fill(~remaining, 5 * n + 1).topk(count, dim=1, largest=False).indices.sort(dim=1).values
+    scores = objective.step(sets, cand)
+    ar = torch.arange(sets.shape[0], device=sets.device)
+    best = scores.argmin(dim=1)  # first minimum: lowest index on ties
+    pick = cand[ar, best]
+    remaining[ar, pick] = False
+    return pick, scores[ar, best], cand, scores
 
 
 class StartState(NamedTuple):

@@ -16,12 +16,13 @@ refines exact greedy itself for a few percent more evaluations (measured in ``do
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from keypatch.objective import DEFAULT_CHUNK, Objective
 from keypatch.proposers.base import get_proposer, register
-from keypatch.proposers.search import SearchProposer
+from keypatch.proposers.search import SearchProposer, ranks
 from keypatch.reconstructors.precision import DEFAULT_PRECISION
 
 BASES = ("greedy", "local", "lazy", "stochastic", "multi", "screened")
@@ -100,21 +101,29 @@ class SwapRefine(SearchProposer):
 
 
 def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, rounds: int,
-           reach: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+           reach: int = 1, rank: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           moves: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Move each patch of ``patches (B, k)`` to its best free neighbour within ``reach`` where that
     lowers ``L`` (``current (B,)`` is ``L(patches)``), ``rounds`` passes over the patches, stopping
     once a pass moves nothing. Returns the patches (moved in place of the originals) and ``(B, k)``
-    losses, NaN but the last (``L`` of the whole set)."""
+    losses, NaN but the last (``L`` of the whole set).
+
+    With ``rank`` (``patches (B, k)`` -> a score per patch ``(B, N)``, larger first; called once per
+    round, on the set at its start) and ``moves > 0``, each patch tries only the ``moves`` free
+    neighbours that ``rank`` scores highest."""
     (b, k), n, dev = patches.shape, objective.grid.n, objective.device
     patches = patches.clone()
     dist = objective.grid.distances(dev)
     near = (dist > 0) & (dist <= reach)  # (N, N) the moves of each patch
     for _ in range(rounds):
         moved = torch.zeros(b, dtype=torch.bool, device=dev)
+        score = rank(patches) if rank is not None and moves > 0 else None
         for i in range(k):
             free = torch.ones(b, n, dtype=torch.bool, device=dev).scatter_(1, patches, False)
-            moves = near[patches[:, i]] & free  # (B, N): where patch i may go
-            rows, dest = moves.nonzero(as_tuple=True)  # ascending destination per image
+            moves_i = near[patches[:, i]] & free  # (B, N): where patch i may go
+            if score is not None:
+                moves_i &= ranks(score, moves_i) < moves
+            rows, dest = moves_i.nonzero(as_tuple=True)  # ascending destination per image
             if rows.numel() == 0:
                 continue
             sets = patches[rows].clone()

@@ -13,7 +13,6 @@ from keypatch.proposers.ranked import (
     Ranking,
     load_ranker,
     ranker_inputs,
-    refine_ranked,
     save_ranker,
 )
 from keypatch.proposers.swap import refine
@@ -85,16 +84,28 @@ def test_the_screen_scores_m_plus_keep_sets_per_step(tiny224, photos):
     assert p.evaluations == 1 + 19 * (1 + 3 + 2)  # the centre, then per step the error pass and 5 sets
 
 
-def test_moves_only_lower_the_loss_and_ranked_moves_with_every_neighbour_are_refine(tiny224, photos):
-    objective = Objective(tiny224, photos)
+def test_ranked_moves_only_lower_the_loss_and_with_every_neighbour_are_plain_moves(tiny224, photos):
     start = torch.arange(20).expand(3, 20).clone()  # the first 20 patches: a poor set
-    current = objective.score_each(start)
-    ranking = Ranking(objective, load_ranker())
-    few, few_losses = refine_ranked(objective, ranking, start, current, rounds=2, reach=1, moves=2)
-    assert (few_losses[:, -1] < current).all()
-    assert torch.allclose(few_losses[:, -1], objective.score_each(few), rtol=1e-6)
-    every, _ = refine_ranked(objective, ranking, start, current, rounds=2, reach=1, moves=8)
-    plain, _ = refine(objective, start, current, rounds=2, reach=1)
+
+    def run(moves):
+        objective = Objective(tiny224, photos)
+        current = objective.score_each(start)
+        ranking, calls = Ranking(objective, load_ranker()), []
+
+        def rank(patches):
+            calls.append(patches)
+            return ranking(patches, torch.zeros(3, 196, dtype=torch.bool).scatter_(1, patches, True))
+
+        patches, losses = refine(objective, start, current, 2, 1, rank if moves else None, moves)
+        assert (losses[:, -1] < current).all()
+        assert torch.allclose(losses[:, -1], objective.score_each(patches), rtol=1e-6)
+        return patches, objective.evaluations, len(calls)
+
+    few, few_evals, rounds = run(2)
+    assert rounds == 2  # the ranking once per round
+    plain, plain_evals, _ = run(0)
+    assert (few_evals < plain_evals).all()
+    every, _, _ = run(8)  # every free neighbour of the 8
     assert torch.equal(every, plain)
 
 
