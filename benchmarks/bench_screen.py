@@ -8,7 +8,7 @@ scored, how often would greedy's pick have been among them (hit), and how much h
 best scored set's ``L`` have been (regret, mean over steps and photos). Signals:
 
 * ``error``: the current reconstruction's squared error per masked patch (one MAE pass);
-* ``error + 0.1 box5``: that error plus 0.1x its 5x5 neighbourhood's sum;
+* ``error + 0.1 box5``: that error plus 0.1x its 5x5 neighbourhood's sum (chosen patches count 0);
 * ``last step``: the candidate's exact ``L`` at the previous step (known after an exhaustive
   step; ``screened`` knows it only for the candidates it scored);
 * ``min rank``: a candidate's better rank by ``error + 0.1 box5`` and by ``last step``.
