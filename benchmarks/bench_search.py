@@ -152,10 +152,10 @@ def main() -> None:
     labels = [s for s in STRATEGIES if not args.only or s in args.only or s == "greedy (exact)"]
     model = keypatch.load_mae(args.model)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {cpu_name()}  torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads  model {args.model}")
+          f"{torch.get_num_threads()} threads  model {args.model} on {model.device}")
     print(f"photos ({len(names)}: {len(names) - len(val)} test, {len(val)} validation): {', '.join(names)}")
     rows: list[dict] = []
-    for ratio in (float(r) for r in args.ratios.split(",")):
+    for ratio in (float(r) for r in args.ratios.split(",") if r):  # --ratios '': random:base only
         k = round(ratio * model.grid.n)
         rows += table(ratio, k, {label: run(images, ratio, label, model) for label in labels}, names)
     if args.base_photos:

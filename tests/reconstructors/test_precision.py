@@ -126,7 +126,7 @@ def test_mixed_picks_equal_float32_on_vit_b(photos):
 
 @pytest.mark.cuda
 def test_mixed_on_cuda_picks_as_float32_on_cpu(photos):
-    model = load_mae("default")
+    model = load_mae("default", device="cpu")  # "auto" would be the GPU here
     cpu, _, _ = get_proposer("greedy", precision="float32").select(model, photos, 8, 0)
     gpu_model = load_mae("default", device="cuda")
     for precision in ("float32", "mixed"):
