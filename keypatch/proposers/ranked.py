@@ -20,6 +20,7 @@ last step, adds the best of them, and ``rounds`` of neighbour moves
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -125,13 +126,24 @@ def save_ranker(ranker: PatchRanker, path: str | Path, **info: str) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in ranker.state_dict().items()}, str(path), metadata=meta)
 
 
+def ranker_file(path: str = "default") -> Path:
+    """The weights file behind ``path`` (``"default"``: the shipped one)."""
+    return DEFAULT_RANKER if path == "default" else Path(path)
+
+
+@functools.lru_cache(maxsize=16)
+def ranker_digest(path: str = "default") -> str:
+    """The first 16 hex digits of the SHA-256 of the ranker's weights file."""
+    return hashlib.sha256(ranker_file(path).read_bytes()).hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=4)
 def load_ranker(path: str = "default") -> PatchRanker:
     """A ranker from a safetensors file written by :func:`save_ranker` (``"default"``: the shipped one).
 
     Raises FileNotFoundError naming the path, or ValueError for a file of another shape.
     """
-    file = DEFAULT_RANKER if path == "default" else Path(path)
+    file = ranker_file(path)
     if not file.is_file():
         raise FileNotFoundError(f"no ranker weights at {file}")
     from safetensors import safe_open
@@ -202,6 +214,11 @@ class RankedGreedy(SearchProposer):
     def prefix_consistent(self) -> bool:  # type: ignore[override]
         """Without neighbour moves no step depends on ``k``."""
         return self.rounds == 0
+
+    def settings(self) -> dict:
+        """The options, with the ranker's weights named by their digest too (``ranker_sha256``): a
+        record made with other weights under the same path is not the same result."""
+        return {**super().settings(), "ranker_sha256": ranker_digest(self.ranker)}
 
     @torch.no_grad()
     def search(self, objective: Objective, k: int, seeds: list[int]):

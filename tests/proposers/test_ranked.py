@@ -60,6 +60,18 @@ def test_shipped_ranker_loads_and_round_trips(tmp_path):
     assert torch.equal(again(x), net(x)) and net(x).shape == (2, 196)
 
 
+def test_the_stored_settings_name_the_ranker_weights(tmp_path):
+    shipped = get_proposer("ranked").settings()
+    assert shipped["ranker"] == "default" and len(shipped["ranker_sha256"]) == 16
+    other = PatchRanker()
+    torch.nn.init.zeros_(other.net[0].weight)
+    save_ranker(other, tmp_path / "other.safetensors")
+    mine = get_proposer("ranked", ranker=str(tmp_path / "other.safetensors")).settings()
+    assert mine["ranker_sha256"] != shipped["ranker_sha256"]
+    assert {k: v for k, v in mine.items() if not k.startswith("ranker")} == \
+        {k: v for k, v in shipped.items() if not k.startswith("ranker")}
+
+
 def test_missing_or_foreign_weights_fail_before_any_pass(tmp_path):
     with pytest.raises(FileNotFoundError, match="no ranker weights"):
         get_proposer("ranked", ranker=str(tmp_path / "none.safetensors"))
