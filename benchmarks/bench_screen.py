@@ -45,6 +45,7 @@ import keypatch  # noqa: E402
 from keypatch.experiments.photos import load_test_photos  # noqa: E402
 from keypatch.geometry.image import load_images  # noqa: E402
 from keypatch.objective import Objective  # noqa: E402
+from keypatch.proposers.ranked import greedy_steps  # noqa: E402
 from keypatch.proposers.search import remaining_count, start_state  # noqa: E402
 from keypatch.proposers.swap import refine  # noqa: E402
 
@@ -69,20 +70,12 @@ def ranks(signal: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
 
 
 def trajectory(obj: Objective, k: int) -> list[dict]:
-    """Exact greedy from the central patch with, at every step, the error map and every candidate's
-    ``L`` (``(B, N)``, inf at the chosen patches)."""
-    b, n = obj.batch, obj.grid.n
-    chosen, _, remaining = start_state(obj, "center")
-    steps = []
-    for j in range(1, k):
-        err = obj.patch_errors(chosen)
-        cand = remaining_count(remaining, n - j)
-        scores = torch.full((b, n), math.inf).scatter_(1, cand, obj.step(chosen, cand))
-        steps.append({"err": err, "scores": scores, "remaining": remaining.clone()})
-        pick = scores.argmin(1)
-        chosen = torch.cat([chosen, pick[:, None]], 1)
-        remaining[torch.arange(b), pick] = False
-    return steps
+    """Exact greedy from the central patch (:func:`keypatch.proposers.ranked.greedy_steps`) as one
+    dict per step: the error map, every candidate's ``L`` (``(B, N)``, inf at the chosen patches)
+    and the remaining patches."""
+    t = greedy_steps(obj, k)
+    return [{"err": t["err"][:, j], "scores": t["scores"][:, j], "remaining": t["scores"][:, j].isfinite()}
+            for j in range(k - 1)]
 
 
 def signal_table(steps: list[dict], cols: int) -> None:

@@ -26,12 +26,13 @@ import math
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from keypatch.objective import DEFAULT_CHUNK, Objective
 from keypatch.proposers.base import register
-from keypatch.proposers.search import SearchProposer, ranks, screened_step, start_state
+from keypatch.proposers.search import SearchProposer, ranks, remaining_count, screened_step, start_state
 from keypatch.proposers.swap import refine
 from keypatch.reconstructors.precision import DEFAULT_PRECISION
 
@@ -146,8 +147,6 @@ def load_ranker(path: str = "default") -> PatchRanker:
     file = ranker_file(path)
     if not file.is_file():
         raise FileNotFoundError(f"no ranker weights at {file}")
-    from safetensors import safe_open
-
     with safe_open(str(file), framework="pt") as f:
         meta = f.metadata() or {}
     if meta.get("channels") != str(CHANNELS):
@@ -229,7 +228,7 @@ class RankedGreedy(SearchProposer):
         runner = torch.full((b, n), math.inf, device=dev)  # last step's scores (inf: not scored)
         for j in range(chosen.shape[1], k):
             sets = torch.cat(picks, dim=1)
-            by_rank = ranks(rank(sets, ~remaining), remaining)
+            by_rank = ranks(rank(sets), remaining)
             top = by_rank < self.m
             # the largest current errors and the best runners-up of the last step that the ranker left out
             by_err = ranks(rank.last.masked_fill(top, -math.inf), remaining)
@@ -246,13 +245,8 @@ class RankedGreedy(SearchProposer):
         patches, losses = torch.cat(picks, dim=1), torch.cat(step_losses, dim=1)
         if self.rounds == 0 or k >= n:
             return patches, losses
-
-        def rank_moves(current: torch.Tensor) -> torch.Tensor:
-            chosen = torch.zeros(b, n, dtype=torch.bool, device=dev).scatter_(1, current, True)
-            return rank(current, chosen)
-
         return refine(objective, patches, losses[:, -1].to(dev, torch.float32), self.rounds, self.reach,
-                      rank_moves, self.moves)
+                      rank, self.moves)
 
 
 class Ranking:
@@ -263,17 +257,54 @@ class Ranking:
 
     def __init__(self, objective: Objective, net: PatchRanker) -> None:
         self.objective, self.grid = objective, objective.grid
-        dev = objective.device
-        self.net = net.to(dev) if next(net.parameters()).device != dev else net
+        self.net = net.to(objective.device)
         self.targets = objective.model.targets(objective.images).float()
         self.static = static_inputs(self.targets, self.grid.rows, self.grid.cols)
         self.last: torch.Tensor | None = None
 
-    def __call__(self, sets: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-        """``sets (B, j)`` (``chosen (B, N)`` their mask) -> ``(B, N)`` scores; one MAE pass per image."""
+    def __call__(self, sets: torch.Tensor) -> torch.Tensor:
+        """``sets (B, j)`` chosen patches -> ``(B, N)`` scores; one MAE pass per image (its error map
+        is then :attr:`last`)."""
         err = self.objective.patch_errors(sets)
+        chosen = torch.zeros_like(err, dtype=torch.bool).scatter_(1, sets, True)
         inputs = ranker_inputs(self.targets, err, err if self.last is None else self.last, chosen,
                                self.grid.rows, self.grid.cols, self.static)
         self.last = err
         # image by image: a convolution's result must not depend on the batch it ran in
         return torch.cat([self.net(inputs[i : i + 1]) for i in range(inputs.shape[0])])
+
+
+@torch.no_grad()
+def greedy_steps(objective: Objective, k: int, ranking: Ranking | None = None, m: int = 6) -> dict[str, torch.Tensor]:
+    """Greedy from the central patch to ``k`` patches, every remaining candidate scored at every
+    step: what a ranker is fitted to and judged by (``tools/ranker/fit.py``, ``benchmarks/bench_screen.py``).
+
+    Without ``ranking`` the steps are exact greedy's; with one, each step adds the best of the
+    ``m`` candidates it ranks first (the states a ranker meets when it screens).
+
+    Returns
+    -------
+    dict
+        On the CPU: ``chosen (B, k)``; per step, the error map ``err (B, k-1, N)`` of the set before
+        it and every candidate's ``L`` in ``scores (B, k-1, N)`` (inf at the chosen patches);
+        ``targets (B, N, D)``.
+    """
+    b, n, dev = objective.batch, objective.grid.n, objective.device
+    chosen, _, remaining = start_state(objective, "center")
+    errs, scores_all = [], []
+    for j in range(1, k):
+        cand = remaining_count(remaining, n - j)
+        scores = torch.full((b, n), math.inf, device=dev).scatter_(1, cand, objective.step(chosen, cand))
+        if ranking is None:
+            errs.append(objective.patch_errors(chosen))
+            pick = scores.argmin(1)
+        else:
+            top = ranks(ranking(chosen), remaining) < m
+            errs.append(ranking.last)
+            pick = scores.masked_fill(~top, math.inf).argmin(1)
+        scores_all.append(scores)
+        chosen = torch.cat([chosen, pick[:, None]], 1)
+        remaining[torch.arange(b, device=dev), pick] = False
+    targets = objective.model.targets(objective.images).float()
+    out = {"chosen": chosen, "err": torch.stack(errs, 1), "scores": torch.stack(scores_all, 1), "targets": targets}
+    return {key: v.cpu() for key, v in out.items()}

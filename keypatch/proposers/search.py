@@ -140,13 +140,13 @@ def ranks(signal: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
 def screened_step(objective: Objective, sets: torch.Tensor, key: torch.Tensor, count: int,
                   remaining: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of a screened greedy: score the ``count`` remaining candidates with the lowest
-    ``key (B, N)`` and add the best.
+    integer ``key (B, N)`` (ranks, offset by tier) and add the best.
 
     Returns ``pick (B,)`` and its ``L (B,)``, and the scored candidates ``(B, count)`` (ascending)
     with their ``L``. ``remaining`` is updated in place. Ties go to the lowest patch index.
     """
-    n = remaining.shape[1]
-    cand = key.masked_fill(~remaining, 5 * n + 1).topk(count, dim=1, largest=False).indices.sort(dim=1).values
+    last = torch.iinfo(key.dtype).max  # chosen patches after every remaining one
+    cand = key.masked_fill(~remaining, last).topk(count, dim=1, largest=False).indices.sort(dim=1).values
     scores = objective.step(sets, cand)
     ar = torch.arange(sets.shape[0], device=sets.device)
     best = scores.argmin(dim=1)  # first minimum: lowest index on ties

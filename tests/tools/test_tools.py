@@ -41,7 +41,7 @@ def test_split_is_deterministic_and_keeps_large_photos_on_both_sides():
 
 
 def test_ranker_fit_records_greedy_steps_and_trains_a_loadable_ranker(toy_model, tmp_path):
-    """tools.ranker.fit on the toy grid: its trajectory is exact greedy's, with every candidate's L
+    """tools.ranker.fit on the toy grid: its trajectory (greedy_steps) is exact greedy's, with every candidate's L
     at each step; a ranker trained on it saves, loads and screens; the DAgger trajectory adds the
     best of the ranker's top m."""
     import math
@@ -52,13 +52,13 @@ def test_ranker_fit_records_greedy_steps_and_trains_a_loadable_ranker(toy_model,
     import keypatch
     from keypatch.geometry import normalize
     from keypatch.objective import Objective
-    from keypatch.proposers.ranked import load_ranker, ranker_inputs, save_ranker
-    from tools.ranker.fit import samples, screen_table, train, trajectory
+    from keypatch.proposers.ranked import Ranking, greedy_steps, load_ranker, ranker_inputs, save_ranker
+    from tools.ranker.fit import samples, screen_table, train
 
     g = torch.Generator().manual_seed(2)
     images = torch.stack([normalize(torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=64,
                                                                    mode="bilinear")[0]) for _ in range(2)])
-    t = trajectory(Objective(toy_model, images), 5)
+    t = greedy_steps(Objective(toy_model, images), 5)
     greedy = keypatch.propose_batch(images, 5 / 16, "greedy", toy_model)
     assert [row.tolist() for row in t["chosen"]] == [p.patches for p in greedy]
     assert t["scores"].shape == (2, 4, 16) and t["err"].shape == (2, 4, 16)
@@ -70,7 +70,8 @@ def test_ranker_fit_records_greedy_steps_and_trains_a_loadable_ranker(toy_model,
     net = train(x, s, rem, 4, 4, tau=0.01, epochs=2, seed=0)
     save_ranker(net, tmp_path / "r.safetensors")
     assert torch.equal(load_ranker(str(tmp_path / "r.safetensors"))(x), net(x))
-    own = trajectory(Objective(toy_model, images), 5, policy=net, m=2)
+    objective = Objective(toy_model, images)
+    own = greedy_steps(objective, 5, Ranking(objective, net), m=2)
     for j in range(4):  # each pick is the better of the ranker's top 2 at that step
         chosen = torch.zeros(2, 16, dtype=torch.bool).scatter_(1, own["chosen"][:, : j + 1], True)
         inputs = ranker_inputs(own["targets"], own["err"][:, j], own["err"][:, max(j - 1, 0)], chosen, 4, 4)

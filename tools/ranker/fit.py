@@ -5,7 +5,9 @@
    about 16 s per photo at r = 0.25 on the default model, 2 CPU threads).
 2. A :class:`~keypatch.proposers.ranked.PatchRanker` trained on all but the last ``--held-out``
    photos to put the best candidates first: cross-entropy against ``softmax(-(L_c - L_best) /
-   (tau L_best))`` over the remaining candidates, the grid's flips and transposes as augmentation.
+   (tau L_best))`` over the remaining candidates, the grid's flips and transposes as augmentation;
+   then (``--own-steps``) refitted with the steps the ranker itself takes when it screens, every
+   candidate of those scored too (DAgger).
 3. On the held-out photos, for the top ``m`` of the error alone and of the ranker: how often exact
    greedy's pick is among them (hit) and how much higher the best of them is (regret, mean over
    steps). The weights go to ``--out``.
@@ -28,49 +30,15 @@ import torch
 import keypatch
 from keypatch.geometry.image import load_images
 from keypatch.objective import Objective
-from keypatch.proposers.ranked import PatchRanker, ranker_inputs, save_ranker
-from keypatch.proposers.search import remaining_count, start_state
+from keypatch.proposers.ranked import PatchRanker, Ranking, greedy_steps, ranker_inputs, save_ranker
 
 SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def trajectory(obj: Objective, k: int, policy: PatchRanker | None = None, m: int = 6) -> dict:
-    """Greedy from the central patch: ``chosen (B, k)``, per step the error map and every
-    candidate's ``L`` (``(B, k-1, N)``, inf at chosen patches).
-
-    Without ``policy`` the steps are exact greedy's; with one, each step adds the best of the
-    ``m`` candidates that ``policy`` ranks first (the states the ranker meets when it screens).
-    """
-    b, n = obj.batch, obj.grid.n
-    rows, cols = obj.grid.rows, obj.grid.cols
-    chosen, _, remaining = start_state(obj, "center")
-    targets = obj.model.targets(obj.images).float()
-    policy = policy.to(obj.device) if policy is not None else None
-    errs, scores_all = [], []
-    for j in range(1, k):
-        cand = remaining_count(remaining, n - j)
-        scores = torch.full((b, n), math.inf, device=obj.device).scatter_(1, cand, obj.step(chosen, cand))
-        err = obj.patch_errors(chosen)
-        errs.append(err)
-        scores_all.append(scores)
-        if policy is None:
-            pick = scores.argmin(1)
-        else:
-            inputs = ranker_inputs(targets, err, errs[-2] if j > 1 else err, ~remaining, rows, cols)
-            with torch.no_grad():
-                rank = policy(inputs).masked_fill(~remaining, -math.inf)
-            top = torch.sort(-rank, dim=1, stable=True).indices[:, :m]
-            pick = top.gather(1, scores.gather(1, top).argmin(1, keepdim=True))[:, 0]
-        chosen = torch.cat([chosen, pick[:, None]], 1)
-        remaining[torch.arange(b, device=obj.device), pick] = False
-    out = {"chosen": chosen, "err": torch.stack(errs, 1), "scores": torch.stack(scores_all, 1), "targets": targets}
-    return {key: v.cpu() for key, v in out.items()}
-
-
 def collect(files: list[Path], model, k: int, cache: Path, model_name: str,
             policy: PatchRanker | None = None, tag: str = "greedy") -> list[dict]:
-    """Trajectories of ``files`` in groups of 8 (:func:`trajectory`), each group cached by its
-    names, the model, ``k`` and ``tag``."""
+    """Trajectories of ``files`` in groups of 8 (:func:`~keypatch.proposers.ranked.greedy_steps`,
+    screened by ``policy`` when given), each group cached by its names, the model, ``k`` and ``tag``."""
     cache.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(0, len(files), 8):
@@ -81,7 +49,8 @@ def collect(files: list[Path], model, k: int, cache: Path, model_name: str,
             out.append(torch.load(key, weights_only=True))
             continue
         start = time.perf_counter()
-        t = trajectory(Objective(model, load_images([str(p) for p in group])), k, policy)
+        obj = Objective(model, load_images([str(p) for p in group]))
+        t = greedy_steps(obj, k, None if policy is None else Ranking(obj, policy))
         torch.save(t, key)
         out.append(t)
         print(f"  {tag} trajectories {i + len(group)}/{len(files)} ({time.perf_counter() - start:.0f} s)",
