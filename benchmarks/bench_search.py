@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_threads import cpu_name  # noqa: E402
 
 import keypatch  # noqa: E402
+from keypatch.data.codec import Codec  # noqa: E402
 from keypatch.experiments.photos import load_test_photos  # noqa: E402
 
 STRATEGIES: dict[str, tuple[str, dict]] = {
@@ -66,14 +67,6 @@ def run(images: list[np.ndarray], ratio: float, label: str, model) -> dict:
     seconds = (time.perf_counter() - start) / len(images)
     return {"seconds": seconds, "evaluations": float(np.mean([p.evaluations for p in out])),
             "losses": [p.loss for p in out]}
-
-
-def load_image_array(path: Path) -> np.ndarray:
-    """An RGB photo as a uint8 array."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 def table(ratio: float, k: int, rows: dict[str, dict], names: list[str]) -> list[dict]:
@@ -145,7 +138,7 @@ def main() -> None:
     val = sorted(p for p in Path(args.val).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
         if args.val and Path(args.val).is_dir() else []
     names += [f"val/{p.stem}" for p in val]
-    images += [load_image_array(p) for p in val]
+    images += [Codec.decode(p.read_bytes()) for p in val]  # decoded once, as the test photos are
     unknown = set(args.only) - set(STRATEGIES)
     if unknown:
         ap.error(f"unknown rows {sorted(unknown)}; rows: {list(STRATEGIES)}")
