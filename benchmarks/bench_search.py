@@ -40,6 +40,7 @@ STRATEGIES: dict[str, tuple[str, dict]] = {
     "greedy (exact)": ("greedy", {}),
     "ranked (m=4 rounds=2 moves=2)": ("ranked", {}),
     "ranked moves=3": ("ranked", {"moves": 3}),
+    "ranked rounds=3": ("ranked", {"rounds": 3}),
     "ranked moves=0 (every neighbour)": ("ranked", {"moves": 0}),
     "ranked keep=2 rounds=1 moves=0": ("ranked", {"keep": 2, "rounds": 1, "moves": 0}),
     "ranked rounds=0": ("ranked", {"rounds": 0}),

@@ -159,17 +159,20 @@ class Objective:
         return self._passes(self.screen_model, self.screen_context, sets, image_index)
 
     @torch.no_grad()
-    def patch_errors(self, sets: torch.Tensor) -> torch.Tensor:
-        """Each masked patch's squared error when each image is rebuilt from its set: ``sets (B, k)`` -> ``(B, N)``.
+    def patch_errors(self, sets: torch.Tensor, image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Each masked patch's squared error when an image is rebuilt from a set: ``sets (M, k)`` -> ``(M, N)``.
 
-        One MAE pass per image (counted as one evaluation), in float32, on the scoring fast path
+        One MAE pass per set (counted as one evaluation), in float32, on the scoring fast path
         (:func:`~keypatch.reconstructors.scoring.context_patch_errors`): the mean over each
         patch's values of ``(prediction - normalised pixels)^2``; 0 at the visible patches (``L``
-        is the mean of the others). No host synchronisation.
+        is the mean of the others). ``image_index (M,)`` names each set's image (default: one set
+        per image, ``M = B``). At most ``chunk_size`` sets per pass. No host synchronisation.
         """
-        ii = torch.arange(self.batch, device=sets.device)
+        ii = torch.arange(self.batch, device=sets.device) if image_index is None else image_index
         self.evaluations.index_add_(0, ii, torch.ones_like(ii))
-        return context_patch_errors(self.model, self.context, sets, ii)
+        return torch.cat([context_patch_errors(self.model, self.context, sets[s : s + self.chunk_size],
+                                               ii[s : s + self.chunk_size])
+                          for s in range(0, max(sets.shape[0], 1), self.chunk_size)])
 
     def score_each(self, sets: torch.Tensor) -> torch.Tensor:
         """``L`` of one visible set per image, ``sets (B, k)`` -> ``(B,)``."""
@@ -205,6 +208,27 @@ class Objective:
         """
         b, c = candidates.shape
         return self.choices(torch.cat([chosen[:, None, :].expand(b, c, chosen.shape[1]), candidates[..., None]], dim=2))
+
+    @torch.no_grad()
+    def step_errors(self, chosen: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`step`, with each candidate set's error map where that costs no more passes.
+
+        Returns
+        -------
+        tuple
+            ``L (B, C)`` as :meth:`step` and ``errors (B, C, N)`` as :meth:`patch_errors` gives them
+            for the sets ``chosen + c`` when there are at most :data:`MIXED_REFINE` candidates per
+            image and they are scored in float32 (precision ``"float32"`` or ``"mixed"``); ``L``
+            is then the mean of the masked patches' errors (:meth:`score`'s up to rounding).
+            Otherwise :meth:`step`'s ``L`` and ``None``.
+        """
+        b, c = candidates.shape
+        if self.precision == "bfloat16" or c > MIXED_REFINE:
+            return self.step(chosen, candidates), None
+        sets = torch.cat([chosen[:, None, :].expand(b, c, chosen.shape[1]), candidates[..., None]], dim=2)
+        ii = torch.arange(b, device=sets.device).repeat_interleave(c)
+        err = self.patch_errors(sets.reshape(b * c, -1), ii).view(b, c, -1)
+        return err.sum(-1) / (self.grid.n - sets.shape[-1]), err
 
     @torch.no_grad()
     def choices(self, sets: torch.Tensor) -> torch.Tensor:

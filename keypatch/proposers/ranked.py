@@ -13,8 +13,9 @@ relative errors and pixel statistics) but fitting them to that model's own steps
 
 Each step scores exactly the ``m`` best-ranked candidates and the ``keep`` best runners-up of the
 last step, adds the best of them, and ``rounds`` of neighbour moves
-(:func:`keypatch.proposers.swap.refine`) follow. The trade against exact greedy is measured by
-``benchmarks/bench_search.py`` (``docs/results.md``).
+(:func:`keypatch.proposers.swap.refine`) follow: each chosen patch tries the ``moves`` free
+neighbours the ranker puts first as additions to the set without that patch. The trade against
+exact greedy is measured by ``benchmarks/bench_search.py`` (``docs/results.md``).
 """
 
 from __future__ import annotations
@@ -43,14 +44,14 @@ CHANNELS = 11
 """Inputs per grid cell (:func:`ranker_inputs`)."""
 
 
-def ranker_inputs(targets: torch.Tensor, err: torch.Tensor, prev_err: torch.Tensor, chosen: torch.Tensor,
+def ranker_inputs(targets: torch.Tensor | None, err: torch.Tensor, prev_err: torch.Tensor, chosen: torch.Tensor,
                   rows: int, cols: int, static: torch.Tensor | None = None) -> torch.Tensor:
     """The ranker's input grid for each image.
 
     Parameters
     ----------
-    targets : torch.Tensor
-        ``(B, N, D)`` the patches in the MAE's normalised pixel space.
+    targets : torch.Tensor or None
+        ``(B, N, D)`` the patches in the MAE's normalised pixel space (None when ``static`` is given).
     err, prev_err : torch.Tensor
         ``(B, N)`` each patch's squared error when rebuilt from the current chosen set, and from
         the set one step before (``err`` again at the first step).
@@ -71,6 +72,8 @@ def ranker_inputs(targets: torch.Tensor, err: torch.Tensor, prev_err: torch.Tens
     """
     b, n = err.shape
     if static is None:
+        if targets is None:
+            raise ValueError("ranker_inputs needs the targets or their static inputs")
         static = static_inputs(targets, rows, cols)
     e = err.float().masked_fill(chosen, 0)
     mean = (e.sum(1) / (~chosen).sum(1).clamp(min=1)).clamp(min=1e-6)
@@ -176,8 +179,8 @@ class RankedGreedy(SearchProposer):
         Chebyshev radius of those moves (1: the 8 neighbours).
     moves : int
         Destinations tried per patch in a round of moves: the free neighbours the ranker scores
-        highest (ranked once per round, from the set at its start); 0: every free neighbour, as
-        ``swap``'s rounds.
+        highest as additions to the set without that patch (:meth:`Ranking.without_each`, once,
+        from the set the greedy pass ends with); 0: every free neighbour, as ``swap``'s rounds.
     ranker : str
         Weights written by :func:`save_ranker` (``tools/ranker/fit.py``); ``"default"``: the
         shipped ones, fitted to the embedded default model.
@@ -186,9 +189,13 @@ class RankedGreedy(SearchProposer):
 
     Notes
     -----
-    A step costs one full MAE pass per image (the error map), the ranker (negligible) and
-    ``m + keep`` scored sets, all images batched; a round of moves about ``8 k`` more. The ranker
-    runs image by image and ties go to the lowest patch index, so the picks are deterministic and
+    A step costs the ranker (negligible) and ``m + errors + keep`` scored sets, all images
+    batched; scored in float32, their error maps come with their ``L``, so the ranker reads the
+    chosen set's map without another pass (one more pass per image at the first step, and at
+    every step when the candidates are scored in bfloat16). The moves cost ``k`` passes per
+    image once (the error maps of the ``k`` sets without one patch, batched) and ``moves k`` per
+    round (``8 k`` with ``moves=0``); an image whose round moved nothing is done. The ranker runs
+    image by image and ties go to the lowest patch index, so the picks are deterministic and
     the same alone as in a batch. With ``rounds > 0`` only the final ``L`` is known (shorter
     prefixes NaN; the public API recomputes them).
     """
@@ -226,9 +233,10 @@ class RankedGreedy(SearchProposer):
         rank = Ranking(objective, load_ranker(self.ranker))
         picks, step_losses = [chosen], [losses]
         runner = torch.full((b, n), math.inf, device=dev)  # last step's scores (inf: not scored)
+        err = None  # the chosen set's error map when the last step gave it
         for j in range(chosen.shape[1], k):
             sets = torch.cat(picks, dim=1)
-            by_rank = ranks(rank(sets), remaining)
+            by_rank = ranks(rank(sets, err), remaining)
             top = by_rank < self.m
             # the largest current errors and the best runners-up of the last step that the ranker left out
             by_err = ranks(rank.last.masked_fill(top, -math.inf), remaining)
@@ -238,7 +246,7 @@ class RankedGreedy(SearchProposer):
             key = torch.where(top, by_rank, torch.where(top_err, n + by_err, torch.where(
                 top_runner, 2 * n + by_runner, 3 * n + by_rank)))
             count = min(self.m + self.errors + self.keep, n - j)
-            pick, loss, cand, scores = screened_step(objective, sets, key, count, remaining)
+            pick, loss, cand, scores, err = screened_step(objective, sets, key, count, remaining, errors=True)
             picks.append(pick[:, None])
             step_losses.append(loss[:, None])
             runner = torch.full((b, n), math.inf, device=dev).scatter_(1, cand, scores)
@@ -246,7 +254,7 @@ class RankedGreedy(SearchProposer):
         if self.rounds == 0 or k >= n:
             return patches, losses
         return refine(objective, patches, losses[:, -1].to(dev, torch.float32), self.rounds, self.reach,
-                      rank, self.moves)
+                      rank.without_each, self.moves)
 
 
 class Ranking:
@@ -262,16 +270,33 @@ class Ranking:
         self.static = static_inputs(self.targets, self.grid.rows, self.grid.cols)
         self.last: torch.Tensor | None = None
 
-    def __call__(self, sets: torch.Tensor) -> torch.Tensor:
-        """``sets (B, j)`` chosen patches -> ``(B, N)`` scores; one MAE pass per image (its error map
-        is then :attr:`last`)."""
-        err = self.objective.patch_errors(sets)
+    def __call__(self, sets: torch.Tensor, err: torch.Tensor | None = None) -> torch.Tensor:
+        """``sets (B, j)`` chosen patches -> ``(B, N)`` scores; one MAE pass per image for their error
+        map unless it is given (``err (B, N)`` as :meth:`Objective.patch_errors`); it is then :attr:`last`."""
+        if err is None:
+            err = self.objective.patch_errors(sets)
         chosen = torch.zeros_like(err, dtype=torch.bool).scatter_(1, sets, True)
         inputs = ranker_inputs(self.targets, err, err if self.last is None else self.last, chosen,
                                self.grid.rows, self.grid.cols, self.static)
         self.last = err
         # image by image: a convolution's result must not depend on the batch it ran in
         return torch.cat([self.net(inputs[i : i + 1]) for i in range(inputs.shape[0])])
+
+    def without_each(self, sets: torch.Tensor) -> torch.Tensor:
+        """Where to move each chosen patch: ``sets (B, k)`` -> ``(B, k, N)``, row ``i`` the ranker's
+        score of every patch as an addition to the set without its patch ``i`` (the question the
+        ranker was fitted to answer). One MAE pass per patch of each set (``k`` per image, batched);
+        the error maps' changes read as 0. Does not change :attr:`last`."""
+        b, k = sets.shape
+        idx = torch.arange(k, device=sets.device)
+        others = idx.expand(k, k)[idx[None, :] != idx[:, None]].view(k, k - 1)  # row i: every index but i
+        smaller = sets[:, others].reshape(b * k, k - 1)
+        ii = torch.arange(b, device=sets.device).repeat_interleave(k)
+        err = self.objective.patch_errors(smaller, ii)
+        chosen = torch.zeros_like(err, dtype=torch.bool).scatter_(1, smaller, True)
+        inputs = ranker_inputs(None, err, err, chosen, self.grid.rows, self.grid.cols, self.static[ii])
+        # image by image (each image's k sets in one call): the same result alone as in a batch
+        return torch.cat([self.net(inputs[i * k : (i + 1) * k]) for i in range(b)]).view(b, k, -1)
 
 
 @torch.no_grad()

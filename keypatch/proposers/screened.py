@@ -53,13 +53,15 @@ class ScreenedGreedy(SearchProposer):
 
     Notes
     -----
-    Every step costs one full MAE pass per image (the error map) plus ``m + keep`` scored sets
-    (:meth:`Objective.step`, so ``"mixed"`` screens them in bfloat16 as greedy does), all images
-    batched; a round of moves about ``8 k`` more. With ``m`` at least the number of patches and no
-    rounds it is exact greedy (plus the error passes). Ties go to the lowest patch index, in the
-    screen and in the pick, so the result is deterministic and the same image by image as in a
-    batch. ``evaluations`` counts the error passes and every scored set. With ``rounds > 0`` only
-    the final ``L`` is known (shorter prefixes NaN; the public API recomputes them).
+    Every step costs ``m + keep`` scored sets (:meth:`Objective.step_errors`), all images batched,
+    plus one full MAE pass per image for the error map where the last step's scoring did not give
+    it (the first step; every step with more than :data:`~keypatch.objective.MIXED_REFINE`
+    candidates, or with precision ``"bfloat16"``); a round of moves about ``8 k`` more. With ``m``
+    at least the number of patches and no rounds it is exact greedy (plus the error passes). Ties
+    go to the lowest patch index, in the screen and in the pick, so the result is deterministic
+    and the same image by image as in a batch. ``evaluations`` counts the error passes and every
+    scored set. With ``rounds > 0`` only the final ``L`` is known (shorter prefixes NaN; the public
+    API recomputes them).
     """
 
     name = "screened"
@@ -85,9 +87,12 @@ class ScreenedGreedy(SearchProposer):
         b, n, dev = objective.batch, objective.grid.n, objective.device
         picks, step_losses = [chosen], [losses]
         runner = torch.full((b, n), math.inf, device=dev)  # last step's scores (inf: not scored)
+        err = None
         for j in range(chosen.shape[1], k):
             sets = torch.cat(picks, dim=1)
-            by_err = ranks(objective.patch_errors(sets), remaining)  # largest first, ties to the lowest index
+            if err is None:  # the first step (later ones read the chosen set's map off the last step)
+                err = objective.patch_errors(sets)
+            by_err = ranks(err, remaining)  # largest first, ties to the lowest index
             top_err = by_err < self.m
             # the best runners-up of the last step that the error screen left out
             by_runner = ranks(-runner.masked_fill(top_err, math.inf), remaining)
@@ -95,7 +100,7 @@ class ScreenedGreedy(SearchProposer):
             # candidates: the error screen's, the runners-up, then (too few runners-up) further by error
             key = torch.where(top_err, by_err, torch.where(top_runner, n + by_runner, 2 * n + by_err))
             count = min(self.m + self.keep, n - j)
-            pick, loss, cand, scores = screened_step(objective, sets, key, count, remaining)
+            pick, loss, cand, scores, err = screened_step(objective, sets, key, count, remaining, errors=True)
             picks.append(pick[:, None])
             step_losses.append(loss[:, None])
             runner = torch.full((b, n), math.inf, device=dev).scatter_(1, cand, scores)

@@ -137,22 +137,39 @@ def ranks(signal: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(order).scatter_(1, order, position)
 
 
+class Step(NamedTuple):
+    """One step of a screened greedy (:func:`screened_step`)."""
+
+    pick: torch.Tensor
+    """``(B,)`` the added patch."""
+    loss: torch.Tensor
+    """``(B,)`` ``L`` of the set with it."""
+    cand: torch.Tensor
+    """``(B, count)`` the scored candidates, ascending."""
+    scores: torch.Tensor
+    """``(B, count)`` their ``L``."""
+    errors: torch.Tensor | None
+    """``(B, N)`` the error map of the set with the pick (as :meth:`Objective.patch_errors`), when
+    asked for and free (:meth:`Objective.step_errors`); else None."""
+
+
 def screened_step(objective: Objective, sets: torch.Tensor, key: torch.Tensor, count: int,
-                  remaining: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  remaining: torch.Tensor, errors: bool = False) -> Step:
     """One step of a screened greedy: score the ``count`` remaining candidates with the lowest
     integer ``key (B, N)`` (ranks, offset by tier) and add the best.
 
-    Returns ``pick (B,)`` and its ``L (B,)``, and the scored candidates ``(B, count)`` (ascending)
-    with their ``L``. ``remaining`` is updated in place. Ties go to the lowest patch index.
+    ``remaining`` is updated in place. Ties go to the lowest patch index. With ``errors``, the
+    candidates are scored by :meth:`Objective.step_errors`, so that the next step may read the
+    chosen set's error map instead of computing it.
     """
     last = torch.iinfo(key.dtype).max  # chosen patches after every remaining one
     cand = key.masked_fill(~remaining, last).topk(count, dim=1, largest=False).indices.sort(dim=1).values
-    scores = objective.step(sets, cand)
+    scores, maps = objective.step_errors(sets, cand) if errors else (objective.step(sets, cand), None)
     ar = torch.arange(sets.shape[0], device=sets.device)
     best = scores.argmin(dim=1)  # first minimum: lowest index on ties
     pick = cand[ar, best]
     remaining[ar, pick] = False
-    return pick, scores[ar, best], cand, scores
+    return Step(pick, scores[ar, best], cand, scores, None if maps is None else maps[ar, best])
 
 
 class StartState(NamedTuple):

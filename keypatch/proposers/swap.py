@@ -104,25 +104,30 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
            reach: int = 1, rank: Callable[[torch.Tensor], torch.Tensor] | None = None,
            moves: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Move each patch of ``patches (B, k)`` to its best free neighbour within ``reach`` where that
-    lowers ``L`` (``current (B,)`` is ``L(patches)``), ``rounds`` passes over the patches, stopping
-    once a pass moves nothing. Returns the patches (moved in place of the originals) and ``(B, k)``
-    losses, NaN but the last (``L`` of the whole set).
+    lowers ``L`` (``current (B,)`` is ``L(patches)``), ``rounds`` passes over the patches; an image
+    whose last pass moved nothing is done. Returns the patches (moved in place of the originals)
+    and ``(B, k)`` losses, NaN but the last (``L`` of the whole set).
 
-    With ``rank`` (``patches (B, k)`` -> a score per patch ``(B, N)``, larger first; called once per
-    round, on the set at its start) and ``moves > 0``, each patch tries only the ``moves`` free
-    neighbours that ``rank`` scores highest."""
+    With ``rank`` and ``moves > 0``, each patch tries only the ``moves`` free neighbours that
+    ``rank`` scores highest. ``rank`` is called once, on the set before the first pass:
+    ``patches (B, k)`` -> scores ``(B, k, N)``, larger first, row ``i`` for the moves of patch ``i``.
+    The scores are kept for later passes (a row that depends only on the other patches, as
+    :meth:`~keypatch.proposers.ranked.Ranking.without_each`'s, stays right for the patch wherever
+    it moved), so a pass repeats the last one's tries only where the set has not changed: that is
+    why an image without moves is done."""
     (b, k), n, dev = patches.shape, objective.grid.n, objective.device
     patches = patches.clone()
     dist = objective.grid.distances(dev)
     near = (dist > 0) & (dist <= reach)  # (N, N) the moves of each patch
+    score = rank(patches) if rank is not None and moves > 0 and rounds > 0 else None
+    active = torch.ones(b, dtype=torch.bool, device=dev)  # images whose last pass moved a patch
     for _ in range(rounds):
         moved = torch.zeros(b, dtype=torch.bool, device=dev)
-        score = rank(patches) if rank is not None and moves > 0 else None
         for i in range(k):
             free = torch.ones(b, n, dtype=torch.bool, device=dev).scatter_(1, patches, False)
-            moves_i = near[patches[:, i]] & free  # (B, N): where patch i may go
+            moves_i = near[patches[:, i]] & free & active[:, None]  # (B, N): where patch i may go
             if score is not None:
-                moves_i &= ranks(score, moves_i) < moves
+                moves_i &= ranks(score[:, i], moves_i) < moves
             rows, dest = moves_i.nonzero(as_tuple=True)  # ascending destination per image
             if rows.numel() == 0:
                 continue
@@ -135,6 +140,7 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
             patches[better, i] = where[better]
             current = torch.where(better, best, current)
             moved |= better
+        active = moved
         if not bool(moved.any()):
             break
     out = torch.full((b, k), math.nan, device=dev)

@@ -93,7 +93,8 @@ def test_a_screen_as_wide_as_the_grid_without_moves_is_exact_greedy(toy_model):
 
 def test_the_screen_scores_m_plus_keep_sets_per_step(tiny224, photos):
     p = keypatch.propose(photos[0], 0.1, "ranked", tiny224, m=3, keep=2, rounds=0)
-    assert p.evaluations == 1 + 19 * (1 + 3 + 2)  # the centre, then per step the error pass and 5 sets
+    # the centre and its error map, then 5 sets per step (their error maps come with their scores)
+    assert p.evaluations == 1 + 1 + 19 * (3 + 2)
 
 
 def test_ranked_moves_only_lower_the_loss_and_with_every_neighbour_are_plain_moves(tiny224, photos):
@@ -106,7 +107,7 @@ def test_ranked_moves_only_lower_the_loss_and_with_every_neighbour_are_plain_mov
 
         def rank(patches):
             calls.append(patches)
-            return ranking(patches)
+            return ranking.without_each(patches)
 
         patches, losses = refine(objective, start, current, 2, 1, rank if moves else None, moves)
         assert (losses[:, -1] < current).all()
@@ -114,11 +115,25 @@ def test_ranked_moves_only_lower_the_loss_and_with_every_neighbour_are_plain_mov
         return patches, objective.evaluations, len(calls)
 
     few, few_evals, rounds = run(2)
-    assert rounds == 2  # the ranking once per round
-    plain, plain_evals, _ = run(0)
-    assert (few_evals < plain_evals).all()
+    assert rounds == 1  # the ranking once, before the first round
+    plain, _, _ = run(0)
+    assert (few_evals <= 1 + 20 + 2 * 2 * 20).all()  # 20 error maps, then <= 2 moves per patch and round
     every, _, _ = run(8)  # every free neighbour of the 8
     assert torch.equal(every, plain)
+
+
+def test_moves_are_ranked_as_additions_to_the_set_without_the_patch(tiny224, photos):
+    sets = torch.tensor([[97, 3, 150, 60], [0, 195, 14, 98], [5, 6, 7, 8]])
+    objective = Objective(tiny224, photos)
+    ranking = Ranking(objective, load_ranker())
+    scores = ranking.without_each(sets)
+    assert scores.shape == (3, 4, 196)
+    assert (objective.evaluations == 4).all()  # one error map per set without one patch
+    for i in range(4):
+        smaller = torch.cat([sets[:, :i], sets[:, i + 1 :]], 1)
+        fresh = Ranking(objective, load_ranker())  # no earlier error map: the change reads 0
+        assert torch.allclose(scores[:, i], fresh(smaller), atol=1e-5)
+    assert ranking.last is None
 
 
 def test_batch_equals_one_by_one_with_ranked_moves(tiny224, photos):

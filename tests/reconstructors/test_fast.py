@@ -82,6 +82,16 @@ def test_fast_patch_errors_equal_full_predictions(decoder_depth):
         assert torch.allclose(err[masked], plain[masked], rtol=1e-5, atol=1e-6) and (err[~masked] == 0).all()
         if k < 16:
             assert torch.allclose(err.sum(1) / (16 - k), obj.score_each(sets), rtol=1e-5)
+    # a step's error maps (when its few candidates are scored in float32) are those of its sets,
+    # and chunked passes over several images' sets give each set's own map
+    small = Objective(model, x, chunk_size=4)
+    chosen, cand = torch.tensor([[3, 9], [0, 15], [5, 6]]), torch.tensor([[1, 2, 4], [7, 8, 9], [10, 11, 12]])
+    scores, maps = small.step_errors(chosen, cand)
+    assert torch.allclose(scores, small.step(chosen, cand), rtol=1e-5)
+    for c in range(3):
+        assert torch.allclose(maps[:, c], obj.patch_errors(torch.cat([chosen, cand[:, c : c + 1]], 1)), atol=1e-6)
+    many = torch.tensor([[c for c in range(16) if c not in (3, 9)][:9]] * 3)
+    assert small.step_errors(chosen[:1].expand(3, 2), many)[1] is None  # more than MIXED_REFINE: step's scores
 
 
 def test_exact_greedy_matches_brute_force_on_the_toy_grid(toy_model):
