@@ -206,8 +206,7 @@ class Objective:
         outside the re-scored ones could still be the float32 minimum, more are re-scored
         (:attr:`widened` counts those steps). This costs two host synchronisations per step.
         """
-        b, c = candidates.shape
-        return self.choices(torch.cat([chosen[:, None, :].expand(b, c, chosen.shape[1]), candidates[..., None]], dim=2))
+        return self.choices(with_each(chosen, candidates))
 
     @torch.no_grad()
     def step_errors(self, chosen: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -225,7 +224,7 @@ class Objective:
         b, c = candidates.shape
         if self.precision == "bfloat16" or c > MIXED_REFINE:
             return self.step(chosen, candidates), None
-        sets = torch.cat([chosen[:, None, :].expand(b, c, chosen.shape[1]), candidates[..., None]], dim=2)
+        sets = with_each(chosen, candidates)
         ii = torch.arange(b, device=sets.device).repeat_interleave(c)
         err = self.patch_errors(sets.reshape(b * c, -1), ii).view(b, c, -1)
         return err.sum(-1) / (self.grid.n - sets.shape[-1]), err
@@ -274,6 +273,12 @@ class Objective:
     def prefix_losses(self, patches: torch.Tensor) -> torch.Tensor:
         """``L`` of every prefix of each image's ordered patches ``(B, k)`` -> ``(B, k)``."""
         return torch.stack([self.score_each(patches[:, : j + 1]) for j in range(patches.shape[1])], dim=1)
+
+
+def with_each(chosen: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """``chosen (B, j)`` plus each of ``candidates (B, C)``: the ``(B, C, j + 1)`` sets one greedy step scores."""
+    b, c = candidates.shape
+    return torch.cat([chosen[:, None, :].expand(b, c, chosen.shape[1]), candidates[..., None]], dim=2)
 
 
 @torch.no_grad()

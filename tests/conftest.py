@@ -56,6 +56,15 @@ def tiny224() -> MAE:
     return m.eval()
 
 
+def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
+    """``n`` smooth random ``size x size`` images (8x8 noise, bilinear), normalised: ``(n, 3, size, size)``."""
+    from keypatch.geometry import normalize
+
+    small = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+    return torch.stack([normalize(torch.nn.functional.interpolate(s[None], size=size, mode="bilinear")[0])
+                        for s in small])
+
+
 def photo_array(name: str) -> np.ndarray:
     """A real photo shipped with scikit-image, as HxWx3 uint8."""
     import skimage.data

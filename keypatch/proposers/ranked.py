@@ -266,8 +266,8 @@ class Ranking:
     def __init__(self, objective: Objective, net: PatchRanker) -> None:
         self.objective, self.grid = objective, objective.grid
         self.net = net.to(objective.device)
-        self.targets = objective.model.targets(objective.images).float()
-        self.static = static_inputs(self.targets, self.grid.rows, self.grid.cols)
+        targets = objective.model.targets(objective.images).float()
+        self.static = static_inputs(targets, self.grid.rows, self.grid.cols)
         self.last: torch.Tensor | None = None
 
     def __call__(self, sets: torch.Tensor, err: torch.Tensor | None = None) -> torch.Tensor:
@@ -276,7 +276,7 @@ class Ranking:
         if err is None:
             err = self.objective.patch_errors(sets)
         chosen = torch.zeros_like(err, dtype=torch.bool).scatter_(1, sets, True)
-        inputs = ranker_inputs(self.targets, err, err if self.last is None else self.last, chosen,
+        inputs = ranker_inputs(None, err, err if self.last is None else self.last, chosen,
                                self.grid.rows, self.grid.cols, self.static)
         self.last = err
         # image by image: a convolution's result must not depend on the batch it ran in

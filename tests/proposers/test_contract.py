@@ -14,17 +14,14 @@ import pytest
 import torch
 
 import keypatch
-from keypatch.geometry import normalize
 from keypatch.proposers import available, get_proposer
+from tests.conftest import smooth_images
 
 RATIO = 0.5  # 8 of the toy grid's 16 patches
 
 
 def _images(n: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(11)
-    small = torch.rand(n, 3, 8, 8, generator=g)
-    return torch.stack([normalize(torch.nn.functional.interpolate(s[None], size=64, mode="bilinear")[0])
-                        for s in small])
+    return smooth_images(n, 64, seed=11)
 
 
 @pytest.fixture(scope="module")

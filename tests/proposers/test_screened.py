@@ -4,17 +4,14 @@ import pytest
 import torch
 
 import keypatch
-from keypatch.geometry import normalize
 from keypatch.objective import Objective
 from keypatch.proposers import get_proposer
 from keypatch.proposers.swap import refine, refine_batched
+from tests.conftest import smooth_images
 
 
 def _images(n: int, size: int = 224) -> torch.Tensor:
-    g = torch.Generator().manual_seed(3)
-    small = torch.rand(n, 3, 8, 8, generator=g)
-    return torch.stack([normalize(torch.nn.functional.interpolate(s[None], size=size, mode="bilinear")[0])
-                        for s in small])
+    return smooth_images(n, size, seed=3)
 
 
 @pytest.fixture(scope="module")
