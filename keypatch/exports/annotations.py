@@ -36,10 +36,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from keypatch.exports.patch_ids import unique_names
 from keypatch.geometry import PatchGrid
@@ -100,12 +101,12 @@ class ImageRefs:
         return self.root.parent
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """``(width, height)`` of an image file as keypatch reads it (EXIF orientation applied)."""
+def image_size(path: str | Path | BinaryIO) -> tuple[int, int]:
+    """``(width, height)`` of an image file (a path or an open binary file) as keypatch reads it, EXIF
+    orientation applied, from its header alone: nothing is decoded."""
     with Image.open(path) as im:
-        if im.getexif().get(0x0112, 1) != 1:
-            return ImageOps.exif_transpose(im).size
-        return im.size
+        w, h = im.size
+        return (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
 
 
 def patch_box(grid: PatchGrid, patch: int, width: int, height: int) -> tuple[int, int, int, int]:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 NOTE_TEXT: dict[str, tuple[str, str]] = {
     "alpha": ("had an alpha channel: it was dropped (the stored colours are used)",
@@ -162,7 +162,8 @@ def _open_fully(source: Path | io.BytesIO, name: str) -> Image.Image:
                 im.close()  # a truncated file: no "unclosed file" warning besides the message
             if isinstance(exc, Image.DecompressionBombError):
                 raise ValueError(f"{name}: {exc}") from exc
-            raise ValueError(f"{name} is not a readable image: {exc}") from exc
+            why = "its format is not one Pillow reads" if isinstance(exc, UnidentifiedImageError) else exc
+            raise ValueError(f"{name} is not a readable image: {why}") from exc
     for w in caught:
         if issubclass(w.category, Image.DecompressionBombWarning):
             warnings.warn(f"{name}: {w.message}", ImageSizeWarning, stacklevel=4)

@@ -17,15 +17,17 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import UnidentifiedImageError
 
 from keypatch import api
 from keypatch.engines.job import Job
+from keypatch.exports.annotations import image_size
 from keypatch.exports.labelstudio import prediction
 from keypatch.geometry import InputNotes
 from keypatch.geometry.decode import to_rgb8
@@ -104,33 +106,40 @@ class Backend:
 
     # ---------------------------------------------------------------- protocol
     def setup(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Label Studio's ``/setup``: learn its host and token (unless given at start); the model version."""
-        if not self.source.label_studio_url and payload.get("hostname"):
-            self.source.label_studio_url = str(payload["hostname"])
-        if not self.source.api_key and payload.get("access_token"):
-            self.source.api_key = str(payload["access_token"])
+        """Label Studio's ``/setup``: its host and token, taken together (:meth:`ImageSource.bind`;
+        never when they were given at start), and the model version."""
+        if not self.source.bind(payload.get("hostname"), payload.get("access_token")) and payload.get("hostname"):
+            log.warning("/setup named %r: not taken (the Label Studio host is pinned to %s, or that is not an "
+                        "http(s) URL)", str(payload.get("hostname"))[:200], self.source.label_studio)
         return {"model_version": self.model_version}
 
-    def predict(self, tasks: list[dict[str, Any]], label_config: str | None = None) -> list[dict[str, Any]]:
+    def predict(self, tasks: list[Any], label_config: Any = None, timeout: float | None = None) -> list[dict[str, Any]]:
         """One prediction per task, in order: the kept patches as a brush mask, ``score`` the loss
-        ``L``; or ``{"result": [], "error": MESSAGE}`` for a task that could not be served."""
+        ``L``; or ``{"result": [], "error": MESSAGE}`` for a task that could not be served (whatever
+        went wrong with it: the other tasks are answered). With ``timeout``, a task whose image is
+        not done within that many seconds of the call gets an error saying so; its image is still
+        proposed and stored, and served from the store when asked again."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self.stats["requests"] += 1
             self.stats["tasks"] += len(tasks)
         try:
+            if label_config is not None and not isinstance(label_config, str):
+                raise ValueError("label_config must be a string (the project's XML config)")
             fit = fit_config(label_config)
         except ValueError as exc:
             return [self._error(exc) for _ in tasks]
         pending: list[_Item | Exception] = []
         for task in tasks:
             try:
-                ref = (task.get("data") or {}).get(fit.data_key) if isinstance(task, dict) else None
+                data = task.get("data") if isinstance(task, dict) else None
+                ref = data.get(fit.data_key) if isinstance(data, dict) else None
                 if ref is None:
                     raise ValueError(f"the task has no data field {fit.data_key!r} (the config's image)")
                 item = _Item(str(ref), self.source.get(ref))
                 self._queue.put(item)
                 pending.append(item)
-            except ValueError as exc:
+            except Exception as exc:  # noqa: BLE001 - a bad task is that task's error, never the request's
                 pending.append(exc)
         out = []
         for p in pending:
@@ -138,12 +147,16 @@ class Backend:
                 out.append(self._error(p))
                 continue
             try:
-                record, width, height = p.future.result()
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                record, width, height = p.future.result(timeout=left)
+                out.append(prediction(record, self.mae.grid, width, height, model_version=self.model_version,
+                                      from_name=fit.from_name, to_name=fit.to_name, label=fit.label))
+            except FutureTimeout:
+                out.append(self._error(TimeoutError(
+                    f"{p.name}: not done within the request's {timeout:g} s; it is still being proposed, and "
+                    "will be served from the store when asked again")))
             except Exception as exc:  # noqa: BLE001 - each task's failure is its own result
                 out.append(self._error(exc))
-                continue
-            out.append(prediction(record, self.mae.grid, width, height, model_version=self.model_version,
-                                  from_name=fit.from_name, to_name=fit.to_name, label=fit.label))
         return out
 
     def _error(self, exc: BaseException) -> dict[str, Any]:
@@ -187,14 +200,21 @@ class Backend:
                         if not item.future.done():
                             item.future.set_exception(exc)
 
-    def _decode(self, item: _Item) -> tuple[int, int, torch.Tensor]:
-        with Image.open(io.BytesIO(item.data)) as im:
-            w, h = im.size
+    def _size(self, item: _Item) -> tuple[int, int]:
+        """``(width, height)`` from the image's header (nothing decoded), within ``max_pixels``."""
+        try:
+            w, h = image_size(io.BytesIO(item.data))
+        except Exception as exc:  # noqa: BLE001 - Pillow raises several types for bad files
+            why = "its format is not one Pillow reads" if isinstance(exc, UnidentifiedImageError) else exc
+            raise ValueError(f"{item.name} is not a readable image: {why}") from None
         if w * h > self.max_pixels:
             raise ValueError(f"{item.name} is {w}x{h} pixels, over the limit of {self.max_pixels:,}")
+        return w, h
+
+    def _pixels(self, item: _Item) -> torch.Tensor:
         rgb = to_rgb8(item.data, InputNotes(), item.name)
-        x = decode_pixels(rgb, self.mae.config.image_size, InputNotes(), item.name, self.job.settings.resize)
-        return rgb.shape[1], rgb.shape[0], torch.from_numpy(x)
+        return torch.from_numpy(decode_pixels(rgb, self.mae.config.image_size, InputNotes(), item.name,
+                                              self.job.settings.resize))
 
     def _stored(self, store: ResultStore, digest: str) -> Record | None:
         s = self.job.setting
@@ -203,23 +223,35 @@ class Backend:
         return found[0] if found else None
 
     def _serve(self, store: ResultStore, batch: list[_Item]) -> None:
+        """Serve one batch: duplicates dropped by content before anything is decoded; each content's
+        size read from its header and checked, then looked up in the store; only the contents the
+        store lacks are decoded and proposed (in one call)."""
         with self._lock:
             self.stats["batches"] += 1
-        ready: dict[str, list[tuple[_Item, int, int]]] = {}
-        found: dict[str, Record | None] = {}  # each content looked up in the store once per batch
-        todo: dict[str, tuple[str, torch.Tensor]] = {}
+        groups: dict[str, list[_Item]] = {}
         for item in batch:
-            try:
-                w, h, x = self._decode(item)
-            except Exception as exc:  # noqa: BLE001 - an unreadable image is that task's error
-                item.future.set_exception(ValueError(f"{item.name}: {exc}" if item.name not in str(exc) else exc))
+            groups.setdefault(hashlib.sha256(item.data).hexdigest(), []).append(item)
+        ready: dict[str, tuple[Record | None, list[tuple[_Item, int, int]]]] = {}
+        todo: dict[str, tuple[str, torch.Tensor]] = {}
+        for digest, items in groups.items():
+            sized = []
+            for item in items:
+                try:
+                    sized.append((item, *self._size(item)))
+                except Exception as exc:  # noqa: BLE001 - an unreadable image is that task's error
+                    item.future.set_exception(exc)
+            if not sized:
                 continue
-            digest = hashlib.sha256(item.data).hexdigest()
-            ready.setdefault(digest, []).append((item, w, h))
-            if digest not in found:
-                found[digest] = self._stored(store, digest)
-                if found[digest] is None:
-                    todo[digest] = (item.name, x)
+            record = self._stored(store, digest)
+            if record is None:
+                first = sized[0][0]
+                try:
+                    todo[digest] = (first.name, self._pixels(first))
+                except Exception as exc:  # noqa: BLE001 - an unreadable image is that task's error
+                    for item, _, _ in sized:
+                        item.future.set_exception(ValueError(str(exc).replace(first.name, item.name)))
+                    continue
+            ready[digest] = (record, sized)
         if todo:
             store.add_paths([(d, name) for d, (name, _) in todo.items()])
             images = torch.stack([x for _, x in todo.values()]).to(self.mae.device)
@@ -230,9 +262,10 @@ class Backend:
                 self.job.keep(name, digest, res.patches, res.losses, res.evaluations, res.seconds)
         with self._lock:
             self.stats["computed"] += len(todo)
-            self.stats["from_store"] += sum(len(v) for d, v in ready.items() if d not in todo)
-        for digest, items in ready.items():
-            record = self._stored(store, digest) if digest in todo else found[digest]
+            self.stats["from_store"] += sum(len(v) for d, (_, v) in ready.items() if d not in todo)
+        for digest, (record, items) in ready.items():
+            if record is None:
+                record = self._stored(store, digest)
             for item, w, h in items:
                 if record is None:
                     item.future.set_exception(RuntimeError(f"{item.name}: no record was stored"))

@@ -25,7 +25,11 @@ def _post(url: str, body: dict | bytes, timeout: float = 120) -> tuple[int, dict
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        text = e.read()
+        try:
+            return e.code, json.loads(text)
+        except ValueError:  # the HTTP server's own answers (413) are plain text
+            return e.code, {"error": text.decode(errors="replace")}
 
 
 @pytest.fixture(scope="module")

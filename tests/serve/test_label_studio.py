@@ -87,15 +87,16 @@ def label_studio(tmp_path_factory):
 def test_label_studio_gets_keypatch_predictions_equal_to_the_export(label_studio, tmp_path):
     url, docroot = label_studio
     backend = Backend(0.05, "greedy", "default", tmp_path / "results", device="cpu", batch_size=6)
-    server = BackendServer(backend, "127.0.0.1", _free_port())
+    server = BackendServer(backend, "127.0.0.1", _free_port(), auth=("keypatch-ls", "a pass phrase"))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         client = sdk.LabelStudio(base_url=url, api_key=TOKEN)
         project = client.projects.create(title="keypatch backend", label_config=LABELSTUDIO_CONFIG)
         client.import_storage.local.create(project=project.id, path=str(docroot / "photos"), title="photos",
                                            use_blob_urls=True)
-        ml = client.ml.create(url=server.url, project=project.id, title="keypatch")
-        assert ml.model_version == backend.model_version  # Label Studio called /health and /setup
+        ml = client.ml.create(url=server.url, project=project.id, title="keypatch", auth_method="BASIC_AUTH",
+                              basic_auth_user="keypatch-ls", basic_auth_pass="a pass phrase")
+        assert ml.model_version == backend.model_version  # Label Studio called /health and /setup, with credentials
         client.projects.import_tasks(id=project.id,
                                      request=[{"image": f"/data/local-files/?d=photos/{n}.jpg"} for n in PHOTOS])
         client.actions.create(id="retrieve_tasks_predictions", project=project.id,
