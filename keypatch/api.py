@@ -162,9 +162,15 @@ def build_proposer(strategy: str | Proposer, settings: RunSettings, options: dic
     """The proposer of a run with ``settings``: their ``start`` goes to strategies that take one.
 
     A start that came from a preset (``start_given=False``) is left out for strategies without a
-    start (``random``, ``attention``); one given explicitly to them is a ValueError.
+    start (``random``, ``attention``); one given explicitly to them is a ValueError. A ``start`` in
+    ``options`` is a start given explicitly (a ValueError when ``start_given`` too).
     """
+    options = dict(options or {})
     start = settings.start
+    if "start" in options:  # e.g. keypatch serve -o start=none: a start given as an option is given
+        if start_given:
+            raise ValueError("start is given twice: as an argument and as an option")
+        start, start_given = options.pop("start"), True
     if not start_given and not (isinstance(strategy, Proposer) or takes_option(strategy, "start")):
         start = "center"
     return make_proposer(strategy, start, options)

@@ -57,6 +57,15 @@ def _check_ratio(ratio: Any) -> float:
     return float(ratio)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by the user (Ctrl-C): ``summary`` is what it had done, as :func:`run_propose`
+    returns it, with ``interrupted`` set; the finished records are stored."""
+
+    def __init__(self, summary: dict[str, Any]) -> None:
+        super().__init__("interrupted")
+        self.summary = summary
+
+
 def run_propose(paths: str | Path | Sequence[str | Path], ratio: float, strategy: str | Proposer = "greedy",
                 model: Any = "default", start: str | int | tuple[int, int] | None = None, device: str = "auto",
                 out_dir: str | Path = DEFAULT_OUT, batch_size: int = 1, seed: int = 0, progress: bool = True,
@@ -104,6 +113,11 @@ def run_propose(paths: str | Path | Sequence[str | Path], ratio: float, strategy
         run, or the same content twice), ``recomputed`` (computed here too, another run having stored
         it after its claim expired), ``failed`` and ``failed_paths``, ``notes``, ``store``,
         ``model_id``, ``strategy``, ``ratio``, ``k``, ``start``, ``options``, ``engine``, ``seconds``.
+
+    Raises
+    ------
+    Interrupted
+        On Ctrl-C (a KeyboardInterrupt), carrying the summary of what was done.
     """
     from tqdm.auto import tqdm
 
@@ -127,11 +141,15 @@ def run_propose(paths: str | Path | Sequence[str | Path], ratio: float, strategy
     job = Job(mae, proposer, ratio, seed, claims.lease, len(files), settings,
               model_spec=model if isinstance(model, str) else mae)
     job.summary.update(runner.summary())
-    with ResultStore(out_dir / STORE_NAME) as store, Heartbeat(store, job.run, claims.lease), \
-            tqdm(total=len(files), desc="propose", unit="img", disable=not progress) as bar:
-        job.summary["store"] = str(store.path)
-        job.store, job.bar = store, bar
-        runner.run(job, files, batch_size, claims.poll)
+    try:
+        with ResultStore(out_dir / STORE_NAME) as store, Heartbeat(store, job.run, claims.lease), \
+                tqdm(total=len(files), desc="propose", unit="img", disable=not progress) as bar:
+            job.summary["store"] = str(store.path)
+            job.store, job.bar = store, bar
+            runner.run(job, files, batch_size, claims.poll)
+    except KeyboardInterrupt:
+        job.summary.update(interrupted=True, notes=job.notes.lines(), seconds=time.perf_counter() - t0)
+        raise Interrupted(job.summary) from None
     job.summary["notes"] = job.notes.lines()
     for line in job.summary["notes"]:
         warnings.warn(line, InputNote, stacklevel=2)

@@ -6,6 +6,7 @@ import argparse
 
 from keypatch.cli import values as v
 from keypatch.cli.common import add_device, add_output, add_results, report
+from keypatch.store import count_line
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="only records of this strategy")
     p.add_argument("--ratio", type=v.ratio, default=None, help="only records of this ratio")
     p.add_argument("--model", default=None, type=v.model, help="only records of this model id (e.g. 'default')")
-    p.add_argument("--start", default=None, type=v.start, metavar="center|none|INDEX",
-                   help="only records with this start")
+    p.add_argument("--start", default=None, type=v.start, metavar="center|none|INDEX|ROW,COL",
+                   help="only records that began from this start (as propose takes it; a start a strategy may "
+                        "move, stored as 'center (may move)', is found by 'center')")
     p.add_argument("--seed", type=v.seed, default=None, help="only records stored with this seed")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", type=v.option,
                    help="only records stored with this option value, repeatable (e.g. -o eps=0.2)")
@@ -57,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _line(s: dict) -> str:
-    line = f"{s['records']} records -> {s['json']}"
+    line = f"{count_line(s['records'], s['images'], s['paths'], 1)} -> {s['json']}"
     if s.get("json_per_folder"):
         line += f" and {len(s['json_per_folder'])} per-folder patch_ids.json"
     for key in ("coco", "labelstudio", "masks"):
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                        image_url=args.image_url)
     if "exports" in s:
         lines = [f"[{e['setting']}] {_line(e)}" for e in s["exports"]]
-        report(args, s, "\n".join([*lines, f"{len(s['exports'])} settings, {s['records']} records"]))
+        report(args, s, "\n".join([*lines, count_line(s["records"], s["images"], s["paths"], len(s["exports"]))]))
     else:
         report(args, s, _line(s))
     return 0

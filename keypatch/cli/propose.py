@@ -80,7 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``propose`` for parsed ``args``; 1 when no image could be read."""
-    from keypatch.batch import run_propose
+    from keypatch.batch import Interrupted, run_propose
 
     options = dict(args.option)
     # run_propose's own settings (and precision) have flags of their own
@@ -95,12 +95,20 @@ def run(args: argparse.Namespace) -> int:
     resources = {"address": args.address, "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
                  "gpus_per_worker": args.gpus_per_worker} if args.engine == "ray" else {}
     settings = run_settings(args.preset, None, args.count, args.resize)
-    s = run_propose(args.paths, args.ratio, strategy=args.strategy, model=args.model, start=args.start,
-                    device=args.device, out_dir=args.out, batch_size=args.batch_size, seed=args.seed,
-                    progress=not args.quiet, preset=settings, engine=get_engine(args.engine, **resources),
-                    **options)
-    start = f", start {s['start']}" if s["start"] else ""
-    report(args, s, f"{s['done']} new, {s['skipped']} already stored, {s['failed']} unreadable (of {s['found']}) -> "
-          f"{s['store']}  [model {s['model_id']}, {s['strategy']}{start}, ratio {s['ratio']:g} = {s['k']} patches, "
-          f"{s['seconds']:.1f} s]")
+    try:
+        s = run_propose(args.paths, args.ratio, strategy=args.strategy, model=args.model, start=args.start,
+                        device=args.device, out_dir=args.out, batch_size=args.batch_size, seed=args.seed,
+                        progress=not args.quiet, preset=settings, engine=get_engine(args.engine, **resources),
+                        **options)
+    except Interrupted as stop:  # what was kept, then the interrupt's usual exit
+        _report(args, stop.summary, "interrupted: ")
+        raise
+    _report(args, s)
     return 1 if s["failed"] == s["found"] else 0
+
+
+def _report(args: argparse.Namespace, s: dict, prefix: str = "") -> None:
+    start = f", start {s['start']}" if s["start"] else ""
+    report(args, s, f"{prefix}{s['done']} new, {s['skipped']} already stored, {s['failed']} unreadable (of "
+           f"{s['found']}) -> {s.get('store')}  [model {s['model_id']}, {s['strategy']}{start}, ratio "
+           f"{s['ratio']:g} = {s['k']} patches, {s['seconds']:.1f} s]")

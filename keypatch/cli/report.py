@@ -6,6 +6,7 @@ import argparse
 
 from keypatch.cli import values as v
 from keypatch.cli.common import add_device, add_output, add_results, report
+from keypatch.store import count_line
 
 DESCRIPTION = ("Write DIR/report/index.html (or --report DIR2) with its pictures: one section per image, one card "
                "per stored record (strategies, ratios and starts side by side) with the kept patches numbered in "
@@ -35,5 +36,5 @@ def run(args: argparse.Namespace) -> int:
 
     s = write_report(args.out, args.report, device=args.device, progress=not args.quiet,
                      strategy=args.strategy, ratio=args.ratio)
-    report(args, s, f"{s['records']} records of {s['images']} images, {s['settings']} settings -> {s['index']}")
+    report(args, s, f"{count_line(s['records'], s['images'], s['paths'], s['settings'])} -> {s['index']}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from keypatch.cli.common import add_output, add_results
+from keypatch.store import count_line
 
 DESCRIPTION = ("info: the settings stored (with the export flags that select each) and the claims of running "
                "propose jobs. check: SQLite's integrity check (exit 1 if damaged). repair: copy every readable "
@@ -42,9 +43,11 @@ def run(args: argparse.Namespace) -> int:
               + ("" if r["complete"] else " (stopped before every id was tried)"))
         return 0
     with ResultStore(args.out, create=False, read_only=True) as store:
-        counts, claims = store.settings_counts(), store.claims()
+        counts, claims, contents = store.settings_counts(), store.claims(), store.contents()
+        paths = sum(len(v) for v in store.paths(sorted(contents)).values())
         path = store.path
-    print(f"{path}: {sum(n for _, n in counts)} records in {len(counts)} settings, {len(claims)} claimed by runs")
+    print(f"{path}: {count_line(sum(n for _, n in counts), len(contents), paths, len(counts))}; "
+          f"{len(claims)} claimed by runs")
     for settings, n in counts:
         print(f"  {n:6d}  {settings.flags()}")
     return 0

@@ -24,7 +24,7 @@ from keypatch.proposers.base import Proposer
 from keypatch.proposers.search import start_patch
 from keypatch.reconstructors.mae import MAE
 from keypatch.reconstructors.precision import resolve_precision
-from keypatch.store import DuplicateRecordError, Record, Setting, sha256_file
+from keypatch.store import MAY_MOVE, DuplicateRecordError, Record, Setting, sha256_file
 from keypatch.store.claims import RunId
 
 __all__ = ["Heartbeat", "Job", "stored_settings"]
@@ -38,12 +38,15 @@ def stored_settings(proposer: Proposer, seed: int, mae: MAE,
     :meth:`~Proposer.settings`, with the ``seed`` only where the answer depends on it, ``precision``
     as used (``"auto"`` resolved for ``mae`` and its device, as :class:`~keypatch.objective.Objective`
     resolves it), the run's ``count`` and ``resize`` where they are not the paper's
-    (:meth:`~keypatch.presets.RunSettings.stored`), and ``start`` (``""`` if it takes none; a
-    ``"row,col"`` start as its index on ``mae``'s grid)."""
-    start = getattr(proposer, "start", "") if "start" in proposer.options else ""
+    (:meth:`~keypatch.presets.RunSettings.stored`), and ``start`` (``""`` if it takes none or
+    ignores it; a ``"row,col"`` start as its index on ``mae``'s grid; ``" (may move)"`` after it for
+    a strategy whose refinement may move it, :attr:`~Proposer.start_rule`)."""
+    start = getattr(proposer, "start", "") if "start" in proposer.options and proposer.start_rule != "ignored" else ""
     index = start_patch(start, mae.grid) if start else None  # a ValueError for a patch outside the grid
     if "," in start:  # "row,col" is stored as its index, like a start given so
         start = str(index)
+    if proposer.start_rule == "moves" and index is not None:
+        start += MAY_MOVE
     options = proposer.settings()
     if "precision" in options:
         options["precision"] = resolve_precision(options["precision"], mae.device, mae.config.embed_dim)

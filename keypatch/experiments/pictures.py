@@ -12,8 +12,11 @@ from keypatch.reconstructors import MAE, load_mae
 
 MARGIN = 8
 """Pixels around and between the panels."""
-TITLE_HEIGHT = 16
+TITLE_HEIGHT = 24
 """Pixels of the title band above the panels."""
+TITLE_SIZE = 20
+"""Largest title font size in pixels (smaller where a title would not fit its panel): readable when
+a gallery card shows the picture at half its size."""
 BACKGROUND = (255, 255, 255)
 MASK_GREY = 0.2
 """Masked patches in the middle panel: this dark grey (in [0, 1]) ..."""
@@ -24,8 +27,8 @@ OUTLINE = (255, 200, 0)
 
 
 def _font(titles: Sequence[str], width: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """The largest default font (<= 12 px) in which every title fits ``width`` pixels."""
-    for size in range(min(12, TITLE_HEIGHT - 2), 5, -1):
+    """The largest default font (<= :data:`TITLE_SIZE` px) in which every title fits ``width`` pixels."""
+    for size in range(min(TITLE_SIZE, TITLE_HEIGHT - 2), 5, -1):
         try:
             font = ImageFont.load_default(size=size)
         except (TypeError, OSError, ImportError):  # pragma: no cover - Pillow without FreeType: one bitmap size
@@ -76,7 +79,7 @@ def _sized_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def triptych(image: ImageLike, patches: Sequence[int], model: MAE | str | None = None,
              grid: PatchGrid | None = None, notes: InputNotes | None = None, resize: str = "bicubic",
              name: str | None = None, loss: float | None = None, numbers: bool = True) -> Image.Image:
-    """Three panels with small titles: the original, the kept patches, the MAE's reconstruction.
+    """Three panels with titles: the original, the kept patches, the MAE's reconstruction.
 
     Parameters
     ----------

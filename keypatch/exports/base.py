@@ -10,11 +10,13 @@ command line's ``--format`` choices and the export contract test read :data:`EXP
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keypatch.store.files import writable
 from keypatch.store.record import Record
 
 __all__ = ["EXPORTS", "ExportContext", "ExportWarning", "check_one_setting", "every_path", "match_options",
@@ -107,3 +109,16 @@ def every_path(records: Sequence[Record], paths: dict[str, list[str]]) -> list[R
     return sorted(out, key=lambda r: (r.image_path, r.id or 0))
 
 
+
+
+def check_output(path: Path, elsewhere: str) -> None:
+    """A ValueError when ``path`` (a file or folder to write) cannot be made: its nearest existing
+    folder is read-only (a read-only mount, say). ``elsewhere`` names the option that writes it
+    elsewhere, so the message says how to go on; the store itself is only read."""
+    path = Path(path)
+    where = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if where.is_file():
+        where = where.parent
+    if not writable(where) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{where} cannot be written (read-only); the results are read from it, and {elsewhere} "
+                         "writes this output elsewhere")

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keypatch.exports.base import ExportWarning
+from keypatch.exports.base import ExportWarning, check_output
+from keypatch.store import count_line
 from keypatch.store.record import Record
 from keypatch.store.sqlite import ResultStore, sha256_file
 
@@ -28,11 +29,12 @@ REPORT_NAME = "report"
 CURVE_W, CURVE_H = 220, 90
 
 
-def labeller(records: Sequence[Record]):
+def labeller(records: Sequence[Record], options: bool = True):
     """``label(record)``: its setting's :meth:`~keypatch.store.setting.Setting.label`, naming the
-    model where the records' models differ, so that two settings never share a label."""
+    model where the records' models differ, so that two settings never share a label (with
+    ``options``; without them, the short title of a card)."""
     with_model = len({r.model_id for r in records}) > 1
-    return lambda r: r.settings.label(with_model)
+    return lambda r: r.settings.label(with_model, options)
 
 
 def curve_svg(losses: Sequence[float]) -> str:
@@ -56,9 +58,13 @@ STYLE = """
 body { font: 13px system-ui, sans-serif; margin: 16px; color: #222; }
 h1 { font-size: 18px; } h2 { font-size: 14px; margin: 18px 0 6px; }
 .controls { margin: 8px 0 16px; } .controls select { margin: 0 12px 0 4px; }
-.row { display: flex; gap: 12px; overflow-x: auto; }
-.card { flex: 1 1 0; border: 1px solid #ccc; border-radius: 6px; padding: 8px; min-width: 360px; background: #fafafa; }
-.card img { width: 100%; max-width: 712px; height: auto; display: block; }
+.row { display: flex; flex-wrap: wrap; gap: 12px; }
+.card { flex: 1 1 420px; max-width: 760px; min-width: 0; border: 1px solid #ccc; border-radius: 6px; padding: 8px;
+        background: #fafafa; box-sizing: border-box; }
+.card h3 { font-size: 14px; margin: 0 0 6px; overflow-wrap: anywhere; }
+.card details { margin: 0 0 6px; color: #555; overflow-wrap: anywhere; } .card summary { cursor: pointer; }
+.card img { width: 100%; max-width: 736px; height: auto; display: block; }
+.card p { overflow-wrap: anywhere; } select { max-width: 40em; }
 .card .meta { display: flex; gap: 12px; align-items: center; }
 .card table td { padding: 0 8px 0 0; } .curve text { font-size: 9px; fill: #555; }
 .loss { font-weight: 600; }
@@ -84,23 +90,26 @@ function sortSections() {
 """
 
 
-def _card(r: Record, picture: str | None, label: str) -> str:
+def _card(r: Record, picture: str | None, label: str, title: str) -> str:
     img = (f'<img src="{html.escape(picture)}" alt="{html.escape(Path(r.image_path).name)}: {html.escape(label)}" '
            f'loading="lazy">' if picture else "<p>(no picture: the image is missing or changed)</p>")
     rows = [("loss", f'<span class="loss">{r.loss:.4f}</span>'), ("patches", str(len(r.patches))),
             ("evaluations", f"{r.evaluations:,}"), ("seconds", f"{r.seconds:.2f}"), ("model", html.escape(r.model_id))]
     table = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
+    shown = " ".join(f"{k}={v}" for k, v in sorted(r.options.items()))
+    details = (f"<details><summary>{len(r.options)} options</summary>{html.escape(shown)}</details>"
+               if r.options else "")
     return (f'<div class="card" data-setting="{html.escape(r.settings.flags())}" data-loss="{r.loss:.6g}">'
-            f"<h3>{html.escape(label)}</h3>{img}"
+            f'<h3 title="{html.escape(label)}">{html.escape(title)}</h3>{details}{img}'
             f'<div class="meta">{curve_svg(r.losses)}<table>{table}</table></div>'
             f'<p>picks: {html.escape(" ".join(str(p) for p in r.patches))}</p></div>')
 
 
-def _page(sections: list[str], settings: list[tuple[str, str]], title: str, count: int) -> str:
+def _page(sections: list[str], settings: list[tuple[str, str]], title: str, counts: str) -> str:
     options = "".join(f'<option value="{html.escape(key)}">{html.escape(label)}</option>' for key, label in settings)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p>{count} records of {len(sections)} images, {len(settings)} settings. Each picture: the original, "
+            f"<p>{html.escape(counts)}. Each picture: the original, "
             "the kept patches numbered in pick order, the MAE's reconstruction; the curve is the loss after each "
             "added patch.</p>"
             '<div class="controls">sort images by <select id="sort" onchange="sortSections()">'
@@ -167,19 +176,21 @@ def write_report(out_dir: str | Path, report_dir: str | Path | None = None, *, d
     if not records:
         raise ValueError(f"no records in {folder} to report")
     target = Path(report_dir) if report_dir else folder / REPORT_NAME
+    check_output(target, "--report DIR2 (report_dir=)")
     (target / "img").mkdir(parents=True, exist_ok=True)
     dev = str(resolve_device(device))
-    label = labeller(records)
+    label, title = labeller(records), labeller(records, options=False)
     models: dict[str, Any] = {}
     by_image: dict[str, list[Record]] = defaultdict(list)
     for r in records:
         by_image[r.sha256].append(r)
-    sections, written, missing, notes = [], 0, 0, InputNotes()
+    sections, written, missing, notes, shown = [], 0, 0, InputNotes(), 0
     bar = tqdm(total=len(records), desc="report", unit="rec", disable=not progress)
 
     for sha, group in sorted(by_image.items(), key=lambda kv: _where(paths, *kv)[0].name.lower()):
         group.sort(key=lambda r: (r.model_id, r.strategy, r.ratio, r.start, r.options_json))
         found = _where(paths, sha, group)
+        shown += len(found)
         path = found[0]
         readable = path.is_file() and sha256_file(path) == sha
         cards = []
@@ -194,7 +205,7 @@ def write_report(out_dir: str | Path, report_dir: str | Path | None = None, *, d
                 picture, written = name, written + 1
             else:
                 missing += 1
-            cards.append(_card(r, picture, label(r)))
+            cards.append(_card(r, picture, label(r), title(r)))
             bar.update(1)
         sections.append(_section(found, readable, target, cards))
     bar.close()
@@ -203,6 +214,8 @@ def write_report(out_dir: str | Path, report_dir: str | Path | None = None, *, d
                       stacklevel=2)
     settings = sorted({(r.settings.flags(), label(r)) for r in records}, key=lambda kv: kv[1])
     index = target / "index.html"
-    index.write_text(_page(sections, settings, f"keypatch: {folder.name}", len(records)))
-    return {"index": str(index), "records": len(records), "images": len(by_image), "settings": len(settings),
+    index.write_text(_page(sections, settings, f"keypatch: {folder.name}",
+                           count_line(len(records), len(by_image), shown, len(settings))))
+    return {"index": str(index), "records": len(records), "images": len(by_image), "paths": shown,
+            "settings": len(settings),
             "pictures": written, "missing": missing, "setting_flags": [key for key, _ in settings]}

@@ -13,6 +13,7 @@ seed, options), or write one export per setting (``each_setting``). The other fo
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from collections import defaultdict
@@ -25,11 +26,13 @@ from keypatch.exports.base import (
     ExportContext,
     ExportWarning,
     check_one_setting,
+    check_output,
     every_path,
     match_options,
 )
 from keypatch.exports.patch_ids import JSON_NAME, clash_message, folder_clashes, write_patch_ids_per_folder
 from keypatch.exports.pictures import PICTURES_NAME, export_pictures
+from keypatch.store import MAY_MOVE
 from keypatch.store.sqlite import Record, ResultStore
 
 __all__ = ["EXPORTS_NAME", "export_results"]
@@ -43,8 +46,8 @@ def _export_one(records: Sequence[Record], json_file: Path, pic_dir: Path | None
     clashes = folder_clashes(records)
     if clashes:
         warnings.warn(clash_message(clashes), ExportWarning, stacklevel=3)
-    out: dict[str, Any] = {"records": len(records), "pictures": 0, "pictures_dir": None,
-                           "skipped": 0, "setting": records[0].settings.flags(),
+    out: dict[str, Any] = {"records": len({(r.sha256, r.settings) for r in records}), "paths": len(records),
+                           "pictures": 0, "pictures_dir": None, "skipped": 0, "setting": records[0].settings.flags(),
                            "images": len({r.sha256 for r in records}), "image_root": str(refs.root)}
     context = ExportContext(json_file.parent, refs, json_file, device)
     for name in ["json", *(f for f in formats if f != "json")]:  # patch_ids.json always, first
@@ -96,10 +99,11 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
     Returns
     -------
     dict
-        ``records`` (exported entries, one per image path), ``images`` (distinct contents), ``json``
-        (path), ``pictures`` (number written), ``pictures_dir``, ``skipped``
-        (pictures not written), ``setting`` (its flags); with ``each_setting``, ``exports``: one
-        such dict per setting, and ``records`` in all.
+        ``records`` (stored records: one per image content and setting), ``images`` (distinct
+        contents), ``paths`` (exported entries, one per image path), ``json`` (path), ``pictures``
+        (number written), ``pictures_dir``, ``skipped`` (pictures not written), ``setting`` (its
+        flags); with ``each_setting``, ``exports``: one such dict per setting, and ``records``,
+        ``images`` and ``paths`` in all (:func:`~keypatch.store.count_line` words them).
 
     Raises
     ------
@@ -124,15 +128,22 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
     if not each_setting:
         check_one_setting(records)
         pic_dir = (Path(pictures_dir) if pictures_dir else folder / PICTURES_NAME) if pictures else None
-        return _export_one(records, Path(json_path) if json_path else folder / JSON_NAME, pic_dir, dev, progress,
-                           per_folder, formats, refs)
+        ids = Path(json_path) if json_path else folder / JSON_NAME
+        check_output(ids, "--ids FILE (json_path=)" + (" with --pictures DIR (pictures_dir=) or --no-pictures"
+                                                       if pic_dir is not None and not pictures_dir else ""))
+        if pic_dir is not None:
+            check_output(pic_dir, "--pictures DIR (pictures_dir=), or --no-pictures,")
+        return _export_one(records, ids, pic_dir, dev, progress, per_folder, formats, refs)
     if per_folder:
         raise ValueError("--per-folder writes beside the images, which holds one setting; select one instead of "
                          "--each-setting")
     if json_path or pictures_dir:
         raise ValueError("--json and --pictures name one export; with --each-setting every setting gets its own "
                          "folder under OUT/exports/")
-    return {"records": len(records), "exports": _each_setting(records, folder, pictures, dev, progress, formats, refs)}
+    check_output(folder / EXPORTS_NAME, "copying results.sqlite to a folder that can be written")
+    return {"records": len({(r.sha256, r.settings) for r in records}), "images": len({r.sha256 for r in records}),
+            "paths": len({r.image_path for r in records}),
+            "exports": _each_setting(records, folder, pictures, dev, progress, formats, refs)}
 
 
 def selected(out_dir: str | Path, options: dict[str, Any], filters: dict[str, Any]) -> tuple[Path, list[Record]]:
@@ -142,14 +153,40 @@ def selected(out_dir: str | Path, options: dict[str, Any], filters: dict[str, An
         from keypatch.reconstructors.loading import default_model_id
 
         filters["model_id"] = default_model_id()
+    start = filters.pop("start", None)
     with ResultStore(out_dir, create=False, read_only=True) as store:
         folder = store.path.parent
         records = match_options(store.records(**filters), options)
+        if start is not None:
+            records = [r for r in records if start_matches(r.start, start, r.model_id)]
         records = every_path(records, store.paths([r.sha256 for r in records]))
     if not records:
+        filters["start"] = start
         given = [f"{k}={v}" for k, v in filters.items() if v is not None] + [f"{k}={v}" for k, v in options.items()]
         raise ValueError(f"no records in {folder}" + (f" match {', '.join(given)}" if given else ""))
     return folder, records
+
+
+def start_matches(stored: str, wanted: str | int | tuple[int, int], model_id: str) -> bool:
+    """Whether a record's stored start is the start ``wanted``, given as ``keypatch propose`` takes it
+    (``center``, ``none``, an index, ``ROW,COL`` on the grid of the record's model ``model_id``); a
+    start stored with :data:`~keypatch.store.MAY_MOVE` matches the start it began from."""
+    from keypatch.proposers.search import parse_start, start_patch
+
+    value, want = stored.removesuffix(MAY_MOVE), parse_start(wanted)
+    if "," in want:
+        try:
+            want = str(start_patch(want, _grid(model_id)))
+        except (OSError, ValueError):  # outside that model's grid, or the model cannot be had: not this start
+            return False
+    return value == want
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(model_id: str) -> Any:
+    from keypatch.api import load_mae
+
+    return load_mae(model_id, device="cpu").grid
 
 
 def _each_setting(records: Sequence[Record], folder: Path, pictures: bool, device: str, progress: bool,
@@ -164,7 +201,8 @@ def _each_setting(records: Sequence[Record], folder: Path, pictures: bool, devic
         model_id, strategy, ratio, start, options_json = settings
         (target / "setting.json").write_text(json.dumps(
             {"model_id": model_id, "strategy": strategy, "ratio": ratio, "start": start,
-             "options": json.loads(options_json), "records": len(group)}, indent=1) + "\n")
+             "options": json.loads(options_json), "records": len({r.sha256 for r in group}), "paths": len(group)},
+            indent=1) + "\n")
         exports.append(_export_one(group, target / JSON_NAME, target / PICTURES_NAME if pictures else None, device,
                                    progress, formats=formats, refs=refs))
     return exports

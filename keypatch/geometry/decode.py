@@ -108,12 +108,14 @@ _SAID: set[str] = set()
 """The kinds of note already warned in this process (:func:`note_once`)."""
 
 
-def note_once(kind: str, stacklevel: int = 3) -> None:
-    """Warn an :class:`InputNote` of ``kind`` the first time this process meets it, and never again
-    (whatever the warning filters: Python's own "once per place" would repeat it at every call site)."""
+def note_once(kind: str, name: str, stacklevel: int = 3) -> None:
+    """Warn an :class:`InputNote` of ``kind``, naming the image ``name``, the first time this process
+    meets it, and never again (whatever the warning filters: Python's own "once per place" would
+    repeat it at every call site); the warning says that later images are not named."""
     if kind not in _SAID:
         _SAID.add(kind)
-        warnings.warn(note_text(kind), InputNote, stacklevel=stacklevel + 1)
+        warnings.warn(f"{note_text(kind)} ({name}; said once, for the first such image)", InputNote,
+                      stacklevel=stacklevel + 1)
 
 
 def reset_notes() -> None:
@@ -124,7 +126,7 @@ def reset_notes() -> None:
 def _note_to(notes: InputNotes | None, name: str) -> Note:
     if notes is not None:
         return lambda kind: notes.add(kind, name)
-    return lambda kind: note_once(kind, stacklevel=4)
+    return lambda kind: note_once(kind, name, stacklevel=4)
 
 
 def open_image_file(path: str | Path) -> Image.Image:

@@ -63,6 +63,13 @@ def local_sources(paths: str | Path | Iterable[str | Path], engine: str) -> list
     return out
 
 
+def real_path(path: str | Path) -> Path:
+    """The absolute path with every symbolic link resolved, as far as they resolve: a link loop or a
+    broken link gives a path instead of an error (reading it then fails, and the file is skipped
+    like any unreadable one)."""
+    return Path(os.path.realpath(path))
+
+
 def no_images(sources: Iterable[object]) -> ValueError:
     """The error for sources in which no image file was found (folders, URIs)."""
     listed = ", ".join(str(s) for s in sources) or "(no paths given)"
@@ -79,6 +86,8 @@ def list_image_files(paths: str | Path | Iterable[str | Path], *, allow_empty: b
         recursively, in sorted order, for files whose suffix is in :data:`IMAGE_SUFFIXES`; hidden
         files and folders are skipped). Symbolic links to folders are followed, each real folder
         is walked once (so a link loop ends), and a file reached by several paths is listed once.
+        A file link that loops or leads nowhere is listed: reading it fails, and every command
+        skips it with one line, as any unreadable file.
     allow_empty : bool
         Return ``[]`` instead of raising when nothing is found.
 
@@ -113,7 +122,7 @@ def list_image_files(paths: str | Path | Iterable[str | Path], *, allow_empty: b
                              if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)
                 left.extend(Path(root) / f for f in sorted(files)
                             if not f.startswith(".") and Path(f).suffix.lower() in OTHER_IMAGE_SUFFIXES)
-        elif p.exists():
+        elif p.exists() or p.is_symlink():  # a link that leads nowhere is an unreadable file, skipped later
             found.append(p)
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
@@ -129,7 +138,7 @@ def list_image_files(paths: str | Path | Iterable[str | Path], *, allow_empty: b
     seen: set[Path] = set()
     unique = []
     for f in found:
-        key = f.resolve()
+        key = real_path(f)
         if key not in seen:
             seen.add(key)
             unique.append(f)

@@ -51,7 +51,7 @@ def resized_rgb8(image: str | Path | bytes | Image.Image | np.ndarray, size: int
         if notes is not None:
             notes.add("squashed", name)
         else:
-            note_once("squashed", stacklevel=4)
+            note_once("squashed", name, stacklevel=4)
     return np.asarray(Image.fromarray(rgb).resize((size, size), RESIZE_FILTERS[resize]))
 
 

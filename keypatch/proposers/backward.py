@@ -41,6 +41,7 @@ class Backward(SearchProposer):
     """
 
     name = "backward"
+    start_rule = "ignored"
 
     @torch.no_grad()
     def search(self, objective: Objective, k: int, seeds: list[int]):

@@ -81,6 +81,10 @@ class Proposer(ABC):
     seed and options): then one run to the largest ``k`` serves every smaller one."""
     uses_seed: ClassVar[bool] = False
     """Whether the answer depends on the seed (then the seed is part of a stored record's key)."""
+    start_rule: ClassVar[str] = "kept"
+    """What the strategy does with its ``start`` patch, and so what a record says of it: ``"kept"``
+    (the answer begins with it), ``"moves"`` (a refinement may move it away: stored as ``START
+    (may move)``) or ``"ignored"`` (the search does not use it: stored without a start)."""
     options: ClassVar[dict[str, type | tuple[type, ...]]] = {}
     """The keyword options the strategy takes and their types, checked by :func:`get_proposer`."""
     options_pass_through: ClassVar[bool] = False

@@ -201,6 +201,7 @@ class RankedGreedy(SearchProposer):
     """
 
     name = "ranked"
+    start_rule = "moves"
     options = {**SearchProposer.options, "m": int, "errors": int, "keep": int, "rounds": int, "reach": int,
                "moves": int, "ranker": str}
 

@@ -65,6 +65,7 @@ class ScreenedGreedy(SearchProposer):
     """
 
     name = "screened"
+    start_rule = "moves"
     options = {**SearchProposer.options, "m": int, "keep": int, "rounds": int, "reach": int, "batched": bool}
 
     def __init__(self, m: int = 6, keep: int = 2, rounds: int = 2, reach: int = 1, batched: bool = False,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keypatch.geometry.files import list_image_files
+from keypatch.geometry.files import list_image_files, real_path
 from keypatch.selection.bins import (
     SELECTORS,
     DatasetSelection,
@@ -64,7 +64,7 @@ class SelectionResult:
 
 def _display_root(files: Sequence[Path]) -> Path:
     try:
-        return Path(os.path.commonpath([str(Path(f).resolve().parent) for f in files]))
+        return Path(os.path.commonpath([str(real_path(f).parent) for f in files]))
     except ValueError:
         return Path("/")
 
@@ -121,7 +121,7 @@ def select_dataset(paths, ratio: float, method: str = "dq", *, n_bins: int = 10,
         root = _display_root(files)
 
         def rel(f: Path) -> str:
-            r = Path(f).resolve()
+            r = real_path(f)
             return str(r.relative_to(root)) if r.is_relative_to(root) else str(r)
 
         doc = {

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from keypatch.geometry.files import list_image_files
+from keypatch.geometry.files import list_image_files, real_path
 
 
 def embed_images(files: Sequence[str | Path], classifier="efficientnet-lite0", device: str = "cpu",
@@ -62,7 +62,7 @@ def embed_readable(files: Sequence[str | Path], classifier="efficientnet-lite0",
 def _signature(files: Sequence[Path], classifier: str) -> dict:
     return {
         "classifier": classifier,
-        "files": [str(Path(f).resolve()) for f in files],
+        "files": [str(real_path(f)) for f in files],
         "sizes": [Path(f).stat().st_size for f in files],
         "mtimes": [int(Path(f).stat().st_mtime) for f in files],
     }

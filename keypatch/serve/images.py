@@ -76,6 +76,29 @@ class _Deadline:
         return left
 
 
+class _DeadlineSocket(socket.socket):
+    """A socket each of whose reads waits at most until its deadline (so an answer that drips in,
+    headers included, cannot outlast it)."""
+
+    deadline: _Deadline | None = None
+
+    def recv_into(self, buffer, nbytes=0, flags=0):  # noqa: ANN001 - socket's signature
+        if self.deadline is not None:
+            self.settimeout(self.deadline.left())
+        return super().recv_into(buffer, nbytes, flags)
+
+
+class _DeadlineSSLSocket(ssl.SSLSocket):
+    """:class:`_DeadlineSocket` for TLS."""
+
+    deadline: _Deadline | None = None
+
+    def recv_into(self, buffer, nbytes=None, flags=0):  # noqa: ANN001 - SSLSocket's signature
+        if self.deadline is not None:
+            self.settimeout(self.deadline.left())
+        return super().recv_into(buffer, nbytes, flags)
+
+
 def _connect(host: str, port: int, deadline: _Deadline) -> socket.socket:
     """A TCP connection to ``host``, to an address checked by :func:`refused_address` (checked at
     connection time, so a name that resolves elsewhere on a second look gains nothing)."""
@@ -89,10 +112,11 @@ def _connect(host: str, port: int, deadline: _Deadline) -> socket.socket:
             raise ImageFetchError(f"{deadline.url}: {host} is {addr[0]}, {why}: not fetched")
     last: OSError | None = None
     for family, kind, proto, _, addr in infos:
-        sock = socket.socket(family, kind, proto)
+        sock = _DeadlineSocket(family, kind, proto)
         try:
             sock.settimeout(deadline.left())
             sock.connect(addr)
+            sock.deadline = deadline
             return sock
         except OSError as exc:
             sock.close()
@@ -113,7 +137,10 @@ class _Response:
         if scheme == "https":
             try:
                 sock.settimeout(deadline.left())
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+                context = ssl.create_default_context()
+                context.sslsocket_class = _DeadlineSSLSocket
+                sock = context.wrap_socket(sock, server_hostname=self.host)
+                sock.deadline = deadline
             except (OSError, ssl.SSLError) as exc:
                 sock.close()
                 raise ImageFetchError(f"{url}: TLS failed ({exc})") from None
@@ -127,7 +154,6 @@ class _Response:
             if body is not None:
                 self.conn.putheader("Content-Length", str(len(body)))
             self.conn.endheaders(body)
-            sock.settimeout(deadline.left())
             self.resp = self.conn.getresponse()
         except ImageFetchError:
             self.close()
@@ -139,11 +165,10 @@ class _Response:
             raise ImageFetchError(f"{url}: unreachable ({exc})") from None
 
     def read(self, limit: int) -> bytes:
-        """At most ``limit + 1`` bytes of the body, each read bounded by the deadline."""
+        """At most ``limit + 1`` bytes of the body, every read bounded by the deadline."""
         chunks, total = [], 0
         try:
             while total <= limit:
-                self.sock.settimeout(self.deadline.left())
                 chunk = self.resp.read1(min(1 << 16, limit + 1 - total))
                 if not chunk:
                     break

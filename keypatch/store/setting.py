@@ -14,7 +14,11 @@ from typing import Any, NamedTuple
 
 from keypatch.store.keys import options_key
 
-__all__ = ["Setting"]
+__all__ = ["MAY_MOVE", "Setting", "count_line"]
+
+MAY_MOVE = " (may move)"
+"""Stored after the start of a strategy whose refinement may move its start patch away (``ranked``,
+``swap``, ``screened``): ``"center (may move)"``."""
 
 
 class Setting(NamedTuple):
@@ -41,22 +45,40 @@ class Setting(NamedTuple):
         """The key of one image's claim for this setting."""
         return json.dumps([sha256, *self], separators=(",", ":"))
 
+    @property
+    def start_value(self) -> str:
+        """The start as given (``center``, ``none``, a patch index), without :data:`MAY_MOVE`."""
+        return self.start.removesuffix(MAY_MOVE)
+
     def flags(self) -> str:
         """The ``keypatch export`` flags that select exactly this setting."""
         flags = [f"--model {self.model_id}", f"--strategy {self.strategy}", f"--ratio {self.ratio:g}"]
         if self.start:
-            flags.append(f"--start {self.start}")
+            flags.append(f"--start {self.start_value}")
         return " ".join(flags + [f"-o {k}={v}" for k, v in sorted(self.options.items())])
 
     def slug(self) -> str:
         """A folder name: ``STRATEGY-rRATIO[-START]-HASH8`` (the hash covers the whole setting)."""
         digest = hashlib.sha1(json.dumps(list(self)).encode()).hexdigest()[:8]
-        return f"{self.strategy}-r{self.ratio:g}" + (f"-{self.start}" if self.start else "") + f"-{digest}"
+        return f"{self.strategy}-r{self.ratio:g}" + (f"-{self.start_value}" if self.start else "") + f"-{digest}"
 
-    def label(self, with_model: bool = False) -> str:
-        """A short human label: strategy, ratio, start and options (and the model, ``with_model``)."""
+    def label(self, with_model: bool = False, options: bool = True) -> str:
+        """A human label: strategy, ratio, start and options (and the model, ``with_model``); the
+        title of a gallery card without ``options`` (they are shown apart)."""
         parts = [self.strategy, f"r={self.ratio:g}"]
         if self.start:
             parts.append(f"start {self.start}")
-        parts += [f"{k}={v}" for k, v in sorted(self.options.items())]
+        if options:
+            parts += [f"{k}={v}" for k, v in sorted(self.options.items())]
         return " ".join(parts + ([f"model {self.model_id}"] if with_model else []))
+
+
+def count_line(records: int, images: int, paths: int, settings: int) -> str:
+    """How every command counts stored results, in one phrase: ``"2 records of 1 image at 2 paths,
+    2 settings"`` (a record is one image content under one setting; an image content can be found
+    at several paths)."""
+
+    def n(k: int, word: str) -> str:
+        return f"{k} {word}{'' if k == 1 else 's'}"
+
+    return f"{n(records, 'record')} of {n(images, 'image')} at {n(paths, 'path')}, {n(settings, 'setting')}"

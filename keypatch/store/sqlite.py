@@ -316,6 +316,10 @@ class ResultStore:
 
     # -- records -----------------------------------------------------------------------------------
 
+    def contents(self) -> set[str]:
+        """The sha256 of every image content that has a record."""
+        return {r[0] for r in self._execute("SELECT DISTINCT sha256 FROM proposals").fetchall()}
+
     def settings_counts(self) -> list[tuple[Setting, int]]:
         """Every distinct :class:`~keypatch.store.setting.Setting` stored, with its record count."""
         rows = self._execute("SELECT model_id, strategy, ratio, start, options_json, COUNT(*) FROM proposals "

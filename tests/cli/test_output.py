@@ -93,7 +93,8 @@ def test_notes_are_given_once_per_kind_per_process():
             keypatch.propose(arr, 0.25, model=model)
             load_image(arr, 64)
     assert [str(w.message) for w in caught if w.category is InputNote] == [
-        "an image was not square: it was squashed to the model's square size without cropping (as KPP does)"]
+        "an image was not square: it was squashed to the model's square size without cropping (as KPP does) "
+        "(image; said once, for the first such image)"]
 
 
 def test_a_truncated_jpeg_is_one_message_and_no_unclosed_file(folder):

@@ -82,6 +82,13 @@ class _PeerHandler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             route = route[1]
+        if isinstance(route, tuple) and route[0] == "slowhead":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            for i in range(route[1]):
+                self.wfile.write(f"X-Drip-{i}: x\r\n".encode())
+                self.wfile.flush()
+                time.sleep(route[2])
+            return
         if isinstance(route, tuple) and route[0] == "slow":
             self.send_response(200)
             self.send_header("Content-Length", str(len(route[1])))
@@ -235,11 +242,13 @@ def test_fetch_hosts_restrict_urls_to_a_list(peers):
 def test_one_deadline_per_image_covers_every_read(peers):
     _, evil = peers
     evil.routes["/drip.jpg"] = ("slow", b"x" * 100, 0.1)  # 10 s in all, one byte at a time
+    evil.routes["/drip-headers.jpg"] = ("slowhead", 40, 0.25)  # headers, one line at a time
     src = ImageSource(timeout=1.0)
-    t = time.monotonic()
-    with pytest.raises(ImageFetchError, match="within 1 s"):
-        src.get(evil.url + "/drip.jpg")
-    assert time.monotonic() - t < 3
+    for path in ("/drip.jpg", "/drip-headers.jpg"):
+        t = time.monotonic()
+        with pytest.raises(ImageFetchError, match="within 1 s"):
+            src.get(evil.url + path)
+        assert time.monotonic() - t < 2.5
 
 
 # ---------------------------------------------------------------------------------------------- (C), (D)
