@@ -25,12 +25,20 @@ from keypatch.exports.base import (
     ExportContext,
     ExportWarning,
     check_one_setting,
+    checked_records,
     every_path,
     match_options,
 )
-from keypatch.exports.patch_ids import JSON_NAME, clash_message, folder_clashes, write_patch_ids_per_folder
+from keypatch.exports.patch_ids import (
+    JSON_NAME,
+    clash_message,
+    folder_clashes,
+    per_folder_files,
+    write_patch_ids_per_folder,
+)
 from keypatch.exports.pictures import PICTURES_NAME, export_pictures
 from keypatch.store.sqlite import Record, ResultStore
+from keypatch.untrusted import output_path
 
 __all__ = ["EXPORTS_NAME", "export_results"]
 
@@ -39,20 +47,21 @@ EXPORTS_NAME = "exports"
 
 def _export_one(records: Sequence[Record], json_file: Path, pic_dir: Path | None, device: str,
                 progress: bool, per_folder: bool = False, formats: Sequence[str] = ("json",),
-                refs: Any = None) -> dict[str, Any]:
+                refs: Any = None, store: Path | None = None) -> dict[str, Any]:
     clashes = folder_clashes(records)
     if clashes:
         warnings.warn(clash_message(clashes), ExportWarning, stacklevel=3)
+    beside = per_folder_files(records, store=store) if per_folder else {}  # read and checked before any write
     out: dict[str, Any] = {"records": len(records), "pictures": 0, "pictures_dir": None,
                            "skipped": 0, "setting": records[0].settings.flags(),
                            "images": len({r.sha256 for r in records}), "image_root": str(refs.root)}
-    context = ExportContext(json_file.parent, refs, json_file, device)
+    context = ExportContext(json_file.parent, refs, json_file, device, store)
     for name in ["json", *(f for f in formats if f != "json")]:  # patch_ids.json always, first
         out.update(EXPORTS[name](records, context))
     if per_folder:
-        out["json_per_folder"] = [str(p) for p in write_patch_ids_per_folder(records)]
+        out["json_per_folder"] = [str(p) for p in write_patch_ids_per_folder(records, merged=beside)]
     if pic_dir is not None:
-        written = export_pictures(records, None, pic_dir, device=device, progress=progress)
+        written = export_pictures(records, None, pic_dir, device=device, progress=progress, store=store)
         out.update(pictures=len(written), pictures_dir=str(pic_dir), skipped=len(records) - len(written))
     return out
 
@@ -113,7 +122,8 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
     options = dict(options or {})
     if seed is not None:
         options["seed"] = seed
-    folder, records = selected(out_dir, options, filters)
+    store, records = selected(out_dir, options, filters)
+    folder = store.parent
     from keypatch.exports.annotations import ImageRefs
     from keypatch.reconstructors import resolve_device
 
@@ -125,46 +135,54 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
         check_one_setting(records)
         pic_dir = (Path(pictures_dir) if pictures_dir else folder / PICTURES_NAME) if pictures else None
         return _export_one(records, Path(json_path) if json_path else folder / JSON_NAME, pic_dir, dev, progress,
-                           per_folder, formats, refs)
+                           per_folder, formats, refs, store)
     if per_folder:
         raise ValueError("--per-folder writes beside the images, which holds one setting; select one instead of "
                          "--each-setting")
     if json_path or pictures_dir:
         raise ValueError("--json and --pictures name one export; with --each-setting every setting gets its own "
                          "folder under OUT/exports/")
-    return {"records": len(records), "exports": _each_setting(records, folder, pictures, dev, progress, formats, refs)}
+    return {"records": len(records),
+            "exports": _each_setting(records, store, pictures, dev, progress, formats, refs)}
 
 
 def selected(out_dir: str | Path, options: dict[str, Any], filters: dict[str, Any]) -> tuple[Path, list[Record]]:
-    """The results folder of ``out_dir`` and its records matching ``filters`` and ``options``, one per
-    path of each image content (:func:`~keypatch.exports.base.every_path`); a ValueError if none."""
+    """The store file of ``out_dir`` and its records matching ``filters`` and ``options``, one per
+    path of each image content (:func:`~keypatch.exports.base.every_path`); a ValueError if none,
+    or when a record is refused (:func:`~keypatch.exports.base.checked_records`)."""
     if filters.get("model_id") == "default":
         from keypatch.reconstructors.loading import default_model_id
 
         filters["model_id"] = default_model_id()
     with ResultStore(out_dir, create=False, read_only=True) as store:
-        folder = store.path.parent
-        records = match_options(store.records(**filters), options)
-        records = every_path(records, store.paths([r.sha256 for r in records]))
+        path, folder = store.path, store.path.parent
+        records = checked_records(store.records(**filters), path)
+        records = match_options(records, options)
+        paths = store.paths([r.sha256 for r in records])
+        checked_records([], path, paths)  # the other paths of each content: strings too
+        records = every_path(records, paths)
     if not records:
         given = [f"{k}={v}" for k, v in filters.items() if v is not None] + [f"{k}={v}" for k, v in options.items()]
         raise ValueError(f"no records in {folder}" + (f" match {', '.join(given)}" if given else ""))
-    return folder, records
+    return path, records
 
 
-def _each_setting(records: Sequence[Record], folder: Path, pictures: bool, device: str, progress: bool,
+def _each_setting(records: Sequence[Record], store: Path, pictures: bool, device: str, progress: bool,
                   formats: Sequence[str], refs: Any) -> list[dict[str, Any]]:
     groups: dict[tuple, list[Record]] = defaultdict(list)
     for r in records:
         groups[r.settings].append(r)
+    targets = {settings: output_path(store.parent / EXPORTS_NAME, settings.slug(), file=store,
+                                     entry=f"the records of {settings.flags()}")
+               for settings in groups}  # a setting's folder is named after its strategy and start
     exports = []
     for settings, group in groups.items():
-        target = folder / EXPORTS_NAME / settings.slug()
+        target = targets[settings]
         target.mkdir(parents=True, exist_ok=True)
         model_id, strategy, ratio, start, options_json = settings
         (target / "setting.json").write_text(json.dumps(
             {"model_id": model_id, "strategy": strategy, "ratio": ratio, "start": start,
              "options": json.loads(options_json), "records": len(group)}, indent=1) + "\n")
         exports.append(_export_one(group, target / JSON_NAME, target / PICTURES_NAME if pictures else None, device,
-                                   progress, formats=formats, refs=refs))
+                                   progress, formats=formats, refs=refs, store=store))
     return exports
