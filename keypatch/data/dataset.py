@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 from keypatch.data.reconstruction import model_for, rebuild, write_png
-from keypatch.data.shards import QuantizedFolder
+from keypatch.data.shards import MANIFEST, QuantizedFolder
 from keypatch.geometry.image import to_pil
 from keypatch.reconstructors import MAE
+from keypatch.untrusted import output_path
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
@@ -39,7 +40,8 @@ class QuantizedDataset(torch.utils.data.Dataset):
     Parameters
     ----------
     root : path
-        A folder written by :func:`keypatch.data.pipeline`.
+        A folder written by :func:`keypatch.data.pipeline`; its manifest is checked whole on opening
+        (:func:`keypatch.data.shards.check_manifest`: a ValueError naming the entry it refuses).
     model : MAE or str, optional
         The reconstructor (default: the model the patches were chosen with).
     transform : callable, optional
@@ -108,7 +110,8 @@ class QuantizedDataset(torch.utils.data.Dataset):
 
     def _load_block(self, b: int) -> list[Image.Image]:
         idx = list(range(b * self.block, min(len(self), (b + 1) * self.block)))
-        paths = [self.cache_dir / f"{self.folder.images[i]['key']}.png" for i in idx] if self.cache_dir else []
+        paths = [output_path(self.cache_dir, f"{self.folder.images[i]['key']}.png", file=self.folder.root / MANIFEST,
+                             entry=f"images[{i}].key") for i in idx] if self.cache_dir else []
         if paths and all(p.is_file() for p in paths):
             return [Image.open(p).convert("RGB") for p in paths]
         images = [to_pil(x) for x in self.reconstruction(idx)]

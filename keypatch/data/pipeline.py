@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from keypatch.data.codec import DEFAULT_CODEC, pack, parse_codec, patch_pixels
-from keypatch.data.shards import MANIFEST, ShardWriter, write_manifest
+from keypatch.data.shards import MANIFEST, MAX_MANIFEST_BYTES, ShardWriter, write_manifest
 from keypatch.geometry.decode import InputNotes, to_rgb8
 from keypatch.geometry.files import class_folders, list_image_files
 from keypatch.geometry.pixels import resized_rgb8
+from keypatch.untrusted import bounded, inside, read_json, refuse
 
 WORK = "work"
 """The sub-folder of a quantized dataset's folder holding embeddings, selection and picks."""
@@ -75,9 +76,9 @@ def _select(src: Path, files: list[Path], labels: list[int], classes: list[str],
               "sizes": [f.stat().st_size for f in files]}
     path = work / "selection.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("params") == params:
-            return saved["selected"], True
+        saved = read_json(path, max_bytes=MAX_MANIFEST_BYTES)
+        if isinstance(saved, dict) and saved.get("params") == params:
+            return _checked_selection(path, saved.get("selected"), src, params["files"], len(classes), bins), True
     readable, emb = embed_paths(files, classifier, device=device, cache=work / "embeddings.npz", progress=progress)
     label_of = dict(zip(files, labels, strict=True))
     chosen: list[dict] = []
@@ -90,6 +91,23 @@ def _select(src: Path, files: list[Path], labels: list[int], classes: list[str],
         chosen += [{"file": readable[members[i]].relative_to(src).as_posix(), "label": c, "bin": b} for i, b in picked]
     path.write_text(json.dumps({"params": params, "classes": classes, "selected": chosen}, indent=1) + "\n")
     return chosen, False
+
+
+def _checked_selection(path: Path, selected: Any, src: Path, files: list[str], classes: int, bins: int) -> list[dict]:
+    """``selection.json``'s ``selected`` (a work folder may be shared): files listed from ``src``
+    (:func:`~keypatch.untrusted.inside` it), labels and bins in range; a HostileFileError otherwise."""
+    if not isinstance(selected, list):
+        raise refuse(path, "selected", "is not a list")
+    listed = set(files)
+    for i, c in enumerate(selected):
+        if not isinstance(c, dict):
+            raise refuse(path, f"selected[{i}]", "is not an object")
+        inside(src, c.get("file"), file=path, entry=f"selected[{i}].file")
+        if c["file"] not in listed:
+            raise refuse(path, f"selected[{i}].file", f"{c['file']!r} is not one of the listed source files")
+        bounded(c.get("label"), -1, classes - 1, file=path, entry=f"selected[{i}].label")
+        bounded(c.get("bin"), 0, bins - 1, file=path, entry=f"selected[{i}].bin")
+    return selected
 
 
 def quantize(src: str | Path, fraction: float, drop: float, patches: str = "greedy", out: str | Path = "quantized",

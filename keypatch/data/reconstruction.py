@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from keypatch.data.codec import canvas
-from keypatch.data.shards import QuantizedFolder
+from keypatch.data.shards import MANIFEST, QuantizedFolder
 from keypatch.geometry.image import to_pil
 from keypatch.geometry.pixels import normalize_rgb8
 from keypatch.reconstructors import MAE, load_mae
+from keypatch.untrusted import input_files, output_path
 
 
 def model_for(folder: QuantizedFolder, model: MAE | str | None = None, device: str = "auto") -> MAE:
@@ -85,7 +86,9 @@ def reconstruct_folder(root: str | Path, out: str | Path, model: MAE | str | Non
         A folder written by :func:`keypatch.data.pipeline`.
     out : path
         The ImageFolder to write (``CLASS/NAME.png``, the original's path below the source folder;
-        a source without class folders gives ``NAME.png``).
+        a source without class folders gives ``NAME.png``). Every file lies inside it: a name that
+        would leave it, or land on the dataset's own files, is refused before anything is written
+        (:func:`keypatch.untrusted.output_path`).
     model : MAE or str, optional
         The reconstructor (default: the model the patches were chosen with, from the manifest).
     batch_size : int
@@ -105,7 +108,10 @@ def reconstruct_folder(root: str | Path, out: str | Path, model: MAE | str | Non
     folder = QuantizedFolder.open(root)
     out = Path(out)
     names = output_names(folder.images)
-    todo = [i for i, n in enumerate(names) if not (out / n).is_file()]
+    inputs = input_files([folder.root / MANIFEST, *(folder.root / s["name"] for s in folder.manifest["shards"])])
+    targets = [output_path(out, n, file=folder.root / MANIFEST, entry=f"images[{i}].name", inputs=inputs)
+               for i, n in enumerate(names)]  # every one before anything is written
+    todo = [i for i, t in enumerate(targets) if not t.is_file()]
     summary: dict[str, Any] = {"written": 0, "skipped": len(names) - len(todo), "out": str(out), "model_id": None}
     if not todo:
         return summary
@@ -115,7 +121,7 @@ def reconstruct_folder(root: str | Path, out: str | Path, model: MAE | str | Non
         for s in range(0, len(todo), batch_size):
             chunk = todo[s:s + batch_size]
             for i, x in zip(chunk, rebuild(folder, chunk, mae), strict=True):
-                write_png(to_pil(x), out / names[i])
+                write_png(to_pil(x), targets[i])
                 summary["written"] += 1
             bar.update(len(chunk))
     return summary

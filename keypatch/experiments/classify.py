@@ -175,23 +175,37 @@ GCOMPRIS_CLASSES = {
 """Class of a GCompris photo by the activity folder it came from."""
 
 
+MAX_PHOTO_MANIFEST_BYTES = 256 << 20
+"""The largest photo manifest read."""
+
+
 def labelled_from_manifest(manifest: Path, out: Path) -> dict[str, int]:
     """Build a class-per-folder dataset from the photo manifest of ``python -m tools.photos.prepare``.
 
     GCompris photos are labelled by their activity folder (:data:`GCOMPRIS_CLASSES`); the rest
     are left out. Files are hard-linked (or copied) into ``out/CLASS/``. Returns the class counts.
+
+    Each ``file`` must name a file inside the manifest's folder (:func:`keypatch.untrusted.inside`),
+    or the manifest is refused with a ValueError naming the entry, before anything is linked.
     """
-    import json
     import os
     import shutil
 
-    data = json.loads(Path(manifest).read_text())
-    counts: dict[str, int] = {}
-    for item in data["images"]:
+    from keypatch.untrusted import inside, read_json, refuse
+
+    manifest = Path(manifest)
+    data = read_json(manifest, max_bytes=MAX_PHOTO_MANIFEST_BYTES)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise refuse(manifest, "the file", "is not a photo manifest (an object with an 'images' list)")
+    todo = []
+    for i, item in enumerate(data["images"]):
+        if not isinstance(item, dict) or not isinstance(item.get("source_path"), str):
+            raise refuse(manifest, f"images[{i}]", "is not an object with a 'source_path' string")
         label = next((c for key, c in GCOMPRIS_CLASSES.items() if key in item["source_path"]), None)
-        if label is None:
-            continue
-        src = Path(manifest).parent / item["file"]
+        if label is not None:
+            todo.append((label, inside(manifest.parent, item.get("file"), file=manifest, entry=f"images[{i}].file")))
+    counts: dict[str, int] = {}
+    for label, src in todo:
         dst = out / label / src.name
         dst.parent.mkdir(parents=True, exist_ok=True)
         if not dst.exists():

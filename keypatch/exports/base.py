@@ -18,9 +18,10 @@ from typing import Any
 
 from keypatch.store.files import writable
 from keypatch.store.record import Record
+from keypatch.untrusted import MAX_NAME, MAX_PATCHES, bounded, output_path, refuse
 
-__all__ = ["EXPORTS", "ExportContext", "ExportWarning", "check_one_setting", "every_path", "match_options",
-           "register_export"]
+__all__ = ["EXPORTS", "ExportContext", "ExportWarning", "check_one_setting", "checked_records", "every_path",
+           "match_options", "record_file", "register_export"]
 
 
 class ExportWarning(UserWarning):
@@ -41,20 +42,27 @@ class ExportContext:
         Where ``patch_ids.json`` goes.
     device : str
         Where a model runs, if a format needs one.
+    store : Path, optional
+        The store the records were read from (named when one of them is refused).
     """
 
     folder: Path
     refs: Any
     json_path: Path
     device: str = "cpu"
+    store: Path | None = None
     _grid: Any = field(default=None, repr=False)
 
     def grid(self, records: Sequence[Record]) -> Any:
-        """The patch grid of the records' model (loaded once, for the formats that map patches)."""
+        """The patch grid of the records' model (loaded once, for the formats that map patches); a
+        HostileFileError naming the store and the record when a record's patch is outside it."""
         if self._grid is None:
             from keypatch.reconstructors import load_mae
 
             self._grid = load_mae(records[0].model_id, device=self.device).grid
+        for r in records:
+            for p in r.patches:
+                bounded(p, 0, self._grid.n - 1, file=_source(self.store), entry=f"{_entry(r)}: a patch")
         return self._grid
 
 
@@ -122,3 +130,57 @@ def check_output(path: Path, elsewhere: str) -> None:
     if not writable(where) or (path.exists() and not os.access(path, os.W_OK)):
         raise ValueError(f"{where} cannot be written (read-only); the results are read from it, and {elsewhere} "
                          "writes this output elsewhere")
+
+
+def _source(store: str | Path | None) -> str | Path:
+    return store if store is not None else "the records"
+
+
+def _entry(record: Record) -> str:
+    path = record.image_path if isinstance(record.image_path, str) else repr(record.image_path)
+    return f"record {record.id} ({path[:200]})"
+
+
+def _image_path(value: Any, store: str | Path, entry: str) -> None:
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME or \
+            any(ord(c) < 32 or c == "\x7f" for c in value):
+        raise refuse(store, entry, f"{str(value)[:80]!r} is not a file path")
+
+
+def checked_records(records: Sequence[Record], store: str | Path,
+                    paths: dict[str, list[Any]] | None = None) -> list[Record]:
+    """``records`` read from ``store`` when every field an export uses has its type and range: the
+    image path (and every path of ``paths``, :meth:`ResultStore.paths`) a string without control
+    characters, patches integers in ``[0, MAX_PATCHES)``, losses numbers, the setting's fields
+    strings and numbers. A store may come from anyone: what fails is a
+    :class:`~keypatch.untrusted.HostileFileError` naming the store and the record."""
+    for sha, found in (paths or {}).items():
+        for p in found:
+            _image_path(p, store, f"the paths of {str(sha)[:64]!r}")
+    for r in records:
+        entry = f"record {r.id}"
+        bounded(r.id, 0, 1 << 63, file=store, entry=f"{entry}: its id")
+        _image_path(r.image_path, store, f"{entry}: its image_path")
+        for key in ("sha256", "model_id", "strategy", "start"):
+            if not isinstance(getattr(r, key), str):
+                raise refuse(store, f"{entry}: its {key}", "is not a string")
+        for key in ("ratio", "seconds"):
+            value = getattr(r, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise refuse(store, f"{entry}: its {key}", f"is {str(value)[:40]!r}, not a number")
+        if not isinstance(r.options, dict):
+            raise refuse(store, f"{entry}: its options", "are not a JSON object")
+        if not isinstance(r.patches, list) or len(r.patches) > MAX_PATCHES:
+            raise refuse(store, f"{entry}: its patches", f"are not a list of at most {MAX_PATCHES} patches")
+        for p in r.patches:
+            bounded(p, 0, MAX_PATCHES - 1, file=store, entry=f"{entry}: a patch")
+        if not isinstance(r.losses, list) or len(r.losses) > MAX_PATCHES or \
+                any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in r.losses):
+            raise refuse(store, f"{entry}: its losses", "are not a list of numbers")
+    return list(records)
+
+
+def record_file(folder: str | Path, name: str, record: Record, *, store: str | Path | None, inputs: Any) -> Path:
+    """Where an export writes the file ``name`` made for ``record``: inside ``folder`` and none of
+    ``inputs`` (:func:`keypatch.untrusted.output_path`); refused naming the store and the record."""
+    return output_path(folder, name, file=_source(store), entry=_entry(record), inputs=inputs)

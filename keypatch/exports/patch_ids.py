@@ -28,8 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keypatch.exports.base import ExportContext, check_one_setting, register_export
+from keypatch.exports.base import ExportContext, check_one_setting, record_file, register_export
 from keypatch.store.record import Record
+from keypatch.untrusted import MAX_PATCHES, bounded, input_files, read_json, refuse
 
 JSON_NAME = "patch_ids.json"
 
@@ -46,8 +47,9 @@ def unique_names(records: Sequence[Record]) -> list[str]:
     in ``CLASS/patch_ids.json``), whatever the order of the records:
 
     * images whose stems clash (ignoring case) but that sit in different folders are named by their
-      folder relative to the images' common folder: ``cats/img`` and ``dogs/img`` (each is ``img``
-      in its own folder's file, see :func:`write_patch_ids_per_folder`);
+      folder relative to the images' common folder (both as absolute paths without ``..``):
+      ``cats/img`` and ``dogs/img`` (each is ``img`` in its own folder's file, see
+      :func:`write_patch_ids_per_folder`);
     * of images of one folder whose stems clash (``cat.jpg`` and ``cat.png``), the first by path
       keeps the stem and the others are named by their whole file name (``cat.png``): the authors'
       loader finds one entry per stem, which :func:`folder_clashes` reports;
@@ -58,15 +60,16 @@ def unique_names(records: Sequence[Record]) -> list[str]:
     by_stem: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(stems):
         by_stem[s.casefold()].append(i)
-    root = _common_folder(paths)
+    parents = [Path(os.path.normpath(p.absolute().parent)) for p in paths]  # no '..': names stay below the root
+    root = _common_folder(parents)
     names = list(stems)
     for group in by_stem.values():
         if len(group) == 1:
             continue
-        folders = {paths[i].parent for i in group}
+        folders = {parents[i] for i in group}
         for i in group:
             if len(folders) > 1:
-                rel = paths[i].parent.relative_to(root).as_posix() if root else paths[i].parent.as_posix()
+                rel = parents[i].relative_to(root).as_posix() if root else parents[i].as_posix()
                 names[i] = f"{rel}/{stems[i]}" if rel != "." else stems[i]
         by_name: dict[str, list[int]] = defaultdict(list)
         for i in group:
@@ -99,10 +102,10 @@ def clash_message(clashes: list[list[str]]) -> str:
             "written under their whole file name")
 
 
-def _common_folder(paths: Sequence[Path]) -> Path | None:
+def _common_folder(folders: Sequence[Path]) -> Path | None:
     try:
-        return Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else None
-    except ValueError:  # relative and absolute paths mixed
+        return Path(os.path.commonpath([str(p) for p in folders])) if folders else None
+    except ValueError:  # folders on different drives
         return None
 
 
@@ -128,33 +131,68 @@ def write_patch_ids(records: Sequence[Record], path: str | Path) -> Path:
     return _write(data, Path(path))
 
 
-def write_patch_ids_per_folder(records: Sequence[Record]) -> list[Path]:
+MAX_PATCH_IDS_BYTES = 256 << 20
+"""The largest existing ``patch_ids.json`` read (256 MiB: some hundred thousand images in one folder)."""
+
+
+def read_patch_ids(path: str | Path) -> dict[str, Any]:
+    """An existing ``patch_ids.json``, checked: at most :data:`MAX_PATCH_IDS_BYTES`, a JSON object
+    whose every entry is an object with a ``patch`` list of patch indices and, if any, a ``loss``
+    list of numbers. Anything else is a :class:`~keypatch.untrusted.HostileFileError` naming the
+    file and the entry."""
+    path = Path(path)
+    try:
+        data = read_json(path, max_bytes=MAX_PATCH_IDS_BYTES)
+    except OSError as exc:
+        raise refuse(path, "the file", f"cannot be read ({exc}); move it away first") from None
+    if not isinstance(data, dict):
+        raise refuse(path, "the file", "is not a patch_ids.json (not a JSON object); move it away first")
+    for name, item in data.items():
+        at = f"entry {name[:80]!r}"
+        if not isinstance(item, dict) or not isinstance(item.get("patch"), list):
+            raise refuse(path, at, "is not a patch_ids.json entry ({\"patch\": [...], \"loss\": [...]})")
+        for p in item["patch"]:
+            bounded(p, 0, MAX_PATCHES - 1, file=path, entry=f"{at}: a patch")
+        loss = item.get("loss", [])
+        if not isinstance(loss, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in loss):
+            raise refuse(path, f"{at}: its loss", "is not a list of numbers")
+    return data
+
+
+def per_folder_files(records: Sequence[Record], *, store: str | Path | None = None) -> dict[Path, dict[str, Any]]:
+    """What :func:`write_patch_ids_per_folder` writes, by file: each folder's ``patch_ids.json`` with
+    the records' entries merged in. Reads and checks the files there (:func:`read_patch_ids`) and
+    where they are (:func:`~keypatch.exports.base.record_file`: not a link to elsewhere, not an input
+    image); writes nothing."""
+    folders: dict[Path, list[Record]] = defaultdict(list)
+    for r in records:
+        folders[Path(r.image_path).parent].append(r)
+    inputs = input_files(r.image_path for r in records)
+    merged: dict[Path, dict[str, Any]] = {}
+    for folder, group in folders.items():
+        target = record_file(folder, JSON_NAME, group[0], store=store, inputs=inputs)
+        data = read_patch_ids(target) if target.exists() else {}
+        data.update({name: entry(r) for name, r in zip(unique_names(group), group, strict=True)})
+        merged[target] = data
+    return merged
+
+
+def write_patch_ids_per_folder(records: Sequence[Record], *, store: str | Path | None = None,
+                               merged: dict[Path, dict[str, Any]] | None = None) -> list[Path]:
     """One ``patch_ids.json`` in each folder holding a record's image, as the authors' code keeps them.
 
     An existing ``patch_ids.json`` there is read and updated: the records' images get their entries
     replaced, every other entry is kept. Names are unique within a folder (:func:`unique_names`).
+    ``merged`` is :func:`per_folder_files` of ``records`` when already read; ``store`` names where
+    the records came from in an error.
 
     Raises
     ------
     ValueError
-        If an existing ``patch_ids.json`` is not a JSON object (nothing is written then).
+        If an existing ``patch_ids.json`` is not one (:func:`read_patch_ids`), or is a link to
+        elsewhere (nothing is written then).
     """
-    folders: dict[Path, list[Record]] = defaultdict(list)
-    for r in records:
-        folders[Path(r.image_path).parent].append(r)
-    merged: dict[Path, dict[str, Any]] = {}
-    for folder, group in folders.items():
-        target = folder / JSON_NAME
-        data: dict[str, Any] = {}
-        if target.exists():
-            try:
-                data = json.loads(target.read_text())
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"{target} exists but cannot be read as JSON ({exc}); move it away first") from exc
-            if not isinstance(data, dict):
-                raise ValueError(f"{target} exists but is not a patch_ids.json (not a JSON object); move it away first")
-        data.update({name: entry(r) for name, r in zip(unique_names(group), group, strict=True)})
-        merged[target] = data
+    merged = per_folder_files(records, store=store) if merged is None else merged
     return [_write(data, target) for target, data in merged.items()]
 
 

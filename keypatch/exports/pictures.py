@@ -7,15 +7,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keypatch.exports.base import ExportWarning
+from keypatch.exports.base import ExportWarning, record_file
 from keypatch.exports.patch_ids import unique_names
 from keypatch.store.record import Record, sha256_file
+from keypatch.untrusted import input_files
 
 PICTURES_NAME = "pictures"
 
 
 def export_pictures(records: Sequence[Record], model: Any = None, out_dir: str | Path = PICTURES_NAME, *,
-                    device: str = "cpu", progress: bool = False) -> list[Path]:
+                    device: str = "cpu", progress: bool = False, store: str | Path | None = None) -> list[Path]:
     """Write one PNG triptych (original | kept patches | reconstruction) per record.
 
     Parameters
@@ -32,6 +33,10 @@ def export_pictures(records: Sequence[Record], model: Any = None, out_dir: str |
         Where to run the reconstructions when loading models.
     progress : bool
         Show a progress bar.
+    store : str or Path, optional
+        Where the records came from, named when one is refused: every picture lies inside
+        ``out_dir`` and is none of the records' images (:func:`~keypatch.exports.base.record_file`,
+        all checked before the first is written).
 
     Returns
     -------
@@ -46,12 +51,15 @@ def export_pictures(records: Sequence[Record], model: Any = None, out_dir: str |
     from keypatch.reconstructors import load_mae
 
     out = Path(out_dir)
+    inputs = input_files(r.image_path for r in records)
+    targets = [record_file(out, f"{name}.png", r, store=store, inputs=inputs)
+               for name, r in zip(unique_names(records), records, strict=True)]
     out.mkdir(parents=True, exist_ok=True)
     models: dict[str, Any] = {}
     written = []
     notes = InputNotes()
-    for name, r in tqdm(list(zip(unique_names(records), records, strict=True)), desc="pictures", unit="img",
-                        disable=not progress):
+    for target, r in tqdm(list(zip(targets, records, strict=True)), desc="pictures", unit="img",
+                          disable=not progress):
         path = Path(r.image_path)
         try:
             if sha256_file(path) != r.sha256:
@@ -73,7 +81,6 @@ def export_pictures(records: Sequence[Record], model: Any = None, out_dir: str |
         except ValueError as exc:  # unreadable image, or patches outside the model's grid
             warnings.warn(f"{path}: {exc}; no picture for it", ExportWarning, stacklevel=2)
             continue
-        target = out / f"{name}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         picture.save(target)
         written.append(target)

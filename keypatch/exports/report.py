@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keypatch.exports.base import ExportWarning, check_output
+from keypatch.exports.base import ExportWarning, check_output, checked_records, record_file
 from keypatch.store import count_line
 from keypatch.store.record import Record
 from keypatch.store.sqlite import ResultStore, sha256_file
+from keypatch.untrusted import input_files
 
 REPORT_NAME = "report"
 """Default folder of the gallery, inside the results folder."""
@@ -170,13 +171,16 @@ def write_report(out_dir: str | Path, report_dir: str | Path | None = None, *, d
     from keypatch.reconstructors import load_mae, resolve_device
 
     with ResultStore(out_dir, create=False, read_only=True) as store:
-        folder = store.path.parent
-        records = store.records(**{k: v for k, v in filters.items() if v is not None})
+        source, folder = store.path, store.path.parent
+        records = checked_records(store.records(**{k: v for k, v in filters.items() if v is not None}), source)
         paths = store.paths([r.sha256 for r in records])
+    checked_records([], source, paths)
     if not records:
         raise ValueError(f"no records in {folder} to report")
     target = Path(report_dir) if report_dir else folder / REPORT_NAME
     check_output(target, "--report DIR2 (report_dir=)")
+    inputs = input_files([p for ps in paths.values() for p in ps])
+    pictures = {r.id: record_file(target, f"img/{r.id}.png", r, store=source, inputs=inputs) for r in records}
     (target / "img").mkdir(parents=True, exist_ok=True)
     dev = str(resolve_device(device))
     label, title = labeller(records), labeller(records, options=False)
@@ -201,7 +205,7 @@ def write_report(out_dir: str | Path, report_dir: str | Path | None = None, *, d
                     models[r.model_id] = load_mae(r.model_id, device=dev)
                 name = f"img/{r.id}.png"
                 triptych(path, r.patches, models[r.model_id], notes=notes, name=path.name, loss=r.loss,
-                         resize=r.options.get("resize", "bicubic")).save(target / name)
+                         resize=r.options.get("resize", "bicubic")).save(pictures[r.id])
                 picture, written = name, written + 1
             else:
                 missing += 1

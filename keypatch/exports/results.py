@@ -27,13 +27,21 @@ from keypatch.exports.base import (
     ExportWarning,
     check_one_setting,
     check_output,
+    checked_records,
     every_path,
     match_options,
 )
-from keypatch.exports.patch_ids import JSON_NAME, clash_message, folder_clashes, write_patch_ids_per_folder
+from keypatch.exports.patch_ids import (
+    JSON_NAME,
+    clash_message,
+    folder_clashes,
+    per_folder_files,
+    write_patch_ids_per_folder,
+)
 from keypatch.exports.pictures import PICTURES_NAME, export_pictures
 from keypatch.store import MAY_MOVE
 from keypatch.store.sqlite import Record, ResultStore
+from keypatch.untrusted import output_path
 
 __all__ = ["EXPORTS_NAME", "export_results"]
 
@@ -42,20 +50,21 @@ EXPORTS_NAME = "exports"
 
 def _export_one(records: Sequence[Record], json_file: Path, pic_dir: Path | None, device: str,
                 progress: bool, per_folder: bool = False, formats: Sequence[str] = ("json",),
-                refs: Any = None) -> dict[str, Any]:
+                refs: Any = None, store: Path | None = None) -> dict[str, Any]:
     clashes = folder_clashes(records)
     if clashes:
         warnings.warn(clash_message(clashes), ExportWarning, stacklevel=3)
+    beside = per_folder_files(records, store=store) if per_folder else {}  # read and checked before any write
     out: dict[str, Any] = {"records": len({(r.sha256, r.settings) for r in records}), "paths": len(records),
                            "pictures": 0, "pictures_dir": None, "skipped": 0, "setting": records[0].settings.flags(),
                            "images": len({r.sha256 for r in records}), "image_root": str(refs.root)}
-    context = ExportContext(json_file.parent, refs, json_file, device)
+    context = ExportContext(json_file.parent, refs, json_file, device, store)
     for name in ["json", *(f for f in formats if f != "json")]:  # patch_ids.json always, first
         out.update(EXPORTS[name](records, context))
     if per_folder:
-        out["json_per_folder"] = [str(p) for p in write_patch_ids_per_folder(records)]
+        out["json_per_folder"] = [str(p) for p in write_patch_ids_per_folder(records, merged=beside)]
     if pic_dir is not None:
-        written = export_pictures(records, None, pic_dir, device=device, progress=progress)
+        written = export_pictures(records, None, pic_dir, device=device, progress=progress, store=store)
         out.update(pictures=len(written), pictures_dir=str(pic_dir), skipped=len(records) - len(written))
     return out
 
@@ -117,7 +126,8 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
     options = dict(options or {})
     if seed is not None:
         options["seed"] = seed
-    folder, records = selected(out_dir, options, filters)
+    store, records = selected(out_dir, options, filters)
+    folder = store.parent
     from keypatch.exports.annotations import ImageRefs
     from keypatch.reconstructors import resolve_device
 
@@ -133,7 +143,7 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
                                                        if pic_dir is not None and not pictures_dir else ""))
         if pic_dir is not None:
             check_output(pic_dir, "--pictures DIR (pictures_dir=), or --no-pictures,")
-        return _export_one(records, ids, pic_dir, dev, progress, per_folder, formats, refs)
+        return _export_one(records, ids, pic_dir, dev, progress, per_folder, formats, refs, store)
     if per_folder:
         raise ValueError("--per-folder writes beside the images, which holds one setting; select one instead of "
                          "--each-setting")
@@ -143,28 +153,32 @@ def export_results(out_dir: str | Path, json_path: str | Path | None = None, pic
     check_output(folder / EXPORTS_NAME, "copying results.sqlite to a folder that can be written")
     return {"records": len({(r.sha256, r.settings) for r in records}), "images": len({r.sha256 for r in records}),
             "paths": len({r.image_path for r in records}),
-            "exports": _each_setting(records, folder, pictures, dev, progress, formats, refs)}
+            "exports": _each_setting(records, store, pictures, dev, progress, formats, refs)}
 
 
 def selected(out_dir: str | Path, options: dict[str, Any], filters: dict[str, Any]) -> tuple[Path, list[Record]]:
-    """The results folder of ``out_dir`` and its records matching ``filters`` and ``options``, one per
-    path of each image content (:func:`~keypatch.exports.base.every_path`); a ValueError if none."""
+    """The store file of ``out_dir`` and its records matching ``filters`` and ``options``, one per
+    path of each image content (:func:`~keypatch.exports.base.every_path`); a ValueError if none,
+    or when a record is refused (:func:`~keypatch.exports.base.checked_records`)."""
     if filters.get("model_id") == "default":
         from keypatch.reconstructors.loading import default_model_id
 
         filters["model_id"] = default_model_id()
     start = filters.pop("start", None)
     with ResultStore(out_dir, create=False, read_only=True) as store:
-        folder = store.path.parent
-        records = match_options(store.records(**filters), options)
+        path, folder = store.path, store.path.parent
+        records = checked_records(store.records(**filters), path)
+        records = match_options(records, options)
         if start is not None:
             records = [r for r in records if start_matches(r.start, start, r.model_id)]
-        records = every_path(records, store.paths([r.sha256 for r in records]))
+        paths = store.paths([r.sha256 for r in records])
+        checked_records([], path, paths)  # the other paths of each content: strings too
+        records = every_path(records, paths)
     if not records:
         filters["start"] = start
         given = [f"{k}={v}" for k, v in filters.items() if v is not None] + [f"{k}={v}" for k, v in options.items()]
         raise ValueError(f"no records in {folder}" + (f" match {', '.join(given)}" if given else ""))
-    return folder, records
+    return path, records
 
 
 def start_matches(stored: str, wanted: str | int | tuple[int, int], model_id: str) -> bool:
@@ -189,14 +203,17 @@ def _grid(model_id: str) -> Any:
     return load_mae(model_id, device="cpu").grid
 
 
-def _each_setting(records: Sequence[Record], folder: Path, pictures: bool, device: str, progress: bool,
+def _each_setting(records: Sequence[Record], store: Path, pictures: bool, device: str, progress: bool,
                   formats: Sequence[str], refs: Any) -> list[dict[str, Any]]:
     groups: dict[tuple, list[Record]] = defaultdict(list)
     for r in records:
         groups[r.settings].append(r)
+    targets = {settings: output_path(store.parent / EXPORTS_NAME, settings.slug(), file=store,
+                                     entry=f"the records of {settings.flags()}")
+               for settings in groups}  # a setting's folder is named after its strategy and start
     exports = []
     for settings, group in groups.items():
-        target = folder / EXPORTS_NAME / settings.slug()
+        target = targets[settings]
         target.mkdir(parents=True, exist_ok=True)
         model_id, strategy, ratio, start, options_json = settings
         (target / "setting.json").write_text(json.dumps(
@@ -204,5 +221,5 @@ def _each_setting(records: Sequence[Record], folder: Path, pictures: bool, devic
              "options": json.loads(options_json), "records": len({r.sha256 for r in group}), "paths": len(group)},
             indent=1) + "\n")
         exports.append(_export_one(group, target / JSON_NAME, target / PICTURES_NAME if pictures else None, device,
-                                   progress, formats=formats, refs=refs))
+                                   progress, formats=formats, refs=refs, store=store))
     return exports

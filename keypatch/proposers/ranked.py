@@ -36,6 +36,7 @@ from keypatch.proposers.base import register
 from keypatch.proposers.search import SearchProposer, ranks, remaining_count, screened_step, start_state
 from keypatch.proposers.swap import refine
 from keypatch.reconstructors.precision import DEFAULT_PRECISION
+from keypatch.untrusted import bounded, refuse
 
 DEFAULT_RANKER = Path(__file__).resolve().parent.parent / "weights" / "ranker_default.safetensors"
 """The shipped ranker, fitted to the embedded default model (``tools/ranker/fit.py``)."""
@@ -145,19 +146,65 @@ def ranker_digest(path: str = "default") -> str:
 def load_ranker(path: str = "default") -> PatchRanker:
     """A ranker from a safetensors file written by :func:`save_ranker` (``"default"``: the shipped one).
 
-    Raises FileNotFoundError naming the path, or ValueError for a file of another shape.
+    Raises FileNotFoundError naming the path, or ValueError for a file of another shape, or one
+    :func:`check_ranker_file` refuses (checked before the network is built).
     """
     file = ranker_file(path)
     if not file.is_file():
         raise FileNotFoundError(f"no ranker weights at {file}")
-    with safe_open(str(file), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("channels") != str(CHANNELS):
-        raise ValueError(f"{file} is not a keypatch ranker with {CHANNELS} input channels "
-                         f"(metadata {json.dumps(meta)})")
-    ranker = PatchRanker(int(meta["width"]), int(meta["depth"]))
+    width, depth = check_ranker_file(file)
+    ranker = PatchRanker(width, depth)
     ranker.load_state_dict(load_file(str(file)))
     return ranker.eval()
+
+
+MAX_RANKER_BYTES = 64 << 20
+"""The largest ranker file read (the shipped one is some 120 KB)."""
+MAX_WIDTH, MAX_DEPTH = 256, 16
+"""The widest and deepest ranker built from a file's metadata (at most some 9.5 million weights)."""
+
+
+def ranker_shapes(width: int, depth: int) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes of a :class:`PatchRanker`'s state dict, computed without building one."""
+    shapes: dict[str, tuple[int, ...]] = {"net.0.weight": (width, CHANNELS, 3, 3), "net.0.bias": (width,)}
+    for i in range(1, depth):
+        shapes[f"net.{2 * i}.weight"], shapes[f"net.{2 * i}.bias"] = (width, width, 3, 3), (width,)
+    shapes[f"net.{2 * depth}.weight"], shapes[f"net.{2 * depth}.bias"] = (1, width, 1, 1), (1,)
+    return shapes
+
+
+def check_ranker_file(file: Path) -> tuple[int, int]:
+    """``(width, depth)`` of a ranker file when it is sound, read from its header alone: the file at
+    most :data:`MAX_RANKER_BYTES`, a safetensors file whose metadata say ``channels`` 11, ``width``
+    and ``depth`` within :data:`MAX_WIDTH` and :data:`MAX_DEPTH`, and whose tensors are exactly
+    the floating-point ones of that shape. A weights file may come from anyone, and the network is
+    sized by its metadata: anything else is a :class:`~keypatch.untrusted.HostileFileError` naming
+    the file and the key, before anything is allocated."""
+    size = file.stat().st_size
+    if size > MAX_RANKER_BYTES:
+        raise refuse(file, "the file", f"is {size:,} bytes, more than the {MAX_RANKER_BYTES:,} a ranker may be")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+            found = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except Exception as exc:  # safetensors' own error type: not a safetensors file, a damaged header
+        raise refuse(file, "the file", f"is not a safetensors file ({str(exc)[:200]})") from None
+    if meta.get("channels") != str(CHANNELS):
+        raise refuse(file, "metadata 'channels'", f"is {str(meta.get('channels'))[:40]!r}: not a keypatch ranker "
+                     f"with {CHANNELS} input channels (metadata {json.dumps(meta)[:300]})")
+    width = bounded(meta.get("width"), 1, MAX_WIDTH, file=file, entry="metadata 'width'", text=True)
+    depth = bounded(meta.get("depth"), 1, MAX_DEPTH, file=file, entry="metadata 'depth'", text=True)
+    want = ranker_shapes(width, depth)
+    for key in sorted(set(want) | set(found)):
+        if key not in found:
+            raise refuse(file, f"tensor {key!r}", f"is missing (width {width}, depth {depth})")
+        if key not in want:
+            raise refuse(file, f"tensor {key[:80]!r}", f"is not one of a ranker of width {width} and depth {depth}")
+        shape, dtype = found[key]
+        if shape != want[key] or dtype not in ("F16", "BF16", "F32", "F64"):
+            raise refuse(file, f"tensor {key!r}", f"is {dtype} {list(shape)}, not floats of shape {list(want[key])} "
+                         f"(width {width}, depth {depth})")
+    return width, depth
 
 
 @register

@@ -354,9 +354,14 @@ class ResultStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         rows = self._execute(sql + " ORDER BY id", params).fetchall()
-        return [
-            Record(image_path=r[1], sha256=r[2], model_id=r[3], strategy=r[4], ratio=r[5], start=r[6],
-                   options=json.loads(r[7]), patches=json.loads(r[8]), losses=json.loads(r[9]), evaluations=r[10],
-                   seconds=r[11], created=r[12], id=r[0])
-            for r in rows
-        ]
+        out = []
+        for r in rows:
+            try:
+                options, patches, losses = (json.loads(r[i]) for i in (7, 8, 9))
+            except (ValueError, TypeError, RecursionError) as exc:  # a store made elsewhere: not our JSON
+                raise StoreError(f"{self.path}: record {r[0]!r} holds a column that is not JSON ({exc}); refused, "
+                                 "nothing was written") from None
+            out.append(Record(image_path=r[1], sha256=r[2], model_id=r[3], strategy=r[4], ratio=r[5], start=r[6],
+                              options=options, patches=patches, losses=losses, evaluations=r[10], seconds=r[11],
+                              created=r[12], id=r[0]))
+        return out

@@ -88,3 +88,14 @@ def test_labels_from_a_photo_manifest(tmp_path):
     counts = labelled_from_manifest(tmp_path / "manifest.json", tmp_path / "labelled")
     assert counts == {"fish": 1, "animals": 1}
     assert (tmp_path / "labelled" / "fish" / "0.jpg").is_file()
+
+
+@pytest.mark.parametrize("file", ["../secret.jpg", "/etc/hostname", "train/../../secret.jpg", None])
+def test_a_photo_manifest_naming_a_file_outside_its_folder_is_refused(file, tmp_path):
+    (tmp_path / "secret.jpg").write_bytes(b"not yours")
+    (tmp_path / "given").mkdir()
+    source = "x.rcc:gcompris/src/activities/erase/resource/b.jpg"
+    (tmp_path / "given" / "manifest.json").write_text(json.dumps({"images": [{"file": file, "source_path": source}]}))
+    with pytest.raises(ValueError, match=r"manifest.json: images\[0\].file"):
+        labelled_from_manifest(tmp_path / "given" / "manifest.json", tmp_path / "labelled")
+    assert not (tmp_path / "labelled").exists()

@@ -79,6 +79,49 @@ def test_missing_or_foreign_weights_fail_before_any_pass(tmp_path):
         get_proposer("ranked", ranker=str(tmp_path / "other.safetensors"))
 
 
+@pytest.mark.parametrize("meta,key", [({"width": "1000000000", "depth": "4"}, "width"),
+                                      ({"width": "32", "depth": "100000"}, "depth"),
+                                      ({"width": "-32", "depth": "4"}, "width"),
+                                      ({"width": "3.2e1", "depth": "4"}, "width"),
+                                      ({"depth": "4"}, "width")])
+def test_absurd_metadata_sizes_are_refused_before_a_network_is_built(meta, key, tmp_path, monkeypatch):
+    """The metadata size the network: they are checked first, and no PatchRanker is made for them."""
+    import keypatch.proposers.ranked as ranked
+    from keypatch.untrusted import HostileFileError
+
+    path = tmp_path / "absurd.safetensors"
+    save_ranker(PatchRanker(), path)
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(path)), str(path), metadata={"channels": "11", **meta})
+    built = []
+    monkeypatch.setattr(ranked, "PatchRanker", lambda *a, **k: built.append(a) or pytest.fail("built from " + str(a)))
+    with pytest.raises(HostileFileError, match=f"metadata '{key}'") as err:
+        load_ranker(str(path))
+    assert str(path) in str(err.value) and built == []
+
+
+def test_tensors_that_do_not_fit_the_metadata_are_refused_naming_the_key(tmp_path):
+    from safetensors.torch import save_file
+
+    from keypatch.untrusted import HostileFileError
+
+    net = PatchRanker(width=8, depth=2)
+    tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
+    meta = {"channels": "11", "width": "8", "depth": "2"}
+    for name, change in (("net.2.weight", torch.zeros(8, 8, 5, 5)), ("net.0.bias", torch.zeros(8, dtype=torch.int64)),
+                         ("net.9.weight", torch.zeros(1))):
+        bad = {**tensors, name: change}
+        save_file(bad, str(tmp_path / "bad.safetensors"), metadata=meta)
+        with pytest.raises(HostileFileError, match=name.replace(".", r"\.")):
+            load_ranker(str(tmp_path / "bad.safetensors"))
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(HostileFileError, match="not a safetensors file"):
+        load_ranker(str(tmp_path / "junk.safetensors"))
+    save_file(tensors, str(tmp_path / "fine.safetensors"), metadata=meta)
+    assert load_ranker(str(tmp_path / "fine.safetensors")).width == 8
+
+
 def test_a_screen_as_wide_as_the_grid_without_moves_is_exact_greedy(toy_model):
     images = _images(3, size=64)
     wide = keypatch.propose_batch(images, 0.5, "ranked", toy_model, m=16, keep=0, rounds=0)
