@@ -28,7 +28,9 @@ class QuantizedDataset(torch.utils.data.Dataset):
 
     ``dataset[i]`` is ``(transform(image), label)``: ``image`` the rebuilt ``PIL.Image`` at the
     model's size (kept patches pasted back), ``label`` the class index (-1 for a source without
-    class folders). Images are rebuilt in blocks of ``block`` consecutive indices: touching one
+    class folders). Without a ``transform``, the image comes as a ``(3, H, W)`` float tensor in
+    ``[0, 1]`` (as torchvision's ``ToTensor`` gives it), so a ``DataLoader`` batches it as it is.
+    Images are rebuilt in blocks of ``block`` consecutive indices: touching one
     rebuilds its block in one MAE pass and keeps the last ``cache_blocks`` blocks in memory, so a
     sequential pass costs one pass per block. With ``cache_dir``, rebuilt images are also written
     there (``KEY.png``) and read back on later touches, by any process.

@@ -193,6 +193,8 @@ class BackendServer:
         except ImportError:
             raise RuntimeError("keypatch serve needs the waitress HTTP server: pip install 'keypatch[serve]'") from None
 
+        # requests past --max-in-flight wait their turn by design: waitress would warn at each one
+        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         self.backend, self.max_request = backend, max_request
         self.app = App(backend, auth=auth, server_names=[host, *server_names], request_timeout=request_timeout)
         self._server = create_server(self.app, host=host, port=port, threads=threads, ident="keypatch",

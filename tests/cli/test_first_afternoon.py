@@ -121,6 +121,18 @@ def test_3_a_record_says_what_the_strategy_did_with_its_start(photo, tmp_path, t
         keypatch.api.build_proposer("greedy", keypatch.api.run_settings(None, "center"), {"start": "none"})
 
 
+def test_4_the_docs_say_what_a_quantized_dataset_gives_without_a_transform():
+    from keypatch.data import QuantizedDataset
+    from keypatch.data.dataset import _to_tensor
+
+    page = " ".join((ROOT / "docs" / "quantize.md").read_text().split())
+    doc = " ".join(QuantizedDataset.__doc__.split())
+    assert "without a `transform`, the image is a `(3, H, W)` float tensor in `[0, 1]`" in page
+    assert "Without a ``transform``, the image comes as a ``(3, H, W)`` float tensor in ``[0, 1]``" in doc
+    x = _to_tensor(Image.fromarray(photo_array("coffee")[:32, :48]))  # what dataset[i] gives without one
+    assert x.dtype.is_floating_point and tuple(x.shape) == (3, 32, 48) and 0 <= x.min() and x.max() <= 1
+
+
 def test_6_one_content_at_two_paths_is_counted_alike_by_every_command(photo, tmp_path, capsys):
     shutil.copy(photo / "chelsea.jpg", photo / "copy.jpg")
     out = tmp_path / "out"
