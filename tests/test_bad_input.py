@@ -357,7 +357,7 @@ def test_export_each_setting_and_by_seed_or_option(tmp_path, capsys):
         assert setting["records"] == 3 == len(json.loads((f / "patch_ids.json").read_text()))
         assert len(list((f / "pictures").glob("*.png"))) == 3
     assert main(["store", "info", "--out", str(out)]) == 0
-    assert "15 records in 5 settings" in capsys.readouterr().out
+    assert "15 records of 3 images at 3 paths, 5 settings" in capsys.readouterr().out
 
 
 # -- the store: corrupt, foreign, concurrent ------------------------------------------------------
@@ -465,7 +465,7 @@ def test_a_read_only_store_is_read_and_checked_intact(tmp_path, read_only_view, 
     ro = read_only_view(out)
     capsys.readouterr()
     assert main(["store", "info", "--out", str(ro)]) == 0
-    assert "1 records in 1 settings" in capsys.readouterr().out
+    assert "1 record of 1 image at 1 path, 1 setting" in capsys.readouterr().out
     assert main(["store", "check", "--out", str(ro)]) == 0
     assert capsys.readouterr().out.strip() == f"{ro / 'results.sqlite'}: ok"
     ids = tmp_path / "elsewhere" / "ids.json"

@@ -41,10 +41,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(default: the token of the /setup call that named the host)")
     p.add_argument("--document-root", type=v.existing_dir, default=None,
                    help="read local-files URLs and plain paths under this folder from disk")
-    p.add_argument("--basic-auth-user", default=os.environ.get("BASIC_AUTH_USER") or None,
+    p.add_argument("--basic-auth-user", default=os.environ.get("BASIC_AUTH_USER") or None, type=v.secret,
                    help="HTTP basic user that every route but /health needs (default: $BASIC_AUTH_USER; give the "
                         "same in Label Studio's model settings)")
-    p.add_argument("--basic-auth-pass", default=os.environ.get("BASIC_AUTH_PASS") or None,
+    p.add_argument("--basic-auth-pass", default=os.environ.get("BASIC_AUTH_PASS") or None, type=v.secret,
                    help="its password (default: $BASIC_AUTH_PASS, which keeps it out of the process list)")
     p.add_argument("--server-name", action="append", default=[], type=v.host, metavar="NAME",
                    help="a host name clients reach this backend by (repeatable); IP addresses, localhost and this "

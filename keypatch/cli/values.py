@@ -210,6 +210,14 @@ def host(text: str) -> str:
     return text
 
 
+@check(bad=[""], good="a pass phrase")
+def secret(text: str) -> str:
+    """A user name or password: non-empty, on one line (spaces are fine)."""
+    if not text or "\n" in text or "\r" in text:
+        _fail("expected a non-empty value on one line", "***" if text else text)
+    return text
+
+
 @check(bad=["", "two words"], good="0123456789abcdef")
 def token(text: str) -> str:
     """A token: non-empty, no white space."""

@@ -22,7 +22,7 @@ from keypatch.data.shards import MANIFEST, MAX_MANIFEST_BYTES, ShardWriter, writ
 from keypatch.geometry.decode import InputNotes, to_rgb8
 from keypatch.geometry.files import class_folders, list_image_files
 from keypatch.geometry.pixels import resized_rgb8
-from keypatch.untrusted import bounded, inside, read_json, refuse
+from keypatch.untrusted import bounded, read_json, refuse, relative_name
 
 WORK = "work"
 """The sub-folder of a quantized dataset's folder holding embeddings, selection and picks."""
@@ -94,15 +94,16 @@ def _select(src: Path, files: list[Path], labels: list[int], classes: list[str],
 
 
 def _checked_selection(path: Path, selected: Any, src: Path, files: list[str], classes: int, bins: int) -> list[dict]:
-    """``selection.json``'s ``selected`` (a work folder may be shared): files listed from ``src``
-    (:func:`~keypatch.untrusted.inside` it), labels and bins in range; a HostileFileError otherwise."""
+    """``selection.json``'s ``selected`` (a work folder may be shared): relative names of files listed
+    from ``src`` (which may hold links to files elsewhere, as a class folder made of links does), labels
+    and bins in range; a HostileFileError otherwise."""
     if not isinstance(selected, list):
         raise refuse(path, "selected", "is not a list")
     listed = set(files)
     for i, c in enumerate(selected):
         if not isinstance(c, dict):
             raise refuse(path, f"selected[{i}]", "is not an object")
-        inside(src, c.get("file"), file=path, entry=f"selected[{i}].file")
+        relative_name(c.get("file"), file=path, entry=f"selected[{i}].file")  # the source may be links to elsewhere
         if c["file"] not in listed:
             raise refuse(path, f"selected[{i}].file", f"{c['file']!r} is not one of the listed source files")
         bounded(c.get("label"), -1, classes - 1, file=path, entry=f"selected[{i}].label")

@@ -32,10 +32,16 @@ CURVE_W, CURVE_H = 220, 90
 
 def labeller(records: Sequence[Record], options: bool = True):
     """``label(record)``: its setting's :meth:`~keypatch.store.setting.Setting.label`, naming the
-    model where the records' models differ, so that two settings never share a label (with
-    ``options``; without them, the short title of a card)."""
+    model where the records' models differ, so that two settings never share a label. Without
+    ``options``, a card's short title: only the options whose values differ between the records'
+    settings (the others are the same for every card)."""
     with_model = len({r.model_id for r in records}) > 1
-    return lambda r: r.settings.label(with_model, options)
+    shown: bool | set[str] = True
+    if not options:
+        every = [r.settings.options for r in {r.settings: r for r in records}.values()]
+        keys = {k for o in every for k in o}
+        shown = {k for k in keys if len({repr(o.get(k)) for o in every}) > 1}
+    return lambda r: r.settings.label(with_model, shown)
 
 
 def curve_svg(losses: Sequence[float]) -> str:

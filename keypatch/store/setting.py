@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from typing import Any, NamedTuple
 
 from keypatch.store.keys import options_key
@@ -62,14 +63,15 @@ class Setting(NamedTuple):
         digest = hashlib.sha1(json.dumps(list(self)).encode()).hexdigest()[:8]
         return f"{self.strategy}-r{self.ratio:g}" + (f"-{self.start_value}" if self.start else "") + f"-{digest}"
 
-    def label(self, with_model: bool = False, options: bool = True) -> str:
-        """A human label: strategy, ratio, start and options (and the model, ``with_model``); the
-        title of a gallery card without ``options`` (they are shown apart)."""
+    def label(self, with_model: bool = False, options: bool | Collection[str] = True) -> str:
+        """A human label: strategy, ratio, start and options (and the model, ``with_model``).
+        ``options`` may name the options to show (a gallery card's title shows those that tell
+        its settings apart; the rest are shown on demand)."""
         parts = [self.strategy, f"r={self.ratio:g}"]
         if self.start:
             parts.append(f"start {self.start}")
         if options:
-            parts += [f"{k}={v}" for k, v in sorted(self.options.items())]
+            parts += [f"{k}={v}" for k, v in sorted(self.options.items()) if options is True or k in options]
         return " ".join(parts + ([f"model {self.model_id}"] if with_model else []))
 
 

@@ -146,7 +146,7 @@ def test_every_path_of_one_content_is_in_every_export_and_the_gallery(tmp_path, 
                  "masks", "--json"]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
-    assert summary["records"] == 4 and summary["images"] == 2 and summary["pictures"] == 4
+    assert (summary["records"], summary["images"], summary["paths"], summary["pictures"]) == (2, 2, 4, 4)
     # said once, naming both files of folder a that share the key "cat"
     assert captured.err.count("share a patch_ids.json key") == 1
     assert f"{data / 'a' / 'cat.jpeg'} and {data / 'a' / 'cat.jpg'}" in captured.err
