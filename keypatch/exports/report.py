@@ -33,15 +33,17 @@ CURVE_W, CURVE_H = 220, 90
 def labeller(records: Sequence[Record], options: bool = True):
     """``label(record)``: its setting's :meth:`~keypatch.store.setting.Setting.label`, naming the
     model where the records' models differ, so that two settings never share a label. Without
-    ``options``, a card's short title: only the options whose values differ between the records'
-    settings (the others are the same for every card)."""
+    ``options``, a card's short title: only the options whose values differ between the settings
+    of its strategy (the others are the same for every card of that strategy)."""
     with_model = len({r.model_id for r in records}) > 1
-    shown: bool | set[str] = True
-    if not options:
-        every = [r.settings.options for r in {r.settings: r for r in records}.values()]
+    if options:
+        return lambda r: r.settings.label(with_model)
+    shown: dict[str, set[str]] = {}
+    for strategy in {r.strategy for r in records}:
+        every = [s.options for s in {r.settings for r in records if r.strategy == strategy}]
         keys = {k for o in every for k in o}
-        shown = {k for k in keys if len({repr(o.get(k)) for o in every}) > 1}
-    return lambda r: r.settings.label(with_model, shown)
+        shown[strategy] = {k for k in keys if len({repr(o.get(k)) for o in every}) > 1}
+    return lambda r: r.settings.label(with_model, shown[r.strategy])
 
 
 def curve_svg(losses: Sequence[float]) -> str:
@@ -104,7 +106,8 @@ def _card(r: Record, picture: str | None, label: str, title: str) -> str:
             ("evaluations", f"{r.evaluations:,}"), ("seconds", f"{r.seconds:.2f}"), ("model", html.escape(r.model_id))]
     table = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
     shown = " ".join(f"{k}={v}" for k, v in sorted(r.options.items()))
-    details = (f"<details><summary>{len(r.options)} options</summary>{html.escape(shown)}</details>"
+    details = (f"<details><summary>{len(r.options)} option{'' if len(r.options) == 1 else 's'}</summary>"
+               f"{html.escape(shown)}</details>"
                if r.options else "")
     return (f'<div class="card" data-setting="{html.escape(r.settings.flags())}" data-loss="{r.loss:.6g}">'
             f'<h3 title="{html.escape(label)}">{html.escape(title)}</h3>{details}{img}'
