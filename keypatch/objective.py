@@ -170,9 +170,15 @@ class Objective:
         """
         ii = torch.arange(self.batch, device=sets.device) if image_index is None else image_index
         self.evaluations.index_add_(0, ii, torch.ones_like(ii))
-        return torch.cat([context_patch_errors(self.model, self.context, sets[s : s + self.chunk_size],
-                                               ii[s : s + self.chunk_size])
-                          for s in range(0, max(sets.shape[0], 1), self.chunk_size)])
+        cpu = sets.device.type == "cpu"
+
+        def one(s: slice) -> torch.Tensor:
+            def run() -> torch.Tensor:
+                return context_patch_errors(self.model, self.context, sets[s], ii[s])
+
+            return TUNER.run(run, len(range(sets.shape[0])[s]), "errors") if cpu else run()
+
+        return torch.cat([one(slice(s, s + self.chunk_size)) for s in range(0, max(sets.shape[0], 1), self.chunk_size)])
 
     def score_each(self, sets: torch.Tensor) -> torch.Tensor:
         """``L`` of one visible set per image, ``sets (B, k)`` -> ``(B,)``."""

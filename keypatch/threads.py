@@ -4,10 +4,12 @@ what each has been taking per scored set.
 On a quiet machine the model's passes run fastest on every core. When another process holds a
 core, OpenMP's threads wait for the one that is descheduled at every parallel region, and a pass
 can take several times longer than on one thread (``benchmarks/bench_threads.py``). The objective
-runs its CPU passes through :data:`TUNER`: it times every pass, keeps an estimate of the seconds
-per set for the current thread count (``torch.get_num_threads()``, whatever set it) and for one
-thread, runs the faster, and re-measures the other every :attr:`ThreadTuner.probe_every` passes,
-so it follows a machine whose load changes.
+runs its CPU passes through :data:`TUNER` (every kind: losses, error maps, the ``ranked``
+strategy's ranker net): it times every pass, keeps for each kind and size of pass an estimate of
+the seconds per unit for the current thread count (``torch.get_num_threads()``, whatever set it)
+and for one thread, runs the faster, and re-measures the other every
+:attr:`ThreadTuner.probe_every` passes of that kind and size, so it follows a machine whose load
+changes.
 
 Moving a pass between thread counts must not change a loss. PyTorch's CPU matrix products come
 from Intel MKL, whose products of few rows give different last bits on one thread and on several
@@ -67,24 +69,38 @@ def threads_invariant() -> bool:
         return False
 
 
+class _Choice:
+    """What the tuner knows of one kind and size of pass: seconds per unit for each thread count."""
+
+    def __init__(self) -> None:
+        self.rate: dict[int, float] = {}
+        self.last: dict[int, int] = {}
+        self.used: dict[int, int] = {}
+        self.passes = 0
+
+
 class ThreadTuner:
     """Chooses, pass by pass, between the current torch thread count and one thread.
+
+    Passes are told apart by their kind (``"loss"``, ``"errors"``, ``"ranker"``...) and their size
+    (units in powers of two): a pass of 4 sets is not a pass of 196 sets. Small passes lose the
+    most to a busy core (a parallel region waits for its descheduled thread whatever the work in
+    it), and are the ones a quiet machine may run faster on one thread, so each (kind, size) has
+    its own estimates and its own choice.
 
     Parameters
     ----------
     probe_every : int
-        Passes between two measurements of the option not in use, while the two are within
-        ``clear`` of each other; three times as many once one is clearly faster.
+        Passes of one kind and size between two measurements of the option not in use, while the
+        two are within ``clear`` of each other; three times as many once one is clearly faster.
     clear : float
         How many times slower the other option must be for the choice to count as clear.
-    min_units : int
-        The smallest pass (in scored sets) that is measured.
     smoothing : float
         Weight of a new measurement in an option's estimate (exponential moving average).
     """
 
-    def __init__(self, probe_every: int = 16, smoothing: float = 0.5, clear: float = 1.3, min_units: int = 16) -> None:
-        self.probe_every, self.smoothing, self.clear, self.min_units = probe_every, smoothing, clear, min_units
+    def __init__(self, probe_every: int = 16, smoothing: float = 0.5, clear: float = 1.3) -> None:
+        self.probe_every, self.smoothing, self.clear = probe_every, smoothing, clear
         self.enabled: bool | None = None
         """True: tune; False: run every pass as it is; None (the default): tune where
         :func:`threads_invariant`, decided at the first pass."""
@@ -92,31 +108,43 @@ class ThreadTuner:
 
     def reset(self) -> None:
         """Forget the estimates (and the counts of passes per thread count)."""
-        self.rate: dict[int, float] = {}
-        self.last: dict[int, int] = {}
-        self.used: dict[int, int] = {}
-        self.passes = 0
+        self.choices: dict[tuple[str, int], _Choice] = {}
         self.many = 0
 
-    def choose(self, many: int) -> int:
-        """The thread count for the next pass, given ``many`` threads available: each option is
-        measured twice first (the first pass of a process is slow for reasons of its own), then the
-        faster runs, and the other is measured again every :attr:`probe_every` passes (three times
-        as many when it was :attr:`clear`-ly slower)."""
+    @property
+    def used(self) -> dict[int, int]:
+        """Passes run so far on each thread count, every kind and size together."""
+        out: dict[int, int] = {}
+        for c in self.choices.values():
+            for t, n in c.used.items():
+                out[t] = out.get(t, 0) + n
+        return out
+
+    def choose(self, many: int, key: tuple[str, int] = ("loss", 0)) -> int:
+        """The thread count for the next pass of ``key`` (kind, size), given ``many`` threads
+        available. The first kind and size measured runs each option twice first (the first pass
+        of a process is slow for reasons of its own); a later one starts on :attr:`prior`, the
+        count the others found faster, and is measured on the other after :attr:`probe_every`
+        passes. Then the faster runs, and the other is measured again every :attr:`probe_every`
+        passes (three times as many when it was :attr:`clear`-ly slower)."""
+        c = self.choices.setdefault(key, _Choice())
         options = (many, 1)
-        young = [t for t in options if self.used.get(t, 0) < 2]
+        prior = self.prior(key) if len(c.rate) < 2 else None
+        if prior in options:  # a new kind or size: start where the nearest measured passes are faster
+            other = 1 if prior == many else many
+            return other if c.passes >= self.probe_every else prior
+        young = [t for t in options if c.used.get(t, 0) < 2]
         if young:
-            return min(young, key=lambda t: self.used.get(t, 0))
-        best, other = sorted(options, key=lambda t: self.rate[t])
-        every = self.probe_every * (3 if self.rate[other] > self.clear * self.rate[best] else 1)
-        return other if self.passes - self.last[other] >= every else best
+            return min(young, key=lambda t: c.used.get(t, 0))
+        best, other = sorted(options, key=lambda t: c.rate[t])
+        every = self.probe_every * (3 if c.rate[other] > self.clear * c.rate[best] else 1)
+        return other if c.passes - c.last[other] >= every else best
 
-    def run(self, fn: Callable[[], T], units: int) -> T:
-        """``fn()`` on the thread count :meth:`choose` gives, timed as ``units`` units of work.
+    def run(self, fn: Callable[[], T], units: int, kind: str = "loss") -> T:
+        """``fn()`` on the thread count :meth:`choose` gives for a pass of ``kind`` and ``units``
+        units of work (sets scored, images ranked), timed per unit.
 
-        With tuning off or one thread available, ``fn()`` runs as it is. A pass of fewer than
-        :attr:`min_units` units (a final loss, a reconstruction) runs on the faster option and is
-        not measured: its time per unit is mostly fixed costs, no guide to the passes that count.
+        With tuning off or one thread available, ``fn()`` runs as it is.
         """
         many = torch.get_num_threads()
         if self.enabled is None:  # MKL's mode is settled once it has run a product (the context's, before any pass)
@@ -126,18 +154,29 @@ class ThreadTuner:
         if many != self.many:  # the count was changed (by the user, or by runs sharing the machine): start anew
             self.reset()
             self.many = many
-        if units < self.min_units:
-            return _on(min(self.rate, key=self.rate.__getitem__) if len(self.rate) == 2 else many, many, fn)
-        threads = self.choose(many)
+        key = (kind, max(1, int(units)).bit_length())
+        threads = self.choose(many, key)
+        c = self.choices[key]
         start = time.perf_counter()
         out = _on(threads, many, fn)
-        seconds = (time.perf_counter() - start) / units
-        if threads in self.rate and self.last[threads] == self.passes - 1:  # running on: smooth
-            seconds = (1 - self.smoothing) * self.rate[threads] + self.smoothing * seconds
-        self.rate[threads], self.last[threads] = seconds, self.passes  # after a gap the new measurement stands
-        self.passes += 1
-        self.used[threads] = self.used.get(threads, 0) + 1
+        seconds = (time.perf_counter() - start) / max(1, units)
+        if threads in c.rate and c.last[threads] == c.passes - 1:  # running on: smooth
+            seconds = (1 - self.smoothing) * c.rate[threads] + self.smoothing * seconds
+        c.rate[threads], c.last[threads] = seconds, c.passes  # after a gap the new measurement stands
+        c.passes += 1
+        c.used[threads] = c.used.get(threads, 0) + 1
         return out
+
+    def prior(self, key: tuple[str, int]) -> int | None:
+        """The faster thread count of the measured kind and size of pass nearest ``key`` (the nearest
+        size, of the same kind where there is a choice), or None before any is measured on both."""
+        known = [(abs(size - key[1]), k != key[0], k, size) for (k, size), c in self.choices.items()
+                 if len(c.rate) == 2 and (k, size) != key]
+        if not known:
+            return None
+        *_, kind, size = min(known)
+        rate = self.choices[(kind, size)].rate
+        return min(rate, key=rate.__getitem__)
 
 
 def _on(threads: int, many: int, fn: Callable[[], T]) -> T:

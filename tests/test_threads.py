@@ -11,6 +11,7 @@ import torch
 
 import keypatch
 import keypatch.objective as objective_mod
+import keypatch.proposers.ranked as ranked_mod
 import keypatch.threads as threads_mod
 from keypatch.threads import ThreadTuner, set_threads, threads_invariant
 
@@ -58,16 +59,39 @@ def test_the_tuner_takes_the_faster_option_probes_the_other_and_follows_a_change
     assert used[-48:].count(2) >= 40
 
 
-def test_small_passes_are_not_measured_and_a_fixed_count_turns_tuning_off(two_threads, monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(threads_mod.time, "perf_counter", clock)
-    tuner = ThreadTuner(min_units=16)
+def test_each_kind_and_size_of_pass_gets_its_own_choice_and_a_fixed_count_turns_tuning_off(two_threads, monkeypatch):
+    """Under contention small passes lose most to all threads (a region waits for its descheduled
+    thread whatever its size): small ones must move to one thread while large ones stay on two."""
+    now = [0.0]
+    monkeypatch.setattr(threads_mod.time, "perf_counter", lambda: now[0])
+
+    def work(units):
+        def fn():
+            t = torch.get_num_threads()
+            per_unit = {1: 1.0, 2: 0.6} if units >= 64 else {1: 1.0, 2: 3.0}  # small passes: slower on 2
+            now[0] += per_unit[t] * units
+            return t
+        return fn
+
+    tuner = ThreadTuner(probe_every=16)
     tuner.enabled = True
-    assert [tuner.run(clock.work, 1) for _ in range(5)] == [2] * 5 and tuner.rate == {}
+    used_small, used_large, used_ranker = [], [], []
+    for _ in range(60):
+        used_small.append(tuner.run(work(4), 4))
+        used_large.append(tuner.run(work(128), 128))
+        used_ranker.append(tuner.run(work(128), 128, "ranker"))
+    assert used_small[:4] == [2, 1, 2, 1] and used_small[4:].count(1) >= 52
+    assert used_large[4:].count(2) >= 52 and used_ranker[4:].count(2) >= 52
+    assert set(tuner.choices) == {("loss", 3), ("loss", 8), ("ranker", 8)}
+    assert tuner.used[1] + tuner.used[2] == 180
+    # a new kind starts on the count its nearest size found faster, and is probed after probe_every passes
+    first = [tuner.run(work(5), 5, "errors") for _ in range(20)]
+    assert first[:16] == [1] * 16 and first[16:18] == [2, 2] and first[18:] == [1, 1]  # measured twice, then 1
+    assert tuner.run(work(200), 200, "errors") == 2  # nearest in size: the large loss passes
     monkeypatch.setattr(threads_mod, "TUNER", tuner)
     set_threads(1)
     assert torch.get_num_threads() == 1 and not tuner.enabled
-    assert [tuner.run(clock.work, 64) for _ in range(3)] == [1, 1, 1] and tuner.rate == {}
+    assert [tuner.run(work(64), 64) for _ in range(3)] == [1, 1, 1]
     set_threads("auto")
     assert tuner.enabled
     with pytest.raises(ValueError, match="positive integer or 'auto'"):
@@ -107,10 +131,14 @@ def test_without_strict_mode_the_tuner_stays_off_unless_asked():
 
 
 class Alternating(ThreadTuner):
-    """A tuner that moves every pass, however small, to the other thread count."""
+    """A tuner that moves every pass, however small and of whatever kind, to the other thread count."""
 
-    def choose(self, many):
-        return 1 if self.passes % 2 else many
+    calls = 0
+
+    def choose(self, many, key=("loss", 0)):
+        self.choices.setdefault(key, threads_mod._Choice())
+        self.calls += 1
+        return 1 if self.calls % 2 else many
 
 
 def test_tuning_is_on_by_default_and_moving_passes_between_thread_counts_changes_no_loss(
@@ -124,17 +152,21 @@ def test_tuning_is_on_by_default_and_moving_passes_between_thread_counts_changes
     images = [normalize(torch.nn.functional.interpolate(s[None], size=64, mode="bilinear")[0]) for s in small]
 
     def losses():
-        return [p.losses for p in keypatch.propose_batch(images, 0.5, "multi", toy_model, seed=5)]
+        return [(p.patches, p.losses) for strategy in ("multi", "ranked")
+                for p in keypatch.propose_batch(images, 0.5, strategy, toy_model, seed=5)]
 
     fixed = ThreadTuner()
     fixed.enabled = False
     monkeypatch.setattr(objective_mod, "TUNER", fixed)
+    monkeypatch.setattr(ranked_mod, "TUNER", fixed)
     expected = losses()
-    tuner = Alternating(min_units=0)
+    tuner = Alternating()
     tuner.enabled = True
     monkeypatch.setattr(objective_mod, "TUNER", tuner)
+    monkeypatch.setattr(ranked_mod, "TUNER", tuner)
     assert losses() == expected
     assert tuner.used.get(1, 0) >= 5 and tuner.used.get(2, 0) >= 5
+    assert {kind for kind, _ in tuner.choices} == {"loss", "errors", "ranker"}  # every kind of pass moved
     monkeypatch.undo()
     torch.set_num_threads(2)
     threads_mod.TUNER.run(lambda: 0, 64)

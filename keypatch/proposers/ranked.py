@@ -36,6 +36,7 @@ from keypatch.proposers.base import register
 from keypatch.proposers.search import SearchProposer, ranks, remaining_count, screened_step, start_state
 from keypatch.proposers.swap import refine
 from keypatch.reconstructors.precision import DEFAULT_PRECISION
+from keypatch.threads import TUNER
 from keypatch.untrusted import bounded, refuse
 
 DEFAULT_RANKER = Path(__file__).resolve().parent.parent / "weights" / "ranker_default.safetensors"
@@ -328,7 +329,12 @@ class Ranking:
                                self.grid.rows, self.grid.cols, self.static)
         self.last = err
         # image by image: a convolution's result must not depend on the batch it ran in
-        return torch.cat([self.net(inputs[i : i + 1]) for i in range(inputs.shape[0])])
+        return self._net(lambda: torch.cat([self.net(inputs[i : i + 1]) for i in range(inputs.shape[0])]),
+                         inputs.shape[0])
+
+    def _net(self, fn, units: int) -> torch.Tensor:  # noqa: ANN001 - a closure over the net's calls
+        """The ranker's calls ``fn()``, on a CPU on the thread count :data:`~keypatch.threads.TUNER` chooses."""
+        return TUNER.run(fn, units, "ranker") if self.objective.device.type == "cpu" else fn()
 
     def without_each(self, sets: torch.Tensor) -> torch.Tensor:
         """Where to move each chosen patch: ``sets (B, k)`` -> ``(B, k, N)``, row ``i`` the ranker's
@@ -344,7 +350,8 @@ class Ranking:
         chosen = torch.zeros_like(err, dtype=torch.bool).scatter_(1, smaller, True)
         inputs = ranker_inputs(None, err, err, chosen, self.grid.rows, self.grid.cols, self.static[ii])
         # image by image (each image's k sets in one call): the same result alone as in a batch
-        return torch.cat([self.net(inputs[i * k : (i + 1) * k]) for i in range(b)]).view(b, k, -1)
+        return self._net(lambda: torch.cat([self.net(inputs[i * k : (i + 1) * k]) for i in range(b)]),
+                         b * k).view(b, k, -1)
 
 
 @torch.no_grad()
