@@ -92,3 +92,16 @@ def toy_image() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     x = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=64, mode="bilinear")[0]
     return normalize(x)
+
+
+def interrupt_call(fn, at: int):
+    """``fn`` that raises KeyboardInterrupt (as Ctrl-C would) at its ``at``-th call instead of running."""
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return fn(*args, **kwargs)
+
+    return wrapped

@@ -14,6 +14,7 @@ from keypatch.batch import ImageWarning, run_propose
 from keypatch.cli.main import main
 from keypatch.experiments.pictures import MARGIN, TITLE_HEIGHT
 from keypatch.store import ResultStore, sha256_file
+from tests.conftest import interrupt_call
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -210,15 +211,8 @@ def test_commands_show_their_warnings_but_not_other_packages_deprecations(capsys
 
 
 def test_interrupted_run_keeps_finished_images(photos, tmp_path, monkeypatch, capsys):
-    real, calls = keypatch.api.propose_normalised, []
-
-    def interrupt_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(keypatch.api, "propose_normalised", interrupt_second)
+    real = keypatch.api.propose_normalised
+    monkeypatch.setattr(keypatch.api, "propose_normalised", interrupt_call(real, 2))
     out = tmp_path / "res"
     assert main(["propose", str(photos), "--ratio", "0.25", "--out", str(out), *TOY]) == 130
     assert "finished records are kept" in capsys.readouterr().err

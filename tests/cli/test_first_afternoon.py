@@ -22,7 +22,7 @@ from keypatch.cli.main import main
 from keypatch.experiments.pictures import TITLE_HEIGHT, TITLE_SIZE
 from keypatch.serve import Backend
 from keypatch.store import MAY_MOVE, ResultStore
-from tests.conftest import photo_array
+from tests.conftest import interrupt_call, photo_array
 
 TOY = ["--model", "random:toy", "--quiet"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,15 +154,8 @@ def test_6_one_content_at_two_paths_is_counted_alike_by_every_command(photo, tmp
 def test_7_json_prints_what_was_kept_when_interrupted(photo, tmp_path, monkeypatch, capsys):
     Image.fromarray(photo_array("coffee")).save(photo / "coffee.jpg")
     Image.fromarray(photo_array("astronaut")).save(photo / "astronaut.jpg")
-    real, calls = keypatch.api.propose_normalised, []
-
-    def interrupt_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(keypatch.api, "propose_normalised", interrupt_second)
+    real = keypatch.api.propose_normalised
+    monkeypatch.setattr(keypatch.api, "propose_normalised", interrupt_call(real, 2))
     out = tmp_path / "out"
     assert main(["propose", str(photo), "--ratio", "0.25", "--out", str(out), "--json", *TOY]) == 130
     captured = capsys.readouterr()
