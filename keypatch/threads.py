@@ -97,10 +97,13 @@ class ThreadTuner:
         How many times slower the other option must be for the choice to count as clear.
     smoothing : float
         Weight of a new measurement in an option's estimate (exponential moving average).
+    prefer : float
+        How many times faster one thread must be for a kind and size of pass to leave all threads
+        (under contention it is 2-4 times faster; on a quiet machine small passes tie within noise).
     """
 
-    def __init__(self, probe_every: int = 16, smoothing: float = 0.5, clear: float = 1.3) -> None:
-        self.probe_every, self.smoothing, self.clear = probe_every, smoothing, clear
+    def __init__(self, probe_every: int = 16, smoothing: float = 0.5, clear: float = 1.3, prefer: float = 1.15) -> None:
+        self.probe_every, self.smoothing, self.clear, self.prefer = probe_every, smoothing, clear, prefer
         self.enabled: bool | None = None
         """True: tune; False: run every pass as it is; None (the default): tune where
         :func:`threads_invariant`, decided at the first pass."""
@@ -136,7 +139,10 @@ class ThreadTuner:
         young = [t for t in options if c.used.get(t, 0) < 2]
         if young:
             return min(young, key=lambda t: c.used.get(t, 0))
-        best, other = sorted(options, key=lambda t: c.rate[t])
+        # one thread must be faster by ``prefer`` to be taken: a quiet machine's small passes time
+        # too noisily to leave all threads on a near tie
+        best = 1 if c.rate[1] * self.prefer < c.rate[many] else many
+        other = many if best == 1 else 1
         every = self.probe_every * (3 if c.rate[other] > self.clear * c.rate[best] else 1)
         return other if c.passes - c.last[other] >= every else best
 
@@ -176,7 +182,7 @@ class ThreadTuner:
             return None
         *_, kind, size = min(known)
         rate = self.choices[(kind, size)].rate
-        return min(rate, key=rate.__getitem__)
+        return 1 if rate[1] * self.prefer < rate[self.many] else self.many
 
 
 def _on(threads: int, many: int, fn: Callable[[], T]) -> T:
