@@ -44,10 +44,10 @@ from bench_threads import cpu_name  # noqa: E402
 import keypatch  # noqa: E402
 from keypatch.experiments.photos import load_test_photos  # noqa: E402
 from keypatch.geometry.image import load_images  # noqa: E402
-from keypatch.objective import Objective  # noqa: E402
-from keypatch.proposers.ranked import greedy_steps  # noqa: E402
-from keypatch.proposers.search import remaining_count, start_state  # noqa: E402
+from keypatch.objective import Objective, ranks, remaining_count  # noqa: E402
+from keypatch.proposers.search import start_state  # noqa: E402
 from keypatch.proposers.swap import refine  # noqa: E402
+from keypatch.ranker.trajectories import greedy_steps  # noqa: E402
 
 SIZES = (4, 8, 16)
 """Screen sizes ``m`` of the first table."""
@@ -63,14 +63,8 @@ def box(err: torch.Tensor, cols: int, width: int = 2) -> torch.Tensor:
     return F.conv2d(grid, torch.ones(1, 1, 2 * width + 1, 2 * width + 1), padding=width).view(b, n)
 
 
-def ranks(signal: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Each candidate's rank by ``signal`` (largest first, ties to the lowest index); others last."""
-    order = torch.sort(-signal.masked_fill(~allowed, -math.inf), dim=1, stable=True).indices
-    return torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
-
-
 def trajectory(obj: Objective, k: int) -> list[dict]:
-    """Exact greedy from the central patch (:func:`keypatch.proposers.ranked.greedy_steps`) as one
+    """Exact greedy from the central patch (:func:`keypatch.ranker.trajectories.greedy_steps`) as one
     dict per step: the error map, every candidate's ``L`` (``(B, N)``, inf at the chosen patches)
     and the remaining patches."""
     t = greedy_steps(obj, k)
@@ -117,17 +111,15 @@ def remembered_screen(obj: Objective, k: int, a: int, b: int) -> tuple[torch.Ten
     chosen, losses, remaining = start_state(obj, "center")
     current = losses[:, -1]
     cand = remaining_count(remaining, n - 1)
-    gain = torch.full((nb, n), -math.inf).scatter_(1, cand, current[:, None] - obj.step(chosen, cand))
+    gain = torch.full((nb, n), -math.inf).scatter_(1, cand, current[:, None] - obj.step(chosen, cand).scores)
     for j in range(1, k):
-        by_err = ranks(obj.patch_errors(chosen), remaining)
+        by_err = ranks(obj.score(chosen, maps=True)[1], remaining)
         by_gain = ranks(gain.masked_fill(by_err < a, -math.inf), remaining)
         key = torch.where(by_err < a, by_err, torch.where(by_gain < b, n + by_gain, 2 * n + by_err))
         cand = key.masked_fill(~remaining, 4 * n).topk(min(a + b, n - j), dim=1, largest=False).indices
-        scores = obj.step(chosen, cand)
-        best = scores.argmin(1)
-        gain.scatter_(1, cand, current[:, None] - scores)
-        pick = cand[ar, best]
-        current = scores[ar, best]
+        step = obj.step(chosen, cand)
+        gain.scatter_(1, cand, current[:, None] - step.scores)
+        pick, current = step.pick, step.loss
         chosen = torch.cat([chosen, pick[:, None]], 1)
         remaining[ar, pick] = False
     return chosen, current

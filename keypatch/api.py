@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from keypatch.geometry import ImageLike, load_images
-from keypatch.objective import Objective, losses
+from keypatch.objective import Objective, losses, prefix_losses
 from keypatch.presets import RunSettings, run_settings
 from keypatch.proposers import Proposal, Proposer
 from keypatch.proposers.base import check_seed, make_proposer, takes_option
@@ -79,7 +79,7 @@ def propose_normalised(images: torch.Tensor, ratio: float, proposer: Proposer, m
     t0 = time.perf_counter()
     patches, losses, evals = proposer.select(model, images, k, check_seed(seed))
     if torch.isnan(losses).any():
-        losses = Objective(model, images).prefix_losses(patches)
+        losses = prefix_losses(Objective(model, images), patches)
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - t0) / images.shape[0]

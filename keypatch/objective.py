@@ -5,9 +5,17 @@ error between the MAE's prediction from ``S`` alone and the true normalised pixe
 MAE loss with ``norm_pix_loss=False``; 0 when every patch is visible. Every strategy
 (:mod:`keypatch.proposers`), the public loss functions and the experiments evaluate visible sets
 through an :class:`Objective`; strategies are optimisers over it.
+
+An objective has two scoring methods: :meth:`Objective.score` (``L`` of a batch of sets, their
+error maps when asked, the precision policy inside) and :meth:`Objective.step` (one greedy step:
+``L`` of the chosen set plus each candidate, and the best). Every strategy, the ranker's fitting
+(:mod:`keypatch.ranker`) and the benchmarks score through them.
 """
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import torch
 
@@ -49,11 +57,26 @@ def auto_chunk(model: MAE) -> int:
     return int(min(16384, max(CPU_CHUNK, GPU_MEMORY_SHARE * free // per_set)))
 
 
+class Step(NamedTuple):
+    """One greedy step (:meth:`Objective.step`)."""
+
+    pick: torch.Tensor
+    """``(B,)`` the added patch."""
+    loss: torch.Tensor
+    """``(B,)`` ``L`` of the set with it."""
+    cand: torch.Tensor
+    """``(B, C)`` the scored candidates."""
+    scores: torch.Tensor
+    """``(B, C)`` their ``L``."""
+    errors: torch.Tensor | None
+    """``(B, N)`` the error map of the set with the pick, when asked for and free; else None."""
+
+
 class Objective:
     """``L`` of visible sets of a batch of images, in memory-bounded batched MAE passes.
 
     The per-image constants (patch tokens, the loss's per-patch terms, ...) are computed once, when
-    the objective is made; every :meth:`score` call reuses them.
+    the objective is made; every :meth:`score` and :meth:`step` call reuses them.
 
     Parameters
     ----------
@@ -66,7 +89,8 @@ class Objective:
     precision : {"auto", "float32", "bfloat16", "mixed"}
         Compute precision of the passes (:mod:`keypatch.reconstructors.precision`); ``"auto"``
         is resolved for the model and its device. The loss is accumulated in float32. With ``"mixed"``,
-        :meth:`score` is float32 and :meth:`step` screens in bfloat16.
+        sets are scored in float32 and alternatives (a greedy step's candidates) screened in
+        bfloat16 (:meth:`score`'s notes).
 
     Attributes
     ----------
@@ -74,7 +98,7 @@ class Objective:
         ``(B,)`` long, on the model's device: visible sets scored so far per image (a set screened
         in bfloat16 and re-scored in float32 counts once).
     refined : int
-        ``"mixed"``: candidates re-scored in float32 by :meth:`step`, over all images.
+        ``"mixed"``: alternatives re-scored in float32 (:meth:`score`, :meth:`step`), over all images.
     widened : int
         ``"mixed"``: steps at which the float32 re-scores showed a larger bfloat16 error than the
         margin had assumed, so that more candidates had to be re-scored.
@@ -111,25 +135,117 @@ class Objective:
         return self.images.shape[0]
 
     @torch.no_grad()
-    def score(self, sets: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
-        """``L`` of many visible sets.
+    def score(self, sets: torch.Tensor, image_index: torch.Tensor | None = None, *, maps: bool = False,
+              screen: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``L`` of a batch of visible sets: the one way to score sets.
 
         Parameters
         ----------
         sets : torch.Tensor
-            ``(M, k)`` long visible patch indices, distinct within a row (``k`` may be 0).
-        image_index : torch.Tensor
-            ``(M,)`` long: the image of each set.
+            ``(M, k)`` long visible patch indices, distinct within a row (``k`` may be 0), the image
+            of each row given by ``image_index``; or ``(B, C, k)``: ``C`` alternative sets of each
+            image, of which the caller keeps the best (the precision policy below).
+        image_index : torch.Tensor, optional
+            ``(M,)`` long, the image of each row of a ``(M, k)`` batch; default: one set per image
+            (``M = B``). Not given with ``(B, C, k)`` sets.
+        maps : bool
+            Also return each set's error map: every patch's squared error when the image is rebuilt
+            from the set, the mean over its values of ``(prediction - normalised pixels)^2``, 0 at
+            the visible patches (``L`` is the mean of the others). Always float32, one pass per
+            set; ``L`` is then that mean (:meth:`score`'s without maps up to rounding).
+        screen : bool
+            Sets to be ranked, the best of them confirmed by a later call without ``screen``:
+            scored in the screening precision (bfloat16 with ``"mixed"``; float32 with ``"float32"``).
 
         Returns
         -------
-        torch.Tensor
-            ``(M,)`` float32 on the model's device. No host synchronisation.
+        torch.Tensor or tuple
+            ``L`` ``(M,)`` (``(B, C)`` for alternatives), float32 on the model's device; with
+            ``maps``, ``(L, errors)``, errors ``(M, N)`` (``(B, C, N)``). No host synchronisation
+            but in the ``"mixed"`` policy for alternatives.
+
+        Notes
+        -----
+        The precision policy. ``"float32"``: every set exactly. ``"bfloat16"``: every set in
+        bfloat16. ``"mixed"``: a ``(M, k)`` batch in float32 (bfloat16 with ``screen``); ``C``
+        alternatives per image, when ``C`` exceeds :data:`MIXED_REFINE`, in bfloat16 first, then
+        the :data:`MIXED_REFINE` lowest, and every alternative whose bfloat16 loss lies within
+        the margin of the bfloat16 minimum, re-scored in float32, so that the argmin, its ties and
+        its loss are float32's (the others keep bfloat16 losses, all above that minimum). The
+        margin is :data:`MIXED_SAFETY` times the image's largest relative bfloat16 error seen so
+        far (this call included); if the re-scores show that an alternative outside them could
+        still be the float32 minimum, more are re-scored (:attr:`widened` counts those calls).
+        This costs two host synchronisations per call.
         """
+        if sets.dim() == 3:
+            if image_index is not None:
+                raise ValueError("alternatives (B, C, k) name their images by their first axis: no image_index")
+            b, c, _ = sets.shape
+            flat = sets.reshape(b * c, -1)
+            ii = torch.arange(b, device=sets.device).repeat_interleave(c)
+            if maps:
+                loss, err = self._maps(flat, ii)
+                return loss.view(b, c), err.view(b, c, -1)
+            if screen:
+                return self._screen(flat, ii).view(b, c)
+            if self.precision != "mixed" or c <= MIXED_REFINE:  # mixed re-scores that many in float32 anyway
+                return self._exact(flat, ii).view(b, c)
+            return self._refine(self._screen(flat, ii).view(b, c), sets)
+        ii = torch.arange(self.batch, device=sets.device) if image_index is None else image_index
+        if maps:
+            return self._maps(sets, ii)
+        return self._screen(sets, ii) if screen else self._exact(sets, ii)
+
+    @torch.no_grad()
+    def step(self, chosen: torch.Tensor, candidates: torch.Tensor, *, maps: bool = False) -> Step:
+        """One greedy step: ``L(chosen + c)`` for every candidate ``c`` of every image, and the best.
+
+        Every greedy-like strategy, the ranker's fitting and the benchmarks take their steps here.
+
+        Parameters
+        ----------
+        chosen : torch.Tensor
+            ``(B, j)`` patches chosen so far (``j`` may be 0).
+        candidates : torch.Tensor
+            ``(B, C)`` candidate patches per image (the same count for every image), in ascending
+            index order so that ties go to the lowest patch index.
+        maps : bool
+            Also give the error map of each image's new set (:attr:`Step.errors`) where that costs
+            no further passes: at most :data:`MIXED_REFINE` candidates per image, scored in float32
+            (precision ``"float32"`` or ``"mixed"``); ``L`` is then the mean of the masked
+            patches' errors. Otherwise ``errors`` is None.
+
+        Returns
+        -------
+        Step
+            ``pick (B,)`` the candidate with the lowest ``L`` (the first on ties), ``loss (B,)`` its
+            ``L``, ``cand`` the candidates, ``scores (B, C)`` every candidate's ``L`` (as
+            :meth:`score` gives alternatives: with ``"mixed"`` float32 near each image's minimum),
+            ``errors``. No host synchronisation in float32.
+        """
+        b, c = candidates.shape
+        sets = with_each(chosen, candidates)
+        errors = None
+        if maps and self.precision != "bfloat16" and c <= MIXED_REFINE:
+            scores, errors = self.score(sets, maps=True)
+        else:
+            scores = self.score(sets)
+        ar = torch.arange(b, device=candidates.device)
+        best = scores.argmin(dim=1)  # first minimum: lowest index on ties
+        return Step(candidates[ar, best], scores[ar, best], candidates, scores,
+                    None if errors is None else errors[ar, best])
+
+    def _exact(self, sets: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """``L`` of ``(M, k)`` sets in the scoring precision (float32 but with ``"bfloat16"``)."""
         if self.precision == "bfloat16":
-            return self.screen(sets, image_index)
+            return self._screen(sets, image_index)
         self.evaluations.index_add_(0, image_index, torch.ones_like(image_index))  # no host sync (bincount has one)
         return self._passes(self.model, self.context, sets, image_index)
+
+    def _screen(self, sets: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """``L`` of ``(M, k)`` sets in the screening precision."""
+        self.evaluations.index_add_(0, image_index, torch.ones_like(image_index))
+        return self._passes(self.screen_model, self.screen_context, sets, image_index)
 
     def _passes(self, model: MAE, ctx: LossContext, sets: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
         """``L`` of ``sets`` with ``model`` on ``ctx``, ``chunk_size`` sets per pass (on a CPU, each pass
@@ -150,25 +266,9 @@ class Objective:
             out[s : s + size] = one(slice(s, s + size))
         return out
 
-    @torch.no_grad()
-    def screen(self, sets: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
-        """``L`` of many visible sets in the screening precision: bfloat16 with ``"mixed"`` (and
-        ``"bfloat16"``), float32 otherwise. For strategies that rank many sets and confirm the best
-        with :meth:`score`; arguments and result as :meth:`score`."""
-        self.evaluations.index_add_(0, image_index, torch.ones_like(image_index))
-        return self._passes(self.screen_model, self.screen_context, sets, image_index)
-
-    @torch.no_grad()
-    def patch_errors(self, sets: torch.Tensor, image_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Each masked patch's squared error when an image is rebuilt from a set: ``sets (M, k)`` -> ``(M, N)``.
-
-        One MAE pass per set (counted as one evaluation), in float32, on the scoring fast path
-        (:func:`~keypatch.reconstructors.scoring.context_patch_errors`): the mean over each
-        patch's values of ``(prediction - normalised pixels)^2``; 0 at the visible patches (``L``
-        is the mean of the others). ``image_index (M,)`` names each set's image (default: one set
-        per image, ``M = B``). At most ``chunk_size`` sets per pass. No host synchronisation.
-        """
-        ii = torch.arange(self.batch, device=sets.device) if image_index is None else image_index
+    def _maps(self, sets: torch.Tensor, ii: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L (M,), errors (M, N))`` of ``(M, k)`` sets, in float32, one pass per set, on the scoring
+        fast path (:func:`~keypatch.reconstructors.scoring.context_patch_errors`)."""
         self.evaluations.index_add_(0, ii, torch.ones_like(ii))
         cpu = sets.device.type == "cpu"
 
@@ -178,74 +278,8 @@ class Objective:
 
             return TUNER.run(run, len(range(sets.shape[0])[s]), "errors") if cpu else run()
 
-        return torch.cat([one(slice(s, s + self.chunk_size)) for s in range(0, max(sets.shape[0], 1), self.chunk_size)])
-
-    def score_each(self, sets: torch.Tensor) -> torch.Tensor:
-        """``L`` of one visible set per image, ``sets (B, k)`` -> ``(B,)``."""
-        return self.score(sets, torch.arange(self.batch, device=sets.device))
-
-    def step(self, chosen: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """``L(chosen + c)`` for every candidate ``c`` of every image (one greedy step, images x candidates).
-
-        Parameters
-        ----------
-        chosen : torch.Tensor
-            ``(B, j)`` patches chosen so far (``j`` may be 0).
-        candidates : torch.Tensor
-            ``(B, C)`` candidate patches per image (the same count for every image).
-
-        Returns
-        -------
-        torch.Tensor
-            ``(B, C)`` float32. With ``precision="mixed"`` the candidates near each image's minimum
-            hold float32 scores and the others bfloat16 ones (all above that minimum), so the
-            argmin, its ties and its loss are float32's.
-
-        Notes
-        -----
-        ``"mixed"``: with at most :data:`MIXED_REFINE` candidates per image every one is scored in
-        float32 directly (the re-scoring below would score them all). Otherwise every candidate is
-        scored in bfloat16; the :data:`MIXED_REFINE` lowest, and every candidate whose bfloat16 loss
-        lies within the margin of the bfloat16 minimum, are re-scored in float32. The margin is
-        :data:`MIXED_SAFETY` times the image's largest relative bfloat16 error seen so far (at this
-        step included). If the re-scores show that a candidate
-        outside the re-scored ones could still be the float32 minimum, more are re-scored
-        (:attr:`widened` counts those steps). This costs two host synchronisations per step.
-        """
-        return self.choices(with_each(chosen, candidates))
-
-    @torch.no_grad()
-    def step_errors(self, chosen: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """:meth:`step`, with each candidate set's error map where that costs no more passes.
-
-        Returns
-        -------
-        tuple
-            ``L (B, C)`` as :meth:`step` and ``errors (B, C, N)`` as :meth:`patch_errors` gives them
-            for the sets ``chosen + c`` when there are at most :data:`MIXED_REFINE` candidates per
-            image and they are scored in float32 (precision ``"float32"`` or ``"mixed"``); ``L``
-            is then the mean of the masked patches' errors (:meth:`score`'s up to rounding).
-            Otherwise :meth:`step`'s ``L`` and ``None``.
-        """
-        b, c = candidates.shape
-        if self.precision == "bfloat16" or c > MIXED_REFINE:
-            return self.step(chosen, candidates), None
-        sets = with_each(chosen, candidates)
-        ii = torch.arange(b, device=sets.device).repeat_interleave(c)
-        err = self.patch_errors(sets.reshape(b * c, -1), ii).view(b, c, -1)
+        err = torch.cat([one(slice(s, s + self.chunk_size)) for s in range(0, max(sets.shape[0], 1), self.chunk_size)])
         return err.sum(-1) / (self.grid.n - sets.shape[-1]), err
-
-    @torch.no_grad()
-    def choices(self, sets: torch.Tensor) -> torch.Tensor:
-        """``L`` of ``C`` alternative visible sets per image, ``sets (B, C, k)`` -> ``(B, C)``, for a
-        strategy that keeps the best of them: with ``"mixed"`` screened in bfloat16 and the best
-        re-scored in float32 exactly as :meth:`step` does (which calls it)."""
-        b, c, _ = sets.shape
-        flat = sets.reshape(b * c, -1)
-        ii = torch.arange(b, device=sets.device).repeat_interleave(c)
-        if self.precision != "mixed" or c <= MIXED_REFINE:  # mixed re-scores that many in float32 anyway
-            return self.score(flat, ii).view(b, c)
-        return self._refine(self.screen(flat, ii).view(b, c), sets)
 
     def _refine(self, screened: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
         """``screened (B, C)`` bfloat16 scores with those near each minimum re-scored in float32."""
@@ -276,9 +310,28 @@ class Objective:
             need = torch.maximum(done, within(fp32.amin(1)))
         return out
 
-    def prefix_losses(self, patches: torch.Tensor) -> torch.Tensor:
-        """``L`` of every prefix of each image's ordered patches ``(B, k)`` -> ``(B, k)``."""
-        return torch.stack([self.score_each(patches[:, : j + 1]) for j in range(patches.shape[1])], dim=1)
+
+def prefix_losses(objective: Objective, patches: torch.Tensor) -> torch.Tensor:
+    """``L`` of every prefix of each image's ordered patches ``(B, k)`` -> ``(B, k)``."""
+    return torch.stack([objective.score(patches[:, : j + 1]) for j in range(patches.shape[1])], dim=1)
+
+
+def remaining_count(remaining: torch.Tensor, count: int) -> torch.Tensor:
+    """``(B, N)`` bool with ``count`` True entries per row -> ``(B, count)`` their indices, ascending.
+
+    A sort instead of boolean indexing, so that it needs no host synchronisation on a GPU.
+    """
+    n = remaining.shape[1]
+    key = (~remaining).long() * n + torch.arange(n, device=remaining.device)
+    return key.sort(dim=1).values[:, :count]
+
+
+def ranks(signal: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Each patch's rank by ``signal (B, N)``, largest first, ties to the lowest index (a stable
+    sort); patches not ``allowed`` after all the others."""
+    order = torch.sort(-signal.masked_fill(~allowed, -math.inf), dim=1, stable=True).indices
+    position = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, position)
 
 
 def with_each(chosen: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 
 import keypatch
 import keypatch.objective as objective_mod
-import keypatch.proposers.ranked as ranked_mod
+import keypatch.ranker.ranking as ranked_mod
 import keypatch.threads as threads_mod
 from keypatch.threads import ThreadTuner, set_threads, threads_invariant
 

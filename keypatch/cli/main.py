@@ -12,7 +12,8 @@ import logging
 import sqlite3
 import sys
 
-COMMANDS = ["propose", "export", "report", "store", "select", "quantize", "reconstruct", "serve", "experiment"]
+COMMANDS = ["propose", "export", "report", "store", "select", "quantize", "reconstruct", "serve", "experiment",
+            "ranker"]
 
 
 def build_parser() -> argparse.ArgumentParser:

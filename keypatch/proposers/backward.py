@@ -52,7 +52,7 @@ class Backward(SearchProposer):
         for s in range(n, k, -1):  # s patches kept; remove one
             drop = ~torch.eye(s, dtype=torch.bool, device=dev)  # row r: every kept patch but the r-th
             sets = kept[:, None, :].expand(b, s, s)[:, drop].view(b, s, s - 1)
-            scores = objective.choices(sets)
+            scores = objective.score(sets)  # (B, s, s - 1): alternatives
             best = scores.argmin(dim=1)  # first minimum: removing the lowest index on ties
             kept = sets[ar, best]
             current = scores[ar, best]

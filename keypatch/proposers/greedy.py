@@ -50,11 +50,10 @@ class Greedy(SearchProposer):
         for j in range(chosen.shape[1], k):
             # candidates in ascending index order, so argmin's first hit is the lowest index
             cand = remaining_count(remaining, n - j)
-            scores = objective.step(torch.cat(picks, dim=1), cand)
-            best = scores.argmin(dim=1)
-            pick = cand[ar, best]
+            step = objective.step(torch.cat(picks, dim=1), cand)
+            pick = step.pick
             picks.append(pick[:, None])
-            step_losses.append(scores[ar, best][:, None])
+            step_losses.append(step.loss[:, None])
             remaining[ar, pick] = False
             if log.isEnabledFor(logging.DEBUG):  # -vv: reading the picks synchronises, so only then
                 log.debug("step %d/%d: picks %s, L %s", j + 1, k, pick.tolist(),

@@ -54,7 +54,8 @@ class LazyGreedy(GainSearchProposer):
 
     @torch.no_grad()
     def extend(self, objective: Objective, k: int, state: GainStart):
-        chosen, losses, remaining, current, cand, scores = state
+        chosen, losses, remaining, current, first = state
+        cand, scores = first.cand, first.scores
         (b, j0), n, dev = chosen.shape, objective.grid.n, objective.device
         neg_inf = torch.tensor(float("-inf"), device=dev)
         ar = torch.arange(b, device=dev)

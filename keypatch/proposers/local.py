@@ -59,14 +59,13 @@ class LocalRefresh(GainSearchProposer):
 
     @torch.no_grad()
     def extend(self, objective: Objective, k: int, state: GainStart):
-        chosen, losses, remaining, current, cand, scores = state
+        chosen, losses, remaining, current, first = state
         b, n, dev = objective.batch, objective.grid.n, objective.device
         ar = torch.arange(b, device=dev)
         j0 = chosen.shape[1]
         neg_inf = float("-inf")
-        gain = torch.full((b, n), neg_inf, device=dev).scatter_(1, cand, 1.0 - scores / current[:, None])
-        best = scores.argmin(dim=1)
-        pick, new_loss = cand[ar, best], scores[ar, best]
+        gain = torch.full((b, n), neg_inf, device=dev).scatter_(1, first.cand, 1.0 - first.scores / current[:, None])
+        pick, new_loss = first.pick, first.loss
         near_all = objective.grid.distances(dev) <= self.radius  # (N, N)
         picks, step_losses = [chosen], [losses]
         for j in range(j0 + 1, k + 1):

@@ -60,7 +60,7 @@ class MultiGreedy(SearchProposer):
         j = chosen.shape[1]
         while j < k:
             cand = remaining_count(remaining, n - j)
-            scores = objective.step(torch.tensor(picks, dtype=torch.long, device=dev).view(b, j), cand)
+            scores = objective.step(torch.tensor(picks, dtype=torch.long, device=dev).view(b, j), cand).scores
             q = min(self.per_step, k - j)
             order = torch.argsort(scores, dim=1, stable=True)  # ties: lowest index (cand is ascending)
             ranked = cand.gather(1, order).tolist()

@@ -23,9 +23,9 @@ import math
 
 import torch
 
-from keypatch.objective import DEFAULT_CHUNK, Objective
+from keypatch.objective import DEFAULT_CHUNK, Objective, ranks
 from keypatch.proposers.base import register
-from keypatch.proposers.search import SearchProposer, ranks, screened_step, start_state
+from keypatch.proposers.search import SearchProposer, screened_step, start_state
 from keypatch.proposers.swap import refine, refine_batched
 from keypatch.reconstructors.precision import DEFAULT_PRECISION
 
@@ -92,7 +92,7 @@ class ScreenedGreedy(SearchProposer):
         for j in range(chosen.shape[1], k):
             sets = torch.cat(picks, dim=1)
             if err is None:  # the first step (later ones read the chosen set's map off the last step)
-                err = objective.patch_errors(sets)
+                err = objective.score(sets, maps=True)[1]
             by_err = ranks(err, remaining)  # largest first, ties to the lowest index
             top_err = by_err < self.m
             # the best runners-up of the last step that the error screen left out

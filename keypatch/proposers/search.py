@@ -7,7 +7,6 @@ the evaluations.
 
 from __future__ import annotations
 
-import math
 from abc import abstractmethod
 from typing import Any, NamedTuple
 
@@ -15,7 +14,7 @@ import torch
 
 from keypatch.geometry import PatchGrid
 from keypatch.geometry.grid import OutsideGridError
-from keypatch.objective import DEFAULT_CHUNK, Objective
+from keypatch.objective import DEFAULT_CHUNK, Objective, Step, remaining_count
 from keypatch.proposers.base import Proposer, image_seeds
 from keypatch.reconstructors.mae import MAE
 from keypatch.reconstructors.precision import DEFAULT_PRECISION, check_precision
@@ -119,57 +118,20 @@ class SearchProposer(Proposer):
         """
 
 
-def remaining_count(remaining: torch.Tensor, count: int) -> torch.Tensor:
-    """``(B, N)`` bool with ``count`` True entries per row -> ``(B, count)`` their indices, ascending.
-
-    A sort instead of boolean indexing, so that it needs no host synchronisation on a GPU.
-    """
-    n = remaining.shape[1]
-    key = (~remaining).long() * n + torch.arange(n, device=remaining.device)
-    return key.sort(dim=1).values[:, :count]
-
-
-def ranks(signal: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Each patch's rank by ``signal (B, N)``, largest first, ties to the lowest index (a stable
-    sort); patches not ``allowed`` after all the others."""
-    order = torch.sort(-signal.masked_fill(~allowed, -math.inf), dim=1, stable=True).indices
-    position = torch.arange(order.shape[1], device=order.device).expand_as(order)
-    return torch.empty_like(order).scatter_(1, order, position)
-
-
-class Step(NamedTuple):
-    """One step of a screened greedy (:func:`screened_step`)."""
-
-    pick: torch.Tensor
-    """``(B,)`` the added patch."""
-    loss: torch.Tensor
-    """``(B,)`` ``L`` of the set with it."""
-    cand: torch.Tensor
-    """``(B, count)`` the scored candidates, ascending."""
-    scores: torch.Tensor
-    """``(B, count)`` their ``L``."""
-    errors: torch.Tensor | None
-    """``(B, N)`` the error map of the set with the pick (as :meth:`Objective.patch_errors`), when
-    asked for and free (:meth:`Objective.step_errors`); else None."""
-
-
 def screened_step(objective: Objective, sets: torch.Tensor, key: torch.Tensor, count: int,
                   remaining: torch.Tensor, errors: bool = False) -> Step:
-    """One step of a screened greedy: score the ``count`` remaining candidates with the lowest
-    integer ``key (B, N)`` (ranks, offset by tier) and add the best.
+    """One step of a screened greedy: :meth:`Objective.step` over the ``count`` remaining candidates
+    with the lowest integer ``key (B, N)`` (ranks, offset by tier).
 
     ``remaining`` is updated in place. Ties go to the lowest patch index. With ``errors``, the
-    candidates are scored by :meth:`Objective.step_errors`, so that the next step may read the
-    chosen set's error map instead of computing it.
+    step gives the new set's error map where that is free (:meth:`Objective.step`'s ``maps``), so
+    that the next step may read it instead of computing it.
     """
     last = torch.iinfo(key.dtype).max  # chosen patches after every remaining one
     cand = key.masked_fill(~remaining, last).topk(count, dim=1, largest=False).indices.sort(dim=1).values
-    scores, maps = objective.step_errors(sets, cand) if errors else (objective.step(sets, cand), None)
-    ar = torch.arange(sets.shape[0], device=sets.device)
-    best = scores.argmin(dim=1)  # first minimum: lowest index on ties
-    pick = cand[ar, best]
-    remaining[ar, pick] = False
-    return Step(pick, scores[ar, best], cand, scores, None if maps is None else maps[ar, best])
+    step = objective.step(sets, cand, maps=errors)
+    remaining[torch.arange(sets.shape[0], device=sets.device), step.pick] = False
+    return step
 
 
 class StartState(NamedTuple):
@@ -189,7 +151,7 @@ def start_state(objective: Objective, start: str) -> StartState:
         return StartState(torch.empty(b, 0, dtype=torch.long, device=dev), torch.empty(b, 0, device=dev), remaining)
     chosen = torch.full((b, 1), first, dtype=torch.long, device=dev)
     remaining[:, first] = False
-    return StartState(chosen, objective.score_each(chosen)[:, None], remaining)
+    return StartState(chosen, objective.score(chosen)[:, None], remaining)
 
 
 class GainStart(NamedTuple):
@@ -197,16 +159,15 @@ class GainStart(NamedTuple):
 
     ``chosen (B, j0)``, ``losses (B, j0)`` and ``remaining (B, N)`` as in :class:`StartState`;
     ``current (B,)`` ``L`` of the start set (the empty set's is evaluated once for
-    ``start="none"``); every remaining candidate ``cand (B, C)`` with its ``L(S + c)`` in
-    ``scores (B, C)``.
+    ``start="none"``); ``first`` the exhaustive step (:meth:`Objective.step` over every remaining
+    candidate: its ``cand``, ``scores``, ``pick`` and ``loss``).
     """
 
     chosen: torch.Tensor
     losses: torch.Tensor
     remaining: torch.Tensor
     current: torch.Tensor
-    cand: torch.Tensor
-    scores: torch.Tensor
+    first: Step
 
 
 class GainSearchProposer(SearchProposer):
@@ -223,10 +184,9 @@ class GainSearchProposer(SearchProposer):
         if j0 >= k:
             return chosen[:, :k], losses[:, :k]
         # L of the start set: the reference for the first gains (the empty set's is evaluated once)
-        current = losses[:, -1].clone() if j0 else objective.score_each(chosen)
+        current = losses[:, -1].clone() if j0 else objective.score(chosen)
         cand = remaining_count(remaining, objective.grid.n - j0)
-        scores = objective.step(chosen, cand)
-        return self.extend(objective, k, GainStart(chosen, losses, remaining, current, cand, scores))
+        return self.extend(objective, k, GainStart(chosen, losses, remaining, current, objective.step(chosen, cand)))
 
     @abstractmethod
     def extend(self, objective: Objective, k: int, state: GainStart) -> tuple[torch.Tensor, torch.Tensor]:

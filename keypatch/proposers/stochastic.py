@@ -60,7 +60,6 @@ class StochasticGreedy(SearchProposer):
         chosen, losses, remaining = start_state(objective, self.start)
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         s = sample_size(n, k, self.eps)
-        ar = torch.arange(b, device=dev)
         picks, step_losses = [chosen], [losses]
         rem_cpu = remaining.cpu()
         for j in range(chosen.shape[1], k):
@@ -68,10 +67,9 @@ class StochasticGreedy(SearchProposer):
             keys = torch.stack([torch.rand(n, generator=g) for g in gens])
             keys[~rem_cpu] = float("inf")
             cand = keys.topk(size, dim=1, largest=False).indices.sort(dim=1).values.to(dev)
-            scores = objective.step(torch.cat(picks, dim=1), cand)
-            best = scores.argmin(dim=1)
-            pick = cand[ar, best]
+            step = objective.step(torch.cat(picks, dim=1), cand)
+            pick = step.pick
             picks.append(pick[:, None])
-            step_losses.append(scores[ar, best][:, None])
+            step_losses.append(step.loss[:, None])
             rem_cpu[torch.arange(b), pick.cpu()] = False
         return torch.cat(picks, dim=1), torch.cat(step_losses, dim=1)

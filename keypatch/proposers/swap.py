@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 import torch
 
-from keypatch.objective import DEFAULT_CHUNK, Objective
+from keypatch.objective import DEFAULT_CHUNK, Objective, ranks
 from keypatch.proposers.base import get_proposer, register
-from keypatch.proposers.search import SearchProposer, ranks
+from keypatch.proposers.search import SearchProposer
 from keypatch.reconstructors.precision import DEFAULT_PRECISION
 
 BASES = ("greedy", "local", "lazy", "stochastic", "multi", "screened")
@@ -86,8 +86,10 @@ class SwapRefine(SearchProposer):
         return self.base.uses_seed
 
     def settings(self) -> dict:
-        """``base``, ``rounds``, ``reach`` and the base strategy's settings."""
-        return {"base": self.base.name, "rounds": self.rounds, "reach": self.reach, **self.base.settings()}
+        """``base``, ``rounds``, ``reach`` and the base strategy's settings; a base setting of the same
+        name as one of swap's own (``screened``'s ``rounds`` and ``reach``) as ``base_NAME``."""
+        own = {"base": self.base.name, "rounds": self.rounds, "reach": self.reach}
+        return {**own, **{(f"base_{k}" if k in own else k): v for k, v in self.base.settings().items()}}
 
     @torch.no_grad()
     def search(self, objective: Objective, k: int, seeds: list[int]):
@@ -97,7 +99,7 @@ class SwapRefine(SearchProposer):
             return patches, losses
         current = losses[:, -1].to(dev, torch.float32)
         if bool(current.isnan().any()):  # the base did not score its whole set
-            current = objective.score_each(patches)
+            current = objective.score(patches)
         return refine(objective, patches, current, self.rounds, self.reach)
 
 
@@ -113,7 +115,7 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
     ``rank`` scores highest. ``rank`` is called once, on the set before the first pass:
     ``patches (B, k)`` -> scores ``(B, k, N)``, larger first, row ``i`` for the moves of patch ``i``.
     The scores are kept for later passes (a row that depends only on the other patches, as
-    :meth:`~keypatch.proposers.ranked.Ranking.without_each`'s, stays right for the patch wherever
+    :meth:`~keypatch.ranker.Ranking.without_each`'s, stays right for the patch wherever
     it moved), so a pass repeats the last one's tries only where the set has not changed: that is
     why an image without moves is done."""
     (b, k), n, dev = patches.shape, objective.grid.n, objective.device
@@ -155,7 +157,7 @@ def refine_batched(objective: Objective, patches: torch.Tensor, current: torch.T
 
     A round scores ``S - p + q`` for each chosen ``p`` and each free ``q`` within ``reach`` of it,
     all at once, with ``S`` itself, in the objective's screening precision
-    (:meth:`Objective.screen`: bfloat16 with ``"mixed"``). Of the moves that lower ``L``, each
+    (:meth:`Objective.score` with ``screen``: bfloat16 with ``"mixed"``). Of the moves that lower ``L``, each
     patch's best are taken in order of their gain, skipping one whose source or destination lies
     within ``apart`` of a move already taken (moves that far apart barely interact). The best
     single move and the set with all of them are scored in float32 (two more evaluations); the
@@ -177,7 +179,7 @@ def refine_batched(objective: Objective, patches: torch.Tensor, current: torch.T
         sets = patches[img].clone()
         sets[torch.arange(img.numel(), device=dev), i] = dest
         rows = active.nonzero(as_tuple=True)[0]
-        screened = objective.screen(torch.cat([patches[rows], sets]), torch.cat([rows, img]))
+        screened = objective.score(torch.cat([patches[rows], sets]), torch.cat([rows, img]), screen=True)
         here = torch.full((b,), -math.inf, device=dev).index_copy_(0, rows, screened[: rows.numel()])
         scores = torch.full((b, k, n), math.inf, device=dev)
         scores[img, i, dest] = screened[rows.numel():]

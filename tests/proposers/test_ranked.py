@@ -6,15 +6,8 @@ import torch
 import keypatch
 from keypatch.objective import Objective
 from keypatch.proposers import get_proposer
-from keypatch.proposers.ranked import (
-    DEFAULT_RANKER,
-    PatchRanker,
-    Ranking,
-    load_ranker,
-    ranker_inputs,
-    save_ranker,
-)
 from keypatch.proposers.swap import refine
+from keypatch.ranker import DEFAULT_RANKER, PatchRanker, Ranking, load_ranker, ranker_inputs, save_ranker
 from tests.conftest import smooth_images
 
 
@@ -86,7 +79,7 @@ def test_missing_or_foreign_weights_fail_before_any_pass(tmp_path):
                                       ({"depth": "4"}, "width")])
 def test_absurd_metadata_sizes_are_refused_before_a_network_is_built(meta, key, tmp_path, monkeypatch):
     """The metadata size the network: they are checked first, and no PatchRanker is made for them."""
-    import keypatch.proposers.ranked as ranked
+    import keypatch.ranker.files as ranked
     from keypatch.untrusted import HostileFileError
 
     path = tmp_path / "absurd.safetensors"
@@ -142,7 +135,7 @@ def test_ranked_moves_only_lower_the_loss_and_with_every_neighbour_are_plain_mov
 
     def run(moves):
         objective = Objective(tiny224, photos)
-        current = objective.score_each(start)
+        current = objective.score(start)
         ranking, calls = Ranking(objective, load_ranker()), []
 
         def rank(patches):
@@ -151,7 +144,7 @@ def test_ranked_moves_only_lower_the_loss_and_with_every_neighbour_are_plain_mov
 
         patches, losses = refine(objective, start, current, 2, 1, rank if moves else None, moves)
         assert (losses[:, -1] < current).all()
-        assert torch.allclose(losses[:, -1], objective.score_each(patches), rtol=1e-6)
+        assert torch.allclose(losses[:, -1], objective.score(patches), rtol=1e-6)
         return patches, objective.evaluations, len(calls)
 
     few, few_evals, rounds = run(2)

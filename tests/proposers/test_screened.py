@@ -43,11 +43,11 @@ def test_moves_only_lower_the_loss_and_report_it(tiny224, photos, batched):
 def test_a_round_from_a_poor_set_moves_it_and_keeps_the_float32_loss(tiny224, photos, fn):
     objective = Objective(tiny224, photos)
     start = torch.arange(20).expand(3, 20).clone()  # the first 20 patches: a poor set
-    current = objective.score_each(start)
+    current = objective.score(start)
     patches, losses = fn(objective, start, current, rounds=2)
     assert patches.shape == (3, 20) and all(len(set(row.tolist())) == 20 for row in patches)
     assert torch.isnan(losses[:, :-1]).all()
-    assert torch.allclose(losses[:, -1], objective.score_each(patches), rtol=1e-6)
+    assert torch.allclose(losses[:, -1], objective.score(patches), rtol=1e-6)
     assert (losses[:, -1] < current).all()
 
 

@@ -58,7 +58,7 @@ def test_fast_losses_equal_full_predictions(decoder_depth):
 
 @pytest.mark.parametrize("decoder_depth", [1, 2])
 def test_fast_patch_errors_equal_full_predictions(decoder_depth):
-    """Objective.patch_errors: each masked patch's error as the textbook prediction gives it, 0 at
+    """Objective.score(maps=True): each masked patch's error as the textbook prediction gives it, 0 at
     the visible ones, and their mean is L."""
     from keypatch.objective import Objective
 
@@ -74,24 +74,31 @@ def test_fast_patch_errors_equal_full_predictions(decoder_depth):
     g = torch.Generator().manual_seed(1)
     for k in (0, 5, 16):
         sets = torch.stack([torch.randperm(16, generator=g)[:k] for _ in range(3)])
-        err = obj.patch_errors(sets)
+        loss, err = obj.score(sets, maps=True)
         with torch.no_grad():
             pred = model.predict_tokens(model.embed(x), sets, torch.arange(3))
         plain = (pred - model.targets(x)).pow(2).mean(-1)
         masked = torch.ones(3, 16, dtype=torch.bool).scatter_(1, sets, False)
         assert torch.allclose(err[masked], plain[masked], rtol=1e-5, atol=1e-6) and (err[~masked] == 0).all()
         if k < 16:
-            assert torch.allclose(err.sum(1) / (16 - k), obj.score_each(sets), rtol=1e-5)
+            assert torch.allclose(err.sum(1) / (16 - k), obj.score(sets), rtol=1e-5)
+            assert torch.allclose(loss, obj.score(sets), rtol=1e-5)
     # a step's error maps (when its few candidates are scored in float32) are those of its sets,
     # and chunked passes over several images' sets give each set's own map
     small = Objective(model, x, chunk_size=4)
     chosen, cand = torch.tensor([[3, 9], [0, 15], [5, 6]]), torch.tensor([[1, 2, 4], [7, 8, 9], [10, 11, 12]])
-    scores, maps = small.step_errors(chosen, cand)
-    assert torch.allclose(scores, small.step(chosen, cand), rtol=1e-5)
-    for c in range(3):
-        assert torch.allclose(maps[:, c], obj.patch_errors(torch.cat([chosen, cand[:, c : c + 1]], 1)), atol=1e-6)
+    step = small.step(chosen, cand, maps=True)
+    assert torch.allclose(step.scores, small.step(chosen, cand).scores, rtol=1e-5)
+    best = step.scores.argmin(1)
+    assert step.pick.tolist() == cand[torch.arange(3), best].tolist()
+    assert torch.allclose(step.loss, step.scores.amin(1))
+    with_pick = torch.cat([chosen, step.pick[:, None]], 1)
+    assert torch.allclose(step.errors, obj.score(with_pick, maps=True)[1], atol=1e-6)
+    for c in range(3):  # every candidate's set scored as its own set would be
+        alone = obj.score(torch.cat([chosen, cand[:, c : c + 1]], 1))
+        assert torch.allclose(step.scores[:, c], alone, rtol=1e-5)
     many = torch.tensor([[c for c in range(16) if c not in (3, 9)][:9]] * 3)
-    assert small.step_errors(chosen[:1].expand(3, 2), many)[1] is None  # more than MIXED_REFINE: step's scores
+    assert small.step(chosen[:1].expand(3, 2), many, maps=True).errors is None  # more than MIXED_REFINE: no map
 
 
 def test_exact_greedy_matches_brute_force_on_the_toy_grid(toy_model):

@@ -9,7 +9,7 @@ from keypatch import objective as objective_module
 from keypatch.batch import run_propose
 from keypatch.experiments.photos import load_test_photos
 from keypatch.geometry import load_images
-from keypatch.objective import Objective
+from keypatch.objective import Objective, prefix_losses
 from keypatch.proposers import get_proposer
 from keypatch.reconstructors import MAE, MAEConfig, load_mae
 from keypatch.reconstructors import precision as precision_module
@@ -57,7 +57,7 @@ def test_mixed_picks_equal_float32_picks(photos, model_name):
     mixed, losses = proposer.search(objective, 8, [0] * 3)
     assert torch.equal(mixed, fp32)
     # the reported losses are float32's: L of each prefix of the picks, scored in float32
-    exact = Objective(model, photos, precision="float32").prefix_losses(mixed)
+    exact = prefix_losses(Objective(model, photos, precision="float32"), mixed)
     assert torch.allclose(losses, exact, rtol=1e-6)
     assert 0 < objective.refined < objective.evaluations.sum()
     assert (objective.relative_error > 0).all() and (objective.relative_error < 0.05).all()
@@ -79,9 +79,9 @@ def test_mixed_step_scores(photos):
     model = load_mae("default")
     chosen = torch.full((3, 1), model.grid.center)
     cand = torch.stack([torch.tensor([c for c in range(196) if c != model.grid.center])] * 3)
-    fp32 = Objective(model, photos, precision="float32").step(chosen, cand)
+    fp32 = Objective(model, photos, precision="float32").step(chosen, cand).scores
     mixed_obj = Objective(model, photos, precision="mixed")
-    mixed = mixed_obj.step(chosen, cand)
+    mixed = mixed_obj.step(chosen, cand).scores
     assert torch.equal(mixed.argmin(1), fp32.argmin(1))
     assert torch.allclose(mixed.amin(1), fp32.amin(1), rtol=1e-6)
     exact = torch.isclose(mixed, fp32, rtol=1e-6, atol=0)

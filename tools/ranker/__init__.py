@@ -1,1 +1,0 @@
-"""Fitting the ``ranked`` strategy's patch ranker (``python -m tools.ranker.fit``)."""
