@@ -125,6 +125,7 @@ def main() -> None:
     ap.add_argument("--ratios", default="0.05,0.1,0.25")
     ap.add_argument("--model", default="default")
     ap.add_argument("--photos", type=int, default=0, help="first N test photos (0: all)")
+    ap.add_argument("--no-test", action="store_true", help="no test photos: the --val folder's alone")
     ap.add_argument("--val", default="data/photos/val",
                     help="the default model's validation photos, added to the test photos ('' or missing: none)")
     ap.add_argument("--base-photos", type=int, default=2, help="photos timed on random:base at r = 0.1 (0: skip)")
@@ -134,9 +135,9 @@ def main() -> None:
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     photos = load_test_photos()
-    names = sorted(photos)[: args.photos or None]
+    names = [] if args.no_test else sorted(photos)[: args.photos or None]
     images = [photos[n] for n in names]
-    val = sorted(p for p in Path(args.val).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
+    val = sorted(p for p in Path(args.val).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")) \
         if args.val and Path(args.val).is_dir() else []
     names += [f"val/{p.stem}" for p in val]
     images += [Codec.decode(p.read_bytes()) for p in val]  # decoded once, as the test photos are

@@ -128,6 +128,8 @@ class Objective:
         self.evaluations = torch.zeros(images.shape[0], dtype=torch.long, device=model.device)
         self.refined = self.widened = 0
         self.relative_error = torch.zeros(images.shape[0], device=model.device)
+        self.compared = torch.zeros(images.shape[0], dtype=torch.long, device=model.device)
+        """``(B,)``: sets whose bfloat16 and float32 ``L`` were both computed, per image."""
 
     @property
     def batch(self) -> int:
@@ -136,7 +138,8 @@ class Objective:
 
     @torch.no_grad()
     def score(self, sets: torch.Tensor, image_index: torch.Tensor | None = None, *, maps: bool = False,
-              screen: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+              screen: bool = False,
+              below: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``L`` of a batch of visible sets: the one way to score sets.
 
         Parameters
@@ -156,6 +159,12 @@ class Objective:
         screen : bool
             Sets to be ranked, the best of them confirmed by a later call without ``screen``:
             scored in the screening precision (bfloat16 with ``"mixed"``; float32 with ``"float32"``).
+        below : torch.Tensor, optional
+            ``(M,)`` a bound per set of a ``(M, k)`` batch: the caller keeps a set only if its ``L``
+            lies below its bound (a move that must lower ``L``). With ``"mixed"``, the sets are
+            screened in bfloat16 and those that could lie below their bound re-scored in float32
+            (the notes); every ``L`` below its bound is then float32's, and the others may be
+            bfloat16's, all above their bounds.
 
         Returns
         -------
@@ -175,7 +184,10 @@ class Objective:
         margin is :data:`MIXED_SAFETY` times the image's largest relative bfloat16 error seen so
         far (this call included); if the re-scores show that an alternative outside them could
         still be the float32 minimum, more are re-scored (:attr:`widened` counts those calls).
-        This costs two host synchronisations per call.
+        This costs two host synchronisations per call. With ``below``: a set is re-scored in
+        float32 when its bfloat16 ``L`` lies within the same margin above its bound, and every set
+        of an image whose bfloat16 error has been measured on fewer than :data:`MIXED_REFINE`
+        sets (the float32 re-scores measure it); one host synchronisation.
         """
         if sets.dim() == 3:
             if image_index is not None:
@@ -194,7 +206,11 @@ class Objective:
         ii = torch.arange(self.batch, device=sets.device) if image_index is None else image_index
         if maps:
             return self._maps(sets, ii)
-        return self._screen(sets, ii) if screen else self._exact(sets, ii)
+        if screen:
+            return self._screen(sets, ii)
+        if below is not None and self.precision == "mixed":
+            return self._below(sets, ii, below)
+        return self._exact(sets, ii)
 
     @torch.no_grad()
     def step(self, chosen: torch.Tensor, candidates: torch.Tensor, *, maps: bool = False) -> Step:
@@ -281,6 +297,21 @@ class Objective:
         err = torch.cat([one(slice(s, s + self.chunk_size)) for s in range(0, max(sets.shape[0], 1), self.chunk_size)])
         return err.sum(-1) / (self.grid.n - sets.shape[-1]), err
 
+    def _below(self, sets: torch.Tensor, ii: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+        """``"mixed"``: ``L`` of ``(M, k)`` sets, float32's wherever it may lie below ``bound (M,)``."""
+        out = self._screen(sets, ii)
+        margin = 1.0 + MIXED_SAFETY * self.relative_error[ii]
+        unsure = (out <= bound * margin) | (self.compared[ii] < MIXED_REFINE)
+        rows = unsure.nonzero(as_tuple=True)[0]  # host sync
+        if rows.numel():
+            exact = self._passes(self.model, self.context, sets[rows], ii[rows])
+            self.refined += rows.numel()
+            err = (out[rows] - exact).abs() / exact.abs().clamp_min(1e-12)
+            self.relative_error = self.relative_error.scatter_reduce(0, ii[rows], err, "amax")
+            self.compared.index_add_(0, ii[rows], torch.ones_like(rows))
+            out[rows] = exact
+        return out
+
     def _refine(self, screened: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
         """``screened (B, C)`` bfloat16 scores with those near each minimum re-scored in float32."""
         b, c = screened.shape
@@ -305,6 +336,7 @@ class Objective:
             out[img, cand] = exact
             err = (screened[img, cand] - exact).abs() / exact.abs().clamp_min(1e-12)
             self.relative_error = self.relative_error.scatter_reduce(0, img, err, "amax")
+            self.compared.index_add_(0, img, torch.ones_like(img))
             done = torch.maximum(done, need)
             fp32 = torch.where(rank < done[:, None], out.gather(1, order), torch.inf)
             need = torch.maximum(done, within(fp32.amin(1)))

@@ -116,19 +116,27 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
     ``patches (B, k)`` -> scores ``(B, k, N)``, larger first, row ``i`` for the moves of patch ``i``.
     The scores are kept for later passes (a row that depends only on the other patches, as
     :meth:`~keypatch.ranker.Ranking.without_each`'s, stays right for the patch wherever
-    it moved), so a pass repeats the last one's tries only where the set has not changed: that is
-    why an image without moves is done."""
+    it moved).
+
+    A patch is tried again only when its image's set changed since its last try (a move of any
+    patch, its own included): the same set would try the same moves with the same result. So an
+    image whose pass moved nothing is done, and a later pass skips the patches that no move
+    followed."""
     (b, k), n, dev = patches.shape, objective.grid.n, objective.device
     patches = patches.clone()
     dist = objective.grid.distances(dev)
     near = (dist > 0) & (dist <= reach)  # (N, N) the moves of each patch
     score = rank(patches) if rank is not None and moves > 0 and rounds > 0 else None
-    active = torch.ones(b, dtype=torch.bool, device=dev)  # images whose last pass moved a patch
+    version = torch.zeros(b, dtype=torch.long, device=dev)  # moves made so far in each image
+    tried = torch.full((b, k), -1, dtype=torch.long, device=dev)  # the version each patch's moves were last tried at
     for _ in range(rounds):
         moved = torch.zeros(b, dtype=torch.bool, device=dev)
         for i in range(k):
+            # a patch whose image has not changed since its last try would try the same sets again
+            changed = tried[:, i] != version
+            tried[:, i] = version
             free = torch.ones(b, n, dtype=torch.bool, device=dev).scatter_(1, patches, False)
-            moves_i = near[patches[:, i]] & free & active[:, None]  # (B, N): where patch i may go
+            moves_i = near[patches[:, i]] & free & changed[:, None]  # (B, N): where patch i may go
             if score is not None:
                 moves_i &= ranks(score[:, i], moves_i) < moves
             rows, dest = moves_i.nonzero(as_tuple=True)  # ascending destination per image
@@ -137,13 +145,13 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
             sets = patches[rows].clone()
             sets[:, i] = dest
             scores = torch.full((b, n), math.inf, device=dev)
-            scores[rows, dest] = objective.score(sets, rows)
+            scores[rows, dest] = objective.score(sets, rows, below=current[rows])  # exact where it could move
             best, where = scores.min(dim=1)  # first minimum: lowest index on ties
             better = best < current
             patches[better, i] = where[better]
             current = torch.where(better, best, current)
+            version += better.long()
             moved |= better
-        active = moved
         if not bool(moved.any()):
             break
     out = torch.full((b, k), math.nan, device=dev)

@@ -90,6 +90,34 @@ def test_mixed_step_scores(photos):
     assert mixed_obj.evaluations.tolist() == [195] * 3  # a re-scored set counts once
 
 
+def test_mixed_below_a_bound_is_float32_and_the_rest_above_it(photos):
+    """score(below=...): every L under its bound is float32's; the others lie above their bounds; an
+    image's first MIXED_REFINE sets are all re-scored (they measure its bfloat16 error)."""
+    model = load_mae("default")
+    g = torch.Generator().manual_seed(5)
+    sets = torch.stack([torch.randperm(196, generator=g)[:20] for _ in range(30)])
+    ii = torch.arange(3).repeat_interleave(10)
+    exact = Objective(model, photos, precision="float32").score(sets, ii)
+    bound = exact * torch.linspace(0.9, 1.1, 30)  # a third of the sets lie under their bound
+    mixed = Objective(model, photos, precision="mixed")
+    first = mixed.score(sets, ii, below=bound)
+    assert mixed.compared.tolist() == [10, 10, 10] and mixed.refined == 30  # all compared: calibration
+    assert torch.allclose(first, exact, rtol=1e-6)
+    again = mixed.score(sets, ii, below=bound)  # calibrated: only the sets near or under their bound
+    assert mixed.refined < 60 and mixed.evaluations.tolist() == [20, 20, 20]
+    under = exact < bound
+    assert torch.allclose(again[under], exact[under], rtol=1e-6)
+    assert (again[~under] >= bound[~under]).all()
+
+
+def test_refine_in_mixed_moves_as_in_float32(photos):
+    """swap's moves screened in bfloat16 against the current L keep float32's decisions."""
+    model = load_mae("default")
+    got = {prec: get_proposer("screened", precision=prec, rounds=2).select(model, photos, 12, 0)[0]
+           for prec in ("float32", "mixed")}
+    assert torch.equal(got["float32"], got["mixed"])
+
+
 def test_bfloat16_copy_is_cached_and_follows_the_weights():
     model = _deep_model()
     a = reduced_copy(model)
