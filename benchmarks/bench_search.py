@@ -43,6 +43,7 @@ STRATEGIES: dict[str, tuple[str, dict]] = {
     "ranked rounds=3": ("ranked", {"rounds": 3}),
     "ranked moves=0 (every neighbour)": ("ranked", {"moves": 0}),
     "ranked keep=2 rounds=1 moves=0": ("ranked", {"keep": 2, "rounds": 1, "moves": 0}),
+    "ranked rounds=1": ("ranked", {"rounds": 1}),
     "ranked rounds=0": ("ranked", {"rounds": 0}),
     "screened (m=6 keep=2 rounds=2)": ("screened", {}),
     "screened rounds=3": ("screened", {"rounds": 3}),

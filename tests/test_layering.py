@@ -94,3 +94,16 @@ def test_the_check_sees_a_circle_when_there_is_one():
     graph = _graph()
     graph["keypatch.geometry.grid"] = graph["keypatch.geometry.grid"] | {"keypatch.objective"}
     assert any("keypatch.objective" in c and "keypatch.geometry.grid" in c for c in _circles(graph))
+
+
+def test_the_objective_scores_through_two_public_methods():
+    """The strategy layer's one door: Objective's public callables are score and step, and no module
+    of the package but objective.py scores chosen + each candidate itself (with_each)."""
+    import inspect
+
+    from keypatch.objective import Objective
+
+    public = {n for n, v in inspect.getmembers(Objective) if not n.startswith("_") and callable(v)}
+    assert public == {"score", "step"}
+    users = sorted(n for n, p in _modules().items() if "with_each(" in p.read_text() and n != "keypatch.objective")
+    assert users == []

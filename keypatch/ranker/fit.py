@@ -126,6 +126,9 @@ def fit_ranker(photos: list[Path], model, out: str | Path, *, ratio: float = 0.2
         f"{len(train_files)} photos, {len(held_files)} held out, k = {k} (r = {ratio:g})")
     train_set = collect(train_files, None, "exact greedy steps")
     held = collect(held_files, None, "held-out greedy steps") if held_files else []
+    if not train_set:
+        raise ValueError("none of the photos to fit on could be read")
+    used = len(train_set)
     net = None
     steps = 0
     for round_ in range(own_steps + 1):
@@ -135,11 +138,11 @@ def fit_ranker(photos: list[Path], model, out: str | Path, *, ratio: float = 0.2
         t0 = time.perf_counter()
         net = train(x, s, rem, rows, cols, tau=tau, epochs=epochs, seed=seed, weight_decay=weight_decay)
         steps = len(x)
-        log(f"trained on {len(train_files)} photos ({steps} steps) in {time.perf_counter() - t0:.0f} s")
+        log(f"trained on {used} photos ({steps} steps) in {time.perf_counter() - t0:.0f} s")
     assert net is not None
     save_ranker(net, out, model=getattr(model, "model_id", "unnamed"), model_sha256=model_digest(model),
                 ratio_min=f"{2 / model.grid.n:.4g}", ratio_max=f"{k / model.grid.n:.4g}",
-                photos=str(len(train_files)), own_steps=str(own_steps), epochs=str(epochs), tau=f"{tau:g}",
+                photos=str(used), own_steps=str(own_steps), epochs=str(epochs), tau=f"{tau:g}",
                 weight_decay=f"{weight_decay:g}", fitted=time.strftime("%Y-%m-%d"))
     table = evaluate(net, held, rows, cols) if held else None
-    return FitResult(Path(out), len(train_files), len(held_files), steps, time.perf_counter() - start, table)
+    return FitResult(Path(out), used, len(held), steps, time.perf_counter() - start, table)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from keypatch.geometry.image import load_images
+from keypatch.geometry import ImageWarning
+from keypatch.geometry.image import load_image
 from keypatch.objective import Objective, ranks, remaining_count
 from keypatch.ranker.files import model_digest
 from keypatch.ranker.net import PatchRanker
@@ -101,24 +103,33 @@ def trajectories(files: list[Path], model, k: int, cache: Path, *, policy: Patch
     :func:`~keypatch.ranker.files.model_digest`; ``TAG``: ``greedy``, or ``own-NET`` for the steps
     ``policy`` takes when it screens ``m``; ``PHOTO``: :func:`photo_key`) and read back with
     ``torch.load(weights_only=True)``, its shapes checked. ``tick(n)`` is called as photos are done.
+    A file that cannot be read as an image is left out with an
+    :class:`~keypatch.geometry.ImageWarning` naming it (the list returned is then shorter).
     """
     tag = "greedy" if policy is None else f"own-{net_digest(policy)}"
     folder = Path(cache) / f"{model_digest(model)}-k{k}-{tag}"
     folder.mkdir(parents=True, exist_ok=True)
-    keys = [photo_key(p) for p in files]
+    keys: dict[int, str] = {}
     out: dict[int, dict[str, torch.Tensor]] = {}
-    todo = []
-    for i, key in enumerate(keys):
-        got = _cached(folder / f"{key}.pt", k, model.grid.n)
-        if got is None:
-            todo.append(i)
-        else:
-            out[i] = got
-    if tick is not None and out:
-        tick(len(out))
+    todo: list[tuple[int, torch.Tensor]] = []
+    skipped = 0
+    for i, path in enumerate(files):
+        try:
+            keys[i] = photo_key(path)
+            got = _cached(folder / f"{keys[i]}.pt", k, model.grid.n)
+            if got is None:
+                todo.append((i, load_image(str(path), model.config.image_size)))
+            else:
+                out[i] = got
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"{path}: {' '.join(str(exc).split()) or type(exc).__name__}; left out", ImageWarning,
+                          stacklevel=2)
+            skipped += 1
+    if tick is not None and (out or skipped):
+        tick(len(out) + skipped)
     for s in range(0, len(todo), GROUP):
-        group = todo[s : s + GROUP]
-        images = load_images([str(files[i]) for i in group], model.config.image_size).to(model.device)
+        group = [i for i, _ in todo[s : s + GROUP]]
+        images = torch.stack([x for _, x in todo[s : s + GROUP]]).to(model.device)
         objective = Objective(model, images)
         t = greedy_steps(objective, k, None if policy is None else Ranking(objective, policy), m)
         for j, i in enumerate(group):
@@ -129,4 +140,4 @@ def trajectories(files: list[Path], model, k: int, cache: Path, *, policy: Patch
             out[i] = one
         if tick is not None:
             tick(len(group))
-    return [out[i] for i in range(len(files))]
+    return [out[i] for i in sorted(out)]

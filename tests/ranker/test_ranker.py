@@ -102,6 +102,14 @@ def test_trajectories_are_cached_per_photo_and_a_damaged_file_is_computed_again(
     assert calls == [1]  # only the damaged photo again
 
 
+def test_an_unreadable_photo_is_left_out_with_a_warning(toy_model, toy_photos, tmp_path):
+    bad = toy_photos[0].parent / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="broken.png"):
+        got = trajectories([bad, *toy_photos[:2]], toy_model, 3, tmp_path / "cache")
+    assert len(got) == 2 and all(t["chosen"].shape == (3,) for t in got)
+
+
 def test_held_out_split_is_by_content_and_never_everything(toy_photos):
     train_files, held = held_out_split(toy_photos, 0.25)
     assert len(held) == 1 and sorted(train_files + held) == toy_photos
