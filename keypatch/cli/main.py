@@ -13,7 +13,7 @@ import sqlite3
 import sys
 
 COMMANDS = ["propose", "export", "report", "store", "select", "quantize", "reconstruct", "serve", "experiment",
-            "ranker"]
+            "ranker", "labels"]
 
 
 def build_parser() -> argparse.ArgumentParser:
