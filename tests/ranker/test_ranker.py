@@ -182,3 +182,10 @@ def test_cli_propose_ranked_warns_until_a_ranker_is_fitted_to_the_model(tmp_path
     assert set(got["regret"]) == {"error alone", "ranker"}
     assert main(["ranker", "check", str(photos), *model, "--ratio", "0.05", "-o", "m=3", "--quiet"]) == 2
     assert "only -o ranker=FILE" in capsys.readouterr().err
+
+
+def test_the_shipped_ranker_names_the_embedded_model():
+    """The shipped ranker was fitted to the embedded default model: ranked with it gives no warning."""
+    info = ranker_info("default")
+    assert info.model.startswith("default@") and int(info.photos) >= 200
+    assert ranker_files.warn_other_model("default", keypatch.load_mae("default"))
