@@ -34,8 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ratio", type=v.ratio, required=True, help="fraction of patches to keep, in (0, 1]")
     p.add_argument("--strategy", default="greedy", choices=sorted(available()), metavar="STRATEGY",
                    help=f"proposal strategy: {', '.join(available())} (default: greedy = KPP, exact; for datasets "
-                        "ranked: 11-14x faster than greedy on a CPU at a mean loss 1-3%% lower, every photo within 5%% "
-                        "of its greedy loss at r = 0.1 and 0.25; docs/strategies.md)")
+                        "ranked: on photos it never saw 11-14x faster than greedy on a CPU at a mean loss 3-5%% lower "
+                        "at r = 0.1 and 0.25, the worst photo some 5-6%% above; docs/strategies.md)")
     p.add_argument("--start", default=None, type=v.start, metavar="center|none|INDEX|ROW,COL",
                    help="greedy-like strategies: begin from the central patch (paper, default), from nothing "
                         "(ablation), or from a patch (98 or 7,0 in the KPP authors' code)")
