@@ -124,10 +124,11 @@ def test_a_screen_as_wide_as_the_grid_without_moves_is_exact_greedy(toy_model):
         assert w.evaluations == e.evaluations + 8 - 1  # one error pass per step (the centre is given)
 
 
-def test_the_screen_scores_m_plus_keep_sets_per_step(tiny224, photos):
-    p = keypatch.propose(photos[0], 0.1, "ranked", tiny224, m=3, keep=2, rounds=0)
-    # the centre and its error map, then 5 sets per step (their error maps come with their scores)
-    assert p.evaluations == 1 + 1 + 19 * (3 + 2)
+def test_the_screen_scores_m_plus_errors_plus_keep_sets_per_step(tiny224, photos):
+    for errors in (0, 2):
+        p = keypatch.propose(photos[0], 0.1, "ranked", tiny224, m=3, keep=2, errors=errors, rounds=0)
+        # the centre and its error map, then m + errors + keep sets per step (their maps come with their scores)
+        assert p.evaluations == 1 + 1 + 19 * (3 + errors + 2)
 
 
 def test_ranked_moves_only_lower_the_loss_and_with_every_neighbour_are_plain_moves(tiny224, photos):
