@@ -297,6 +297,14 @@ class Objective:
         err = torch.cat([one(slice(s, s + self.chunk_size)) for s in range(0, max(sets.shape[0], 1), self.chunk_size)])
         return err.sum(-1) / (self.grid.n - sets.shape[-1]), err
 
+    def _compare(self, screened: torch.Tensor, exact: torch.Tensor, img: torch.Tensor) -> None:
+        """Record sets re-scored in float32: ``refined``, ``compared`` and each image's largest
+        relative bfloat16 error (``screened`` against ``exact``, the sets' images ``img``)."""
+        self.refined += img.numel()
+        err = (screened - exact).abs() / exact.abs().clamp_min(1e-12)
+        self.relative_error = self.relative_error.scatter_reduce(0, img, err, "amax")
+        self.compared.index_add_(0, img, torch.ones_like(img))
+
     def _below(self, sets: torch.Tensor, ii: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
         """``"mixed"``: ``L`` of ``(M, k)`` sets, float32's wherever it may lie below ``bound (M,)``."""
         out = self._screen(sets, ii)
@@ -305,10 +313,7 @@ class Objective:
         rows = unsure.nonzero(as_tuple=True)[0]  # host sync
         if rows.numel():
             exact = self._passes(self.model, self.context, sets[rows], ii[rows])
-            self.refined += rows.numel()
-            err = (out[rows] - exact).abs() / exact.abs().clamp_min(1e-12)
-            self.relative_error = self.relative_error.scatter_reduce(0, ii[rows], err, "amax")
-            self.compared.index_add_(0, ii[rows], torch.ones_like(rows))
+            self._compare(out[rows], exact, ii[rows])
             out[rows] = exact
         return out
 
@@ -332,11 +337,8 @@ class Objective:
             self.widened += bool(done.any())
             cand = order[img, pos]
             exact = self._passes(self.model, self.context, sets[img, cand], img)
-            self.refined += img.numel()
             out[img, cand] = exact
-            err = (screened[img, cand] - exact).abs() / exact.abs().clamp_min(1e-12)
-            self.relative_error = self.relative_error.scatter_reduce(0, img, err, "amax")
-            self.compared.index_add_(0, img, torch.ones_like(img))
+            self._compare(screened[img, cand], exact, img)
             done = torch.maximum(done, need)
             fp32 = torch.where(rank < done[:, None], out.gather(1, order), torch.inf)
             need = torch.maximum(done, within(fp32.amin(1)))

@@ -229,7 +229,6 @@ def write_label_masks(export: str | Path | list, out: str | Path, *, classes: di
     for stem, w, h, shapes in drawn:
         mask = Image.new("L", (w, h), IGNORE)
         pen = ImageDraw.Draw(mask)
-        arr = None
         for kind, label, value in shapes:
             if label not in classes:
                 why = f"label {label[:40]!r} not in the classes"
@@ -240,11 +239,10 @@ def write_label_masks(export: str | Path | list, out: str | Path, *, classes: di
                 if value.get("format", "rle") != "rle":
                     raise refuse(file, f"{stem} brush", f"is in format {str(value.get('format'))[:20]!r}, not rle")
                 rgba = decode_rle(value.get("rle"), w * h * 4, file=file, entry=f"{stem} brush rle")
-                arr = np.array(mask) if arr is None else arr
+                arr = np.array(mask)
                 arr[rgba.reshape(h, w, 4)[:, :, 3] >= 128] = cid
                 mask = Image.fromarray(arr)
                 pen = ImageDraw.Draw(mask)
-                arr = None
             else:
                 pen.polygon(_polygon_xy(value, kind, w, h, file=file, entry=stem), fill=cid)
         path = out / f"{component(stem, file=file, entry='an image name')}.png"

@@ -122,7 +122,13 @@ def _load(stamp: tuple[str, int, int]) -> PatchRanker:
 def ranker_info(path: str = "default") -> RankerInfo:
     """The metadata of a ranker file (checked by :func:`check_ranker_file` first), as text, each
     value at most 200 characters."""
-    file = ranker_file(path)
+    return _info(_stamp(path))
+
+
+@functools.lru_cache(maxsize=16)
+def _info(stamp: tuple[str, int, int]) -> RankerInfo:
+    """:func:`ranker_info` once per version of a file (``ranked`` asks at every batch)."""
+    file = ranker_file(stamp[0])
     check_ranker_file(file)
     with safe_open(str(file), framework="pt") as f:
         meta = f.metadata() or {}
@@ -130,7 +136,7 @@ def ranker_info(path: str = "default") -> RankerInfo:
     def get(key: str) -> str:
         return str(meta.get(key, ""))[:200]
 
-    return RankerInfo(str(file), ranker_digest(path), get("model"), get("model_sha256"), get("ratio_min"),
+    return RankerInfo(str(file), _digest(stamp), get("model"), get("model_sha256"), get("ratio_min"),
                       get("ratio_max"), get("photos"))
 
 

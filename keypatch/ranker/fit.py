@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import torch
 from keypatch.ranker.evaluate import Screening, evaluate, samples
 from keypatch.ranker.files import model_digest, save_ranker
 from keypatch.ranker.net import FLIPS, PatchRanker
-from keypatch.ranker.trajectories import trajectories
+from keypatch.ranker.trajectories import photo_key, trajectories
 
 
 @dataclass
@@ -46,7 +45,8 @@ def held_out_split(files: list[Path], fraction: float) -> tuple[list[Path], list
     count = round(fraction * len(files))
     if fraction > 0 and len(files) >= 2:
         count = min(max(count, 1), len(files) - 1)
-    order = sorted(range(len(files)), key=lambda i: hashlib.sha256(files[i].read_bytes()).hexdigest())
+    keys = [photo_key(f) for f in files]
+    order = sorted(range(len(files)), key=lambda i: keys[i])
     held = set(order[:count])
     return [f for i, f in enumerate(files) if i not in held], [f for i, f in enumerate(files) if i in held]
 

@@ -70,15 +70,6 @@ def photo_key(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def net_digest(net: PatchRanker) -> str:
-    """A short digest of ``net``'s weights (names the trajectories it screened)."""
-    digest = hashlib.sha256()
-    for name, value in sorted(net.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()[:10]
-
-
 def _cached(file: Path, k: int, n: int) -> dict[str, torch.Tensor] | None:
     """A cached trajectory when it is one of ``k`` patches on ``n`` (else None: computed again)."""
     try:
@@ -106,7 +97,7 @@ def trajectories(files: list[Path], model, k: int, cache: Path, *, policy: Patch
     A file that cannot be read as an image is left out with an
     :class:`~keypatch.geometry.ImageWarning` naming it (the list returned is then shorter).
     """
-    tag = "greedy" if policy is None else f"own-{net_digest(policy)}"
+    tag = "greedy" if policy is None else f"own-{model_digest(policy)}"
     folder = Path(cache) / f"{model_digest(model)}-k{k}-{tag}"
     folder.mkdir(parents=True, exist_ok=True)
     keys: dict[int, str] = {}
