@@ -1,15 +1,20 @@
-"""CPU threads that hold up on a shared machine: all of the process's torch threads, or one, by
-what each has been taking per scored set.
+"""CPU threads that hold up on a shared machine: as many of torch's threads as the cores other work
+leaves free, read from the kernel's counters, or (where those cannot be read) all threads or one,
+by what each has been taking per scored set.
 
 On a quiet machine the model's passes run fastest on every core. When another process holds a
 core, OpenMP's threads wait for the one that is descheduled at every parallel region, and a pass
-can take several times longer than on one thread (``benchmarks/bench_threads.py``). The objective
-runs its CPU passes through :data:`TUNER` (every kind: losses, error maps, the ``ranked``
-strategy's ranker net): it times every pass, keeps for each kind and size of pass an estimate of
-the seconds per unit for the current thread count (``torch.get_num_threads()``, whatever set it)
-and for one thread, runs the faster, and re-measures the other every
-:attr:`ThreadTuner.probe_every` passes of that kind and size, so it follows a machine whose load
-changes.
+can take several times longer than on one thread (``benchmarks/bench_threads.py``), small passes
+most. The objective runs its CPU passes through :data:`TUNER` (every kind: losses, error maps, the
+``ranked`` strategy's ranker net). On Linux, :class:`LoadMonitor` reads ``/proc/stat`` every
+:attr:`LoadMonitor.window` seconds: the CPU time of the cores this process may run on, less this
+process's own, is the work of others (other processes, a hypervisor's steal); each pass runs on the
+cores it leaves free, at most ``torch.get_num_threads()`` (whatever set it) and at least one. Nothing
+is timed and nothing probed, so a quiet machine pays nothing and a change of load is followed
+within a window or two. Where the counters do not describe this process's share of the machine (no
+``/proc/stat``, or a cgroup CPU quota, as in a container with a CPU limit), the tuner falls back to
+timing: for each kind and size of pass an estimate of the seconds per unit on all threads and on
+one, the faster run, the other re-measured every :attr:`ThreadTuner.probe_every` passes.
 
 Moving a pass between thread counts must not change a loss. PyTorch's CPU matrix products come
 from Intel MKL, whose products of few rows give different last bits on one thread and on several
@@ -33,7 +38,7 @@ import torch
 
 T = TypeVar("T")
 
-__all__ = ["TUNER", "ThreadTuner", "set_threads", "threads_invariant"]
+__all__ = ["TUNER", "LoadMonitor", "ThreadTuner", "set_threads", "threads_invariant"]
 
 MKL_CBWR_STRICT = 0x10000
 """MKL's flag for its strict reproducibility mode (``mkl_cbwr.h``)."""
@@ -69,6 +74,124 @@ def threads_invariant() -> bool:
         return False
 
 
+def _cpu_quota() -> bool:
+    """Whether a cgroup CPU quota limits this process (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``):
+    then ``/proc/stat``'s idle time is not time this process could have."""
+    try:
+        lines = open("/proc/self/cgroup", encoding="ascii", errors="replace").read().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        path = path.strip().lstrip("/")
+        if controllers == "":  # v2: every controller in one tree
+            candidates = [os.path.join("/sys/fs/cgroup", path, "cpu.max"), "/sys/fs/cgroup/cpu.max"]
+        elif "cpu" in controllers.split(","):
+            root = os.path.join("/sys/fs/cgroup", controllers)
+            candidates = [os.path.join(root, path, "cpu.cfs_quota_us"), os.path.join(root, "cpu.cfs_quota_us"),
+                          "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"]
+        else:
+            continue
+        for name in candidates:
+            try:
+                value = open(name, encoding="ascii").read().split()
+            except OSError:
+                continue
+            if value and value[0] not in ("max", "-1"):
+                return True
+            break
+    return False
+
+
+class LoadMonitor:
+    """How many of this process's CPUs other work keeps busy, from the kernel's counters (Linux).
+
+    Every :attr:`window` seconds (at most; only when asked) it reads the ``cpuN`` lines of
+    ``/proc/stat`` for the CPUs in this process's affinity mask and this process's CPU time
+    (:func:`os.times`); between two readings, the busy time of those CPUs (user, nice, system, irq,
+    softirq, steal) less this process's own, divided by the time elapsed, is the number of cores
+    other work held. Our own threads (spinning in OpenMP's barrier or not) never count as load.
+
+    Parameters
+    ----------
+    window : float
+        Seconds between two readings (the kernel counts in ticks of 1/100 s: a window of 0.25 s on
+        2 cores measures the others' share to about 4%).
+    stat : str
+        The file to read (tests pass a fake).
+    quota : bool or None
+        Whether a cgroup CPU quota limits the process (None: read it from ``/proc/self/cgroup``);
+        under a quota the monitor is unusable.
+    """
+
+    def __init__(self, window: float = 0.25, stat: str = "/proc/stat", quota: bool | None = None) -> None:
+        self.window, self.stat = window, stat
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        try:
+            self.cpus = sorted(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            self.cpus = list(range(os.cpu_count() or 1))
+        self._last = None if (_cpu_quota() if quota is None else quota) else self._sample()
+        self.usable = self._last is not None
+        """False where the counters cannot be read or do not describe this process's share."""
+        self.load: float | None = None
+        """Cores other work held over the last window (None before two readings)."""
+
+    def _sample(self) -> tuple[float, int, int, float] | None:
+        """(monotonic seconds, busy ticks, all ticks of our CPUs, our CPU seconds), or None."""
+        want = {f"cpu{c}" for c in self.cpus}
+        busy = total = 0
+        seen = 0
+        try:
+            with open(self.stat, encoding="ascii") as f:
+                for line in f:
+                    if not line.startswith("cpu"):
+                        break
+                    fields = line.split()
+                    if fields[0] not in want:
+                        continue
+                    ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+                    if len(ticks) < 8:
+                        return None
+                    busy += ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7]
+                    total += sum(ticks)
+                    seen += 1
+        except (OSError, ValueError):
+            return None
+        if seen != len(want):
+            return None
+        t = os.times()
+        return time.monotonic(), busy, total, t.user + t.system
+
+    def others(self) -> float | None:
+        """Cores that other work held over the last window, or None (unusable, or not yet two readings)."""
+        if not self.usable:
+            return None
+        last = self._last
+        if last is not None and time.monotonic() - last[0] < self.window:
+            return self.load
+        now = self._sample()
+        if now is None:
+            self.usable = False
+            return None
+        self._last = now
+        if last is not None and now[2] > last[2]:
+            elapsed = (now[2] - last[2]) / len(self.cpus)  # ticks of wall time, per CPU
+            others = (now[1] - last[1]) - (now[3] - last[3]) * self.hz
+            self.load = min(float(len(self.cpus)), max(0.0, others / elapsed))
+        return self.load
+
+    def threads(self, many: int) -> int | None:
+        """The thread count for a pass: the cores others leave free, rounded, between 1 and ``many``
+        (``many`` in the first window); None where the monitor is unusable."""
+        if not self.usable:
+            return None
+        load = self.others()
+        if load is None:
+            return many if self.usable else None
+        return max(1, min(many, int(len(self.cpus) - load + 0.5)))
+
+
 class _Choice:
     """What the tuner knows of one kind and size of pass: seconds per unit for each thread count."""
 
@@ -80,19 +203,22 @@ class _Choice:
 
 
 class ThreadTuner:
-    """Chooses, pass by pass, between the current torch thread count and one thread.
+    """Chooses, pass by pass, the torch thread count of the objective's CPU passes.
 
-    Passes are told apart by their kind (``"loss"``, ``"errors"``, ``"ranker"``...) and their size
-    (units in powers of two): a pass of 4 sets is not a pass of 196 sets. Small passes lose the
-    most to a busy core (a parallel region waits for its descheduled thread whatever the work in
-    it), and are the ones a quiet machine may run faster on one thread, so each (kind, size) has
-    its own estimates and its own choice.
+    Where :class:`LoadMonitor` can read the machine's load (Linux, no cgroup CPU quota), a pass runs
+    on the cores that other work leaves free (at most the current ``torch.get_num_threads()``, at
+    least one). Elsewhere it chooses between the current count and one by timing: passes are told
+    apart by their kind (``"loss"``, ``"errors"``, ``"ranker"``...) and their size (units in powers
+    of two): a pass of 4 sets is not a pass of 196 sets. Small passes lose the most to a busy core
+    (a parallel region waits for its descheduled thread whatever the work in it), and are the ones a
+    quiet machine may run faster on one thread, so each (kind, size) has its own estimates and its
+    own choice.
 
     Parameters
     ----------
     probe_every : int
-        Passes of one kind and size between two measurements of the option not in use, while the
-        two are within ``clear`` of each other; three times as many once one is clearly faster.
+        Timing: passes of one kind and size between two measurements of the option not in use,
+        while the two are within ``clear`` of each other; three times as many once one is clearly faster.
     clear : float
         How many times slower the other option must be for the choice to count as clear.
     smoothing : float
@@ -100,13 +226,19 @@ class ThreadTuner:
     prefer : float
         How many times faster one thread must be for a kind and size of pass to leave all threads
         (under contention it is 2-4 times faster; on a quiet machine small passes tie within noise).
+    load : bool
+        Read the machine's load where it can (False: always time).
     """
 
-    def __init__(self, probe_every: int = 16, smoothing: float = 0.5, clear: float = 1.3, prefer: float = 1.15) -> None:
+    def __init__(self, probe_every: int = 16, smoothing: float = 0.5, clear: float = 1.3, prefer: float = 1.15,
+                 load: bool = True) -> None:
         self.probe_every, self.smoothing, self.clear, self.prefer = probe_every, smoothing, clear, prefer
         self.enabled: bool | None = None
         """True: tune; False: run every pass as it is; None (the default): tune where
         :func:`threads_invariant`, decided at the first pass."""
+        self.load = load
+        self.monitor: LoadMonitor | None = None
+        """The load monitor, made at the first tuned pass where ``load``."""
         self.reset()
 
     def reset(self) -> None:
@@ -147,8 +279,9 @@ class ThreadTuner:
         return other if c.passes - c.last[other] >= every else best
 
     def run(self, fn: Callable[[], T], units: int, kind: str = "loss") -> T:
-        """``fn()`` on the thread count :meth:`choose` gives for a pass of ``kind`` and ``units``
-        units of work (sets scored, images ranked), timed per unit.
+        """``fn()`` on the thread count the load monitor gives, or (where it cannot read the load) the
+        count :meth:`choose` gives for a pass of ``kind`` and ``units`` units of work (sets scored,
+        images ranked), timed per unit.
 
         With tuning off or one thread available, ``fn()`` runs as it is.
         """
@@ -161,6 +294,14 @@ class ThreadTuner:
             self.reset()
             self.many = many
         key = (kind, max(1, int(units)).bit_length())
+        if self.load and self.monitor is None:
+            self.monitor = LoadMonitor()
+        threads = self.monitor.threads(many) if self.load and self.monitor is not None else None
+        if threads is not None:  # the cores others leave free: nothing to time
+            c = self.choices.setdefault(key, _Choice())
+            c.passes += 1
+            c.used[threads] = c.used.get(threads, 0) + 1
+            return _on(threads, many, fn)
         threads = self.choose(many, key)
         c = self.choices[key]
         start = time.perf_counter()

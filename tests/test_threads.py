@@ -1,4 +1,5 @@
-"""The thread tuner: it runs the faster of all threads and one, follows a change, and never changes a loss."""
+"""The thread tuner: it runs on the cores other work leaves free (or, timing, the faster of all threads
+and one), follows a change, and never changes a loss."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def _run(tuner, clock, passes):
 def test_the_tuner_takes_the_faster_option_probes_the_other_and_follows_a_change(two_threads, monkeypatch):
     clock = Clock()
     monkeypatch.setattr(threads_mod.time, "perf_counter", clock)
-    tuner = ThreadTuner(probe_every=16)
+    tuner = ThreadTuner(probe_every=16, load=False)
     tuner.enabled = True
     used = _run(tuner, clock, 100)
     assert used[:4] == [2, 1, 2, 1]  # each option measured twice first
@@ -73,7 +74,7 @@ def test_each_kind_and_size_of_pass_gets_its_own_choice_and_a_fixed_count_turns_
             return t
         return fn
 
-    tuner = ThreadTuner(probe_every=16)
+    tuner = ThreadTuner(probe_every=16, load=False)
     tuner.enabled = True
     used_small, used_large, used_ranker = [], [], []
     for _ in range(60):
@@ -135,6 +136,9 @@ class Alternating(ThreadTuner):
 
     calls = 0
 
+    def __init__(self):
+        super().__init__(load=False)
+
     def choose(self, many, key=("loss", 0)):
         self.choices.setdefault(key, threads_mod._Choice())
         self.calls += 1
@@ -171,3 +175,127 @@ def test_tuning_is_on_by_default_and_moving_passes_between_thread_counts_changes
     torch.set_num_threads(2)
     threads_mod.TUNER.run(lambda: 0, 64)
     assert threads_mod.TUNER.enabled is threads_invariant()
+
+
+def _stat(path, rows):
+    """A fake ``/proc/stat``: the aggregate line, then one ``cpuN`` line per (busy, idle) ticks pair."""
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
+    for n, (busy, idle) in enumerate(rows):
+        lines.append(f"cpu{n} {busy} 0 0 {idle} 0 0 0 0 0 0")
+    path.write_text("\n".join(lines + ["intr 1 2 3", "ctxt 5"]) + "\n")
+
+
+def test_the_load_monitor_counts_others_busy_ticks_less_this_processs_own(tmp_path, monkeypatch):
+    """Two CPUs, 100 ticks a second: between two readings half a second apart each CPU ticks 50
+    times. Others' work is the busy ticks less this process's own CPU time."""
+    stat = tmp_path / "stat"
+    now, own = [100.0], [0.0]
+    monkeypatch.setattr(threads_mod.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(threads_mod.os, "times", lambda: os.times_result((own[0], 0.0, 0.0, 0.0, 0.0)))
+    monkeypatch.setattr(threads_mod.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(threads_mod.os, "sysconf", lambda name: 100)
+    _stat(stat, [(1000, 1000), (1000, 1000)])
+    m = threads_mod.LoadMonitor(window=0.25, stat=str(stat), quota=False)
+    assert m.usable and m.others() is None and m.threads(2) == 2  # one reading: nothing known, all threads
+    now[0], own[0] = 100.5, 0.5  # we ran one core for the half second; someone else the other
+    _stat(stat, [(1050, 1000), (1050, 1000)])
+    assert m.others() == pytest.approx(1.0) and m.threads(2) == 1
+    now[0] += 0.1  # within the window: the same answer, the file not read again
+    _stat(stat, [(0, 0), (0, 0)])
+    assert m.others() == pytest.approx(1.0)
+    now[0], own[0] = 101.0, 1.5  # we ran both cores: no one else
+    _stat(stat, [(1100, 1000), (1100, 1000)])
+    assert m.others() == pytest.approx(0.0) and m.threads(2) == 2 and m.threads(1) == 1
+    now[0], own[0] = 101.5, 1.5  # idle us, one CPU busy 60% by another: 0.6 of a core, 1 thread
+    _stat(stat, [(1130, 1020), (1100, 1050)])
+    assert m.others() == pytest.approx(0.6) and m.threads(2) == 1
+    now[0] = 102.0
+    _stat(stat, [(1135, 1065), (1100, 1100)])  # 0.1 of a core: both threads
+    assert m.others() == pytest.approx(0.1) and m.threads(2) == 2
+    now[0] = 102.5
+    stat.write_text("garbage\n")  # a file that stops making sense: the monitor steps aside
+    assert m.others() is None and m.threads(2) is None and not m.usable
+
+
+def test_no_counters_or_a_cpu_quota_fall_back_to_timing(tmp_path, two_threads, monkeypatch):
+    assert not threads_mod.LoadMonitor(stat=str(tmp_path / "missing")).usable
+    _stat(tmp_path / "one", [(1, 1)])  # fewer CPUs than the affinity mask
+    monkeypatch.setattr(threads_mod.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert not threads_mod.LoadMonitor(stat=str(tmp_path / "one")).usable
+    _stat(tmp_path / "two", [(1, 1), (1, 1)])
+    assert threads_mod.LoadMonitor(stat=str(tmp_path / "two"), quota=False).usable
+    assert not threads_mod.LoadMonitor(stat=str(tmp_path / "two"), quota=True).usable
+    clock = Clock()
+    monkeypatch.setattr(threads_mod.time, "perf_counter", clock)
+    tuner = ThreadTuner()
+    tuner.enabled = True
+    tuner.monitor = threads_mod.LoadMonitor(stat=str(tmp_path / "two"), quota=True)
+    assert _run(tuner, clock, 4) == [2, 1, 2, 1]  # the timing tuner's first measurements
+
+
+linux_two_cpus = pytest.mark.skipif(
+    not threads_mod.LoadMonitor().usable or len(threads_mod.LoadMonitor().cpus) < 2,
+    reason="needs /proc/stat, 2 or more CPUs and no CPU quota")
+
+
+@linux_two_cpus
+def test_a_process_spinning_beside_us_moves_passes_off_its_core(monkeypatch):
+    """A real busy process (``python3 -c "while 1: pass"``) beside the tuner: within a second the
+    passes run on the cores it leaves (one on a 2-CPU machine); our own computing is never load."""
+    tuner = ThreadTuner()
+    tuner.enabled = True
+    many = len(tuner.monitor.cpus) if tuner.monitor else len(os.sched_getaffinity(0))
+    n = torch.get_num_threads()
+    torch.set_num_threads(many)
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+
+    def work():
+        (a @ b).sum()
+        return torch.get_num_threads()
+
+    try:
+        import time
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:  # ourselves on every core: the monitor sees no one else
+            tuner.run(work, 64)
+        own = tuner.monitor.others()
+        hog = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
+        try:
+            time.sleep(0.3)
+            end = time.monotonic() + 1.5
+            used = []
+            while time.monotonic() < end:
+                used.append(tuner.run(work, 64))
+            load = tuner.monitor.others()
+        finally:
+            hog.kill()
+            hog.wait()
+    finally:
+        torch.set_num_threads(n)
+    assert own is not None and load is not None
+    assert load >= own + 0.6  # the hog is about one core of load
+    late = used[len(used) // 2:]
+    assert max(late) <= many - 1 and torch.get_num_threads() == n
+
+
+def test_any_thread_count_the_monitor_may_choose_gives_the_same_losses(toy_model, monkeypatch):
+    """On a machine of more cores the monitor may choose any count between one and all: 1, 2, 3 and 4
+    threads (oversubscribed here) give the same bits."""
+    from keypatch.geometry import normalize
+
+    small = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    images = [normalize(torch.nn.functional.interpolate(s[None], size=64, mode="bilinear")[0]) for s in small]
+    fixed = ThreadTuner()
+    fixed.enabled = False
+    monkeypatch.setattr(objective_mod, "TUNER", fixed)
+    monkeypatch.setattr(ranked_mod, "TUNER", fixed)
+    n = torch.get_num_threads()
+    out = {}
+    try:
+        for t in (1, 2, 3, 4):
+            torch.set_num_threads(t)
+            out[t] = [(p.patches, p.losses) for strategy in ("greedy", "ranked")
+                      for p in keypatch.propose_batch(images, 0.5, strategy, toy_model, seed=2)]
+    finally:
+        torch.set_num_threads(n)
+    assert out[1] == out[2] == out[3] == out[4]
