@@ -104,6 +104,10 @@ class Objective:
         margin had assumed, so that more candidates had to be re-scored.
     relative_error : torch.Tensor
         ``(B,)``, ``"mixed"``: per image, the largest ``|L_bf16 - L_fp32| / L_fp32`` seen so far.
+    begin : torch.Tensor or None
+        ``(B, j0)`` long: patches each image already has (a round that continues an earlier one),
+        from which a search begins instead of its start rule; they stay in its answer, first.
+        Set by :meth:`~keypatch.proposers.search.SearchProposer.select`; None: the start rule.
     """
 
     def __init__(self, model: MAE, images: torch.Tensor, *, chunk_size: int = DEFAULT_CHUNK,
@@ -130,6 +134,7 @@ class Objective:
         self.relative_error = torch.zeros(images.shape[0], device=model.device)
         self.compared = torch.zeros(images.shape[0], dtype=torch.long, device=model.device)
         """``(B,)``: sets whose bfloat16 and float32 ``L`` were both computed, per image."""
+        self.begin: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:

@@ -27,11 +27,12 @@ regardless; ``set_threads(n)`` (``--threads N``) fixes the count and turns it of
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import torch
@@ -237,6 +238,7 @@ class ThreadTuner:
         """True: tune; False: run every pass as it is; None (the default): tune where
         :func:`threads_invariant`, decided at the first pass."""
         self.load = load
+        self.holding, self.base, self.applied = False, 0, 0
         self.monitor: LoadMonitor | None = None
         """The load monitor, made at the first tuned pass where ``load``."""
         self.reset()
@@ -245,6 +247,24 @@ class ThreadTuner:
         """Forget the estimates (and the counts of passes per thread count)."""
         self.choices: dict[tuple[str, int], _Choice] = {}
         self.many = 0
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Within it, the count the load monitor chooses stays set between passes, so that a search's
+        own small operations (its sorts, top-k and bookkeeping between passes) run on it too; the
+        count from before comes back at the end (unless something else changed it meanwhile).
+        Nested holds are one. Without a usable monitor (timing), passes switch and restore as always."""
+        if self.holding:
+            yield
+            return
+        self.holding, self.base = True, torch.get_num_threads()
+        self.applied = self.base
+        try:
+            yield
+        finally:
+            self.holding = False
+            if torch.get_num_threads() == self.applied != self.base:
+                torch.set_num_threads(self.base)
 
     @property
     def used(self) -> dict[int, int]:
@@ -286,6 +306,11 @@ class ThreadTuner:
         With tuning off or one thread available, ``fn()`` runs as it is.
         """
         many = torch.get_num_threads()
+        if self.holding:  # the count we set stands for the one from before the hold, unless changed since
+            if many == self.applied:
+                many = self.base
+            else:
+                self.base = self.applied = many
         if self.enabled is None:  # MKL's mode is settled once it has run a product (the context's, before any pass)
             self.enabled = threads_invariant()
         if not self.enabled or many <= 1:
@@ -301,7 +326,12 @@ class ThreadTuner:
             c = self.choices.setdefault(key, _Choice())
             c.passes += 1
             c.used[threads] = c.used.get(threads, 0) + 1
-            return _on(threads, many, fn)
+            if not self.holding:
+                return _on(threads, many, fn)
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
+            self.applied = threads
+            return fn()
         threads = self.choose(many, key)
         c = self.choices[key]
         start = time.perf_counter()

@@ -40,6 +40,7 @@ class Backward(SearchProposer):
     eliminations, but its patches are not a prefix of the larger answer.
     """
 
+    takes_begin = False  # it removes patches from the full set: it cannot keep a begun set
     name = "backward"
     start_rule = "ignored"
 

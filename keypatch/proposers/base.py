@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -89,8 +90,27 @@ class Proposer(ABC):
     """The keyword options the strategy takes and their types, checked by :func:`get_proposer`."""
     options_pass_through: ClassVar[bool] = False
     """Whether options outside :attr:`options` are accepted and passed on (``swap``: its base's)."""
+    takes_begin: ClassVar[bool] = False
+    """Whether :meth:`select` takes ``begin``, patches each image already has, and continues from
+    them (a round after another; a budget over a pool, :mod:`keypatch.rounds`)."""
     run_options: ClassVar[frozenset[str]] = frozenset({"start", "chunk_size", "batch_size"})
     """Options that do not change the answer (memory, batching) or are stored apart (``start``)."""
+
+    def stepwise(self) -> Proposer | None:
+        """This strategy as one whose answers grow a patch at a time, each the first patches of the
+        next (what a budget over a pool allocates with, :mod:`keypatch.rounds`): itself where
+        :attr:`prefix_consistent`; a copy without its refinement rounds (``rounds=0``) where that
+        makes it so (``ranked``, ``screened``: the refinement then runs once each image's count is
+        known); None where neither (no budget for it)."""
+        if not self.takes_begin:
+            return None
+        if self.prefix_consistent:
+            return self
+        if "rounds" in self.options and getattr(self, "rounds", 0):
+            twin = copy.copy(self)
+            twin.rounds = 0
+            return twin if twin.prefix_consistent else None
+        return None
 
     def settings(self) -> dict[str, Any]:
         """The options that determine this strategy's answer, with defaults filled in.

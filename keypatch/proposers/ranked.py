@@ -23,7 +23,7 @@ import torch
 
 from keypatch.objective import DEFAULT_CHUNK, Objective, ranks
 from keypatch.proposers.base import register
-from keypatch.proposers.search import SearchProposer, screened_step, start_state
+from keypatch.proposers.search import SearchProposer, begun, screened_step, start_state
 from keypatch.proposers.swap import refine
 from keypatch.ranker import Ranking, load_ranker, ranker_digest
 from keypatch.ranker.files import warn_other_model
@@ -99,10 +99,10 @@ class RankedGreedy(SearchProposer):
         record made with other weights under the same path is not the same result."""
         return {**super().settings(), "ranker_sha256": ranker_digest(self.ranker)}
 
-    def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
+    def select(self, model: MAE, images: torch.Tensor, k: int, seed: int, begin: torch.Tensor | None = None):
         """As every search strategy's, after warning once when the ranker was fitted to another model."""
         warn_other_model(self.ranker, model)
-        return super().select(model, images, k, seed)
+        return super().select(model, images, k, seed, begin)
 
     @torch.no_grad()
     def search(self, objective: Objective, k: int, seeds: list[int]):
@@ -132,4 +132,4 @@ class RankedGreedy(SearchProposer):
         if self.rounds == 0 or k >= n:
             return patches, losses
         return refine(objective, patches, losses[:, -1].to(dev, torch.float32), self.rounds, self.reach,
-                      rank.without_each, self.moves)
+                      rank.without_each, self.moves, fixed=begun(objective))

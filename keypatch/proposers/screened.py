@@ -25,7 +25,7 @@ import torch
 
 from keypatch.objective import DEFAULT_CHUNK, Objective, ranks
 from keypatch.proposers.base import register
-from keypatch.proposers.search import SearchProposer, screened_step, start_state
+from keypatch.proposers.search import SearchProposer, begun, screened_step, start_state
 from keypatch.proposers.swap import refine, refine_batched
 from keypatch.reconstructors.precision import DEFAULT_PRECISION
 
@@ -110,5 +110,5 @@ class ScreenedGreedy(SearchProposer):
             return patches, losses
         current = losses[:, -1].to(dev, torch.float32)
         if self.batched:
-            return refine_batched(objective, patches, current, self.rounds, self.reach)
-        return refine(objective, patches, current, self.rounds, self.reach)
+            return refine_batched(objective, patches, current, self.rounds, self.reach, fixed=begun(objective))
+        return refine(objective, patches, current, self.rounds, self.reach, fixed=begun(objective))

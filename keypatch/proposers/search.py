@@ -7,6 +7,8 @@ the evaluations.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from abc import abstractmethod
 from typing import Any, NamedTuple
 
@@ -18,6 +20,7 @@ from keypatch.objective import DEFAULT_CHUNK, Objective, Step, remaining_count
 from keypatch.proposers.base import Proposer, image_seeds
 from keypatch.reconstructors.mae import MAE
 from keypatch.reconstructors.precision import DEFAULT_PRECISION, check_precision
+from keypatch.threads import TUNER
 
 STARTS = ("center", "none")
 """Where the greedy-like strategies begin, by name: the central patch (the paper) or nothing (its
@@ -89,6 +92,7 @@ class SearchProposer(Proposer):
     """
 
     options = {"start": (str, int, tuple, list), "chunk_size": int, "precision": str}
+    takes_begin = True
 
     def __init__(self, start: str = "center", chunk_size: int = DEFAULT_CHUNK,
                  precision: str = DEFAULT_PRECISION) -> None:
@@ -101,10 +105,17 @@ class SearchProposer(Proposer):
         return Objective(model, images, chunk_size=self.chunk_size, precision=self.precision)
 
     @torch.no_grad()
-    def select(self, model: MAE, images: torch.Tensor, k: int, seed: int):
+    def select(self, model: MAE, images: torch.Tensor, k: int, seed: int, begin: torch.Tensor | None = None):
+        """As :meth:`Proposer.select`; ``begin`` ``(B, j0)`` long: patches each image already has
+        (distinct, ``j0 <= k``), from which the search continues (the start rule unused); the answer
+        begins with them and keeps them (the refinements of ``ranked``, ``screened`` and ``swap``
+        move only the patches added), their losses NaN but ``L`` of the whole ``begin`` set."""
         seeds = image_seeds(images, seed) if self.uses_seed else [int(seed)] * images.shape[0]
         objective = self.objective(model, images)
-        patches, losses = self.search(objective, k, seeds)
+        if begin is not None:
+            objective.begin = check_begin(begin, images.shape[0], k, objective.grid.n, objective.device)
+        with TUNER.hold() if objective.device.type == "cpu" else contextlib.nullcontext():
+            patches, losses = self.search(objective, k, seeds)
         return patches, losses, objective.evaluations.tolist()
 
     @abstractmethod
@@ -142,10 +153,39 @@ class StartState(NamedTuple):
     remaining: torch.Tensor
 
 
+def check_begin(begin: torch.Tensor, b: int, k: int, n: int, device: torch.device) -> torch.Tensor:
+    """``begin`` as a ``(b, j0)`` long tensor on ``device`` of distinct patches below ``n``, ``j0 <= k``;
+    a ValueError saying what is wrong otherwise."""
+    begin = torch.as_tensor(begin).to(device)
+    if begin.dim() != 2 or begin.shape[0] != b or begin.dtype in (torch.bool,) or begin.is_floating_point():
+        raise ValueError(f"begin must be ({b}, j) integer patch indices, got shape {tuple(begin.shape)} "
+                         f"of {begin.dtype}")
+    if begin.shape[1] > k:
+        raise ValueError(f"begin holds {begin.shape[1]} patches per image, more than the {k} asked for")
+    if begin.numel() and (int(begin.min()) < 0 or int(begin.max()) >= n):
+        raise ValueError(f"begin holds a patch outside the grid of {n} patches")
+    if begin.shape[1] > 1 and bool((begin.sort(dim=1).values.diff(dim=1) == 0).any()):
+        raise ValueError("begin holds a patch twice in one image")
+    return begin.long()
+
+
+def begun(objective: Objective) -> int:
+    """How many patches each image of ``objective`` began with (``begin``'s width; 0 without)."""
+    return 0 if objective.begin is None else objective.begin.shape[1]
+
+
 def start_state(objective: Objective, start: str) -> StartState:
-    """The start patch and its ``L`` (the centre for ``start="center"``); nothing for ``start="none"``."""
+    """The start patch and its ``L`` (the centre for ``start="center"``); nothing for ``start="none"``.
+    Where ``objective.begin`` is set, those patches instead (losses NaN but the last, ``L`` of the set)."""
     b, grid, dev = objective.batch, objective.grid, objective.device
     remaining = torch.ones(b, grid.n, dtype=torch.bool, device=dev)
+    if objective.begin is not None:
+        chosen = objective.begin
+        losses = torch.full(chosen.shape, math.nan, device=dev)
+        if chosen.shape[1]:
+            remaining.scatter_(1, chosen, False)
+            losses[:, -1] = objective.score(chosen)
+        return StartState(chosen, losses, remaining)
     first = start_patch(start, grid)
     if first is None:
         return StartState(torch.empty(b, 0, dtype=torch.long, device=dev), torch.empty(b, 0, device=dev), remaining)
@@ -184,7 +224,7 @@ class GainSearchProposer(SearchProposer):
         if j0 >= k:
             return chosen[:, :k], losses[:, :k]
         # L of the start set: the reference for the first gains (the empty set's is evaluated once)
-        current = losses[:, -1].clone() if j0 else objective.score(chosen)
+        current = losses[:, -1].clone().float() if j0 else objective.score(chosen)
         cand = remaining_count(remaining, objective.grid.n - j0)
         return self.extend(objective, k, GainStart(chosen, losses, remaining, current, objective.step(chosen, cand)))
 

@@ -22,7 +22,7 @@ import torch
 
 from keypatch.objective import DEFAULT_CHUNK, Objective, ranks
 from keypatch.proposers.base import get_proposer, register
-from keypatch.proposers.search import SearchProposer
+from keypatch.proposers.search import SearchProposer, begun
 from keypatch.reconstructors.precision import DEFAULT_PRECISION
 
 BASES = ("greedy", "local", "lazy", "stochastic", "multi", "screened")
@@ -100,12 +100,12 @@ class SwapRefine(SearchProposer):
         current = losses[:, -1].to(dev, torch.float32)
         if bool(current.isnan().any()):  # the base did not score its whole set
             current = objective.score(patches)
-        return refine(objective, patches, current, self.rounds, self.reach)
+        return refine(objective, patches, current, self.rounds, self.reach, fixed=begun(objective))
 
 
 def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, rounds: int,
            reach: int = 1, rank: Callable[[torch.Tensor], torch.Tensor] | None = None,
-           moves: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+           moves: int = 0, fixed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Move each patch of ``patches (B, k)`` to its best free neighbour within ``reach`` where that
     lowers ``L`` (``current (B,)`` is ``L(patches)``), ``rounds`` passes over the patches; an image
     whose last pass moved nothing is done. Returns the patches (moved in place of the originals)
@@ -121,7 +121,7 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
     A patch is tried again only when its image's set changed since its last try (a move of any
     patch, its own included): the same set would try the same moves with the same result. So an
     image whose pass moved nothing is done, and a later pass skips the patches that no move
-    followed."""
+    followed. The first ``fixed`` patches stay (those an image began with, ``objective.begin``)."""
     (b, k), n, dev = patches.shape, objective.grid.n, objective.device
     patches = patches.clone()
     dist = objective.grid.distances(dev)
@@ -131,7 +131,7 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
     tried = torch.full((b, k), -1, dtype=torch.long, device=dev)  # the version each patch's moves were last tried at
     for _ in range(rounds):
         moved = torch.zeros(b, dtype=torch.bool, device=dev)
-        for i in range(k):
+        for i in range(fixed, k):
             # a patch whose image has not changed since its last try would try the same sets again
             changed = tried[:, i] != version
             tried[:, i] = version
@@ -160,7 +160,7 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
 
 
 def refine_batched(objective: Objective, patches: torch.Tensor, current: torch.Tensor, rounds: int,
-                   reach: int = 1, apart: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+                   reach: int = 1, apart: int = 2, fixed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`refine` with each round one batched pass: every move of every patch of every image.
 
     A round scores ``S - p + q`` for each chosen ``p`` and each free ``q`` within ``reach`` of it,
@@ -170,7 +170,7 @@ def refine_batched(objective: Objective, patches: torch.Tensor, current: torch.T
     within ``apart`` of a move already taken (moves that far apart barely interact). The best
     single move and the set with all of them are scored in float32 (two more evaluations); the
     better is kept if it lowers the float32 ``L``, else that image's search ends. Ties go to the
-    lowest patch index. Returns as :func:`refine`.
+    lowest patch index. Returns as :func:`refine`; the first ``fixed`` patches stay.
     """
     (b, k), n, dev = patches.shape, objective.grid.n, objective.device
     patches = patches.clone()
@@ -181,6 +181,7 @@ def refine_batched(objective: Objective, patches: torch.Tensor, current: torch.T
     for _ in range(rounds):
         free = torch.ones(b, n, dtype=torch.bool, device=dev).scatter_(1, patches, False)
         allowed = near[patches] & free[:, None, :] & active[:, None, None]  # (B, k, N)
+        allowed[:, :fixed] = False
         img, i, dest = allowed.nonzero(as_tuple=True)
         if img.numel() == 0:
             break
