@@ -19,7 +19,7 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 from keypatch._lazy import lazy_attributes  # noqa: E402
 
 if TYPE_CHECKING:
-    from keypatch.api import propose, propose_batch, reconstruct, reconstruction_loss
+    from keypatch.api import propose, propose_batch, propose_pool, reconstruct, reconstruction_loss
     from keypatch.geometry import PatchGrid, load_image, load_images
     from keypatch.objective import Objective
     from keypatch.proposers import Proposal, Proposer, available, register
@@ -40,13 +40,14 @@ __all__ = [
     "load_mae",
     "propose",
     "propose_batch",
+    "propose_pool",
     "reconstruct",
     "reconstruction_loss",
     "register",
 ]
 
 _MODULES = {
-    **dict.fromkeys(["propose", "propose_batch", "reconstruct", "reconstruction_loss"], "keypatch.api"),
+    **dict.fromkeys(["propose", "propose_batch", "propose_pool", "reconstruct", "reconstruction_loss"], "keypatch.api"),
     **dict.fromkeys(["PatchGrid", "load_image", "load_images"], "keypatch.geometry"),
     "Objective": "keypatch.objective",
     **dict.fromkeys(["Proposal", "Proposer", "available", "register"], "keypatch.proposers"),

@@ -1,10 +1,10 @@
-"""The public API: ``propose``, ``propose_batch``, ``reconstruction_loss``, ``reconstruct``."""
+"""The public API: ``propose``, ``propose_batch``, ``propose_pool``, ``reconstruction_loss``, ``reconstruct``."""
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +232,68 @@ def propose(
 
 
 @torch.no_grad()
+def propose_pool(
+    images: Sequence[ImageLike] | torch.Tensor,
+    budget: int | None = None,
+    strategy: str | Proposer = "greedy",
+    model: ModelLike = None,
+    *,
+    ratio: float | None = None,
+    after: Sequence[Sequence[int]] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    preset: str | None = None,
+    count: str | None = None,
+    resize: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    **options,
+) -> list[Proposal]:
+    """Key patches of a pool of images: ``budget`` patches in all, each next one given to the image
+    where it lowers the pool's mean ``L`` most; or ``ratio`` each, continuing from ``after``.
+
+    Parameters
+    ----------
+    images, strategy, model, seed, device, preset, count, resize, **options
+        As for :func:`propose_batch`. The strategy must grow its answer a patch at a time
+        (``greedy``, ``ranked``, ... :meth:`~keypatch.proposers.base.Proposer.stepwise`); another
+        is a ValueError before any image is read.
+    budget : int, optional
+        Patches to add over the pool, start patches included (each image without earlier patches
+        begins with the strategy's start patch; ``start="none"``: with nothing). The pool's greedy
+        (:mod:`keypatch.rounds.budget`).
+    ratio : float, optional
+        Instead of a budget: ``round(ratio * N)`` patches per image in all (earlier ones included).
+    after : sequence of sequences of int, optional
+        Per image, the patches it already has (an earlier round, :mod:`keypatch.rounds.after`
+        reads them from files); they stay, first, and are not counted in ``budget``.
+    progress : callable, optional
+        Called with the number of patches given out so far (budgets only).
+
+    Returns
+    -------
+    list of Proposal
+        One per image, in input order; each its own ``k`` and ratio (``k / N``) and the losses of
+        every prefix of its patches.
+    """
+    from keypatch.rounds import check_budget, pool_proposals
+
+    check_seed(seed)
+    if (budget is None) == (ratio is None):
+        raise ValueError("give a budget (patches over the pool) or a ratio (per image), not both")
+    if isinstance(strategy, Proposer) and options:
+        raise ValueError("pass options either to the Proposer instance or as keywords with a strategy name")
+    start = options.pop("start", None)
+    settings = run_settings(preset, start, count, resize)
+    proposer = build_proposer(strategy, settings, options, start_given=start is not None)
+    check_budget(proposer, budget)
+    if not isinstance(images, torch.Tensor) and not isinstance(images, (str, Path)) and len(images) == 0:
+        raise ValueError("no images given (an empty pool)")
+    mae = resolve_model(model, device)
+    k = None if ratio is None else mae.grid.count(ratio, settings.count)
+    x = load_images(images, mae.config.image_size, resize=settings.resize).to(mae.device)
+    return pool_proposals(mae, x, proposer, budget=budget, k=k, after=after, seed=check_seed(seed), progress=progress)
+
+
 def reconstruction_loss(image: ImageLike, patches: Sequence[int], model: ModelLike = None,
                         device: str = "auto", resize: str = "bicubic") -> float:
     """``L(S)``: masked-patch MSE of the MAE's reconstruction from the patches ``S`` alone.

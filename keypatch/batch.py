@@ -26,16 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from keypatch.api import build_proposer, resolve_model
 from keypatch.engines import Engine, get_engine
 from keypatch.engines.job import Heartbeat, Job, stored_settings
-from keypatch.geometry.decode import ImageWarning, InputNote
+from keypatch.geometry.decode import ImageWarning, InputNote, InputNotes
 from keypatch.presets import RunSettings, run_settings
 from keypatch.proposers.base import Proposer, check_seed
 from keypatch.store import STORE_NAME, ResultStore
 from keypatch.store.sqlite import DEFAULT_LEASE, check_writable
 
-__all__ = ["DEFAULT_OUT", "Claims", "ImageWarning", "run_propose", "stored_settings"]
+__all__ = ["DEFAULT_OUT", "Claims", "ImageWarning", "run_pool", "run_propose", "stored_settings"]
 
 DEFAULT_OUT = "keypatch-results"
 """Results folder used when none is given."""
@@ -155,3 +157,130 @@ def run_propose(paths: str | Path | Sequence[str | Path], ratio: float, strategy
         warnings.warn(line, InputNote, stacklevel=2)
     job.summary["seconds"] = time.perf_counter() - t0
     return job.summary
+
+
+def run_pool(paths: str | Path | Sequence[str | Path], *, budget: int | None = None, ratio: float | None = None,
+             after: str | Path | None = None, strategy: str | Proposer = "greedy", model: Any = "default",
+             start: str | int | tuple[int, int] | None = None, device: str = "auto", out_dir: str | Path = DEFAULT_OUT,
+             seed: int = 0, progress: bool = True, preset: str | RunSettings | None = None,
+             **options: Any) -> dict[str, Any]:
+    """A round over the pool of images under ``paths``: ``budget`` patches in all (the pool's greedy,
+    :mod:`keypatch.rounds.budget`) or ``ratio`` each, continuing from the patches ``after`` gives
+    each image (a results folder, a ``patch_ids.json`` or a Label Studio JSON export,
+    :mod:`keypatch.rounds.after`); one record per image into ``out_dir``'s store.
+
+    The records share one setting, the pool's: the strategy's, with ``budget``, ``pool`` (a digest
+    of the images' contents) and ``after`` (a digest of the patches they began with) in its
+    options, and as ratio the pool's share of patches kept. A run whose every image is stored under
+    that setting computes nothing (a re-run resumes as a whole: a pool's answer depends on all of
+    its images). Two runs of one pool at once compute the same answer; the store keeps one record
+    per image. Unreadable images are left out of the pool with an :class:`ImageWarning`; the same
+    content at two paths is one image.
+
+    Returns
+    -------
+    dict
+        As :func:`run_propose`'s, with ``budget``, ``spent`` (patches this round added), ``after``
+        (images that had earlier patches), ``mean_loss`` (the pool's mean final ``L``).
+    """
+    import hashlib
+    import json
+
+    from tqdm.auto import tqdm
+
+    from keypatch.geometry import list_image_files, load_images
+    from keypatch.rounds import check_budget, pool_proposals
+    from keypatch.rounds.after import match_earlier, read_earlier
+    from keypatch.store import DuplicateRecordError, Record, Setting, sha256_file
+
+    t0 = time.perf_counter()
+    if (budget is None) == (ratio is None):
+        raise ValueError("give a budget (patches over the pool) or a ratio (per image), not both")
+    if ratio is not None:
+        ratio = _check_ratio(ratio)
+    seed = check_seed(seed)
+    settings = preset if isinstance(preset, RunSettings) else run_settings(preset)
+    settings = run_settings(None, settings.start if start is None else start, settings.count, settings.resize)
+    proposer = build_proposer(strategy, settings, options, start_given=start is not None)
+    check_budget(proposer, budget)  # a strategy without a step-by-step form fails before any work
+    files = list_image_files(paths)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"the results folder {out_dir} is a file")
+    check_writable(out_dir / STORE_NAME)
+    mae = resolve_model(model, device)
+    earlier = read_earlier(after, mae.grid) if after is not None else None
+    summary: dict[str, Any] = {"found": len(files), "done": 0, "skipped": 0, "recomputed": 0, "failed": 0,
+                               "failed_paths": [], "notes": [], "store": "", "model_id": mae.model_id,
+                               "strategy": proposer.name, "budget": budget, "engine": "process"}
+    notes = InputNotes()
+    paths_ok, digests, tensors = [], [], []
+    for f in files:
+        try:
+            digest = sha256_file(f)
+            image = load_images([f], mae.config.image_size, notes=notes, resize=settings.resize)
+        except (OSError, ValueError) as exc:
+            summary["failed"] += 1
+            summary["failed_paths"].append(str(f))
+            warnings.warn(f"{f}: {exc}; skipped, left out of the pool", ImageWarning, stacklevel=2)
+            continue
+        if digest in digests:
+            summary["skipped"] += 1
+            continue
+        paths_ok.append(f)
+        digests.append(digest)
+        tensors.append(image)
+    summary["notes"] = notes.lines()
+    if not paths_ok:
+        summary["seconds"] = time.perf_counter() - t0
+        summary.update(ratio=ratio or 0.0, k=None, start="", options={}, spent=0, after=0, mean_loss=None)
+        return summary
+    begun = match_earlier(earlier, paths_ok, digests) if earlier is not None else None
+    k = None if ratio is None else mae.grid.count(ratio, settings.count)
+    start_value, stored = stored_settings(proposer, seed, mae, settings)
+    order = sorted(range(len(digests)), key=digests.__getitem__)
+    stored["pool"] = hashlib.sha256("".join(digests[i] for i in order).encode()).hexdigest()[:16]
+    if budget is not None:
+        stored["budget"] = int(budget)
+    if begun is not None and any(begun):
+        stored["after"] = hashlib.sha256(json.dumps([begun[i] for i in order]).encode()).hexdigest()[:16]
+    n = mae.grid.n
+    given = sum(len(b) for b in begun) if begun else 0
+    pool_ratio = float(ratio) if ratio is not None else round((budget + given) / (n * len(paths_ok)), 9)
+    setting = Setting.of(mae.model_id, proposer.name, pool_ratio, start_value, stored)
+    summary.update(ratio=pool_ratio, k=k, start=start_value, options=stored,
+                   after=sum(1 for b in begun if b) if begun else 0)
+    with ResultStore(out_dir / STORE_NAME) as store:
+        summary["store"] = str(store.path)
+        have = {r.sha256: r for r in store.records(model_id=setting.model_id, strategy=setting.strategy,
+                                                   ratio=setting.ratio, start=setting.start,
+                                                   options_json=setting.options_json)}
+        if all(d in have for d in digests):
+            summary["skipped"] += len(digests)
+            found = [have[d] for d in digests]
+        else:
+            images = torch.cat(tensors).to(mae.device)
+            total = budget if budget is not None else len(paths_ok) * k
+            with tqdm(total=total, desc="pool", unit="patch", disable=not progress) as bar:
+                def tick(spent: int) -> None:
+                    bar.update(spent - bar.n)
+
+                proposals = pool_proposals(mae, images, proposer, budget=budget, k=k, after=begun, seed=seed,
+                                           progress=tick)
+                bar.update(total - bar.n)
+            found = []
+            for f, d, p in zip(paths_ok, digests, proposals, strict=True):
+                record = Record(str(f), d, mae.model_id, proposer.name, pool_ratio, start_value, p.patches,
+                                p.losses, stored, p.evaluations, p.seconds)
+                try:
+                    store.add(record)
+                    summary["done"] += 1
+                except DuplicateRecordError:  # another run of the same pool stored it meanwhile
+                    summary["skipped"] += 1
+                found.append(record)
+    summary["spent"] = sum(len(r.patches) for r in found) - given
+    summary["mean_loss"] = sum(r.loss for r in found) / len(found)
+    summary["seconds"] = time.perf_counter() - t0
+    for line in summary["notes"]:
+        warnings.warn(line, InputNote, stacklevel=2)
+    return summary

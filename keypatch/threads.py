@@ -79,7 +79,8 @@ def _cpu_quota() -> bool:
     """Whether a cgroup CPU quota limits this process (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``):
     then ``/proc/stat``'s idle time is not time this process could have."""
     try:
-        lines = open("/proc/self/cgroup", encoding="ascii", errors="replace").read().splitlines()
+        with open("/proc/self/cgroup", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
     except OSError:
         return False
     for line in lines:
@@ -95,7 +96,8 @@ def _cpu_quota() -> bool:
             continue
         for name in candidates:
             try:
-                value = open(name, encoding="ascii").read().split()
+                with open(name, encoding="ascii") as f:
+                    value = f.read().split()
             except OSError:
                 continue
             if value and value[0] not in ("max", "-1"):

@@ -31,7 +31,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", type=v.source, metavar="PATH",
                    help="image files and folders, or URIs (file://, and with --engine ray s3://, gs://... read "
                         "by Ray's workers where the images live; docs/scale.md)")
-    p.add_argument("--ratio", type=v.ratio, required=True, help="fraction of patches to keep, in (0, 1]")
+    amount = p.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--ratio", type=v.ratio, help="fraction of patches to keep per image, in (0, 1]")
+    amount.add_argument("--budget", type=v.positive_int, metavar="N",
+                        help="N patches over all the images (start patches included), each next one to the image "
+                             "where it lowers the pool's mean loss most (greedy, ranked...; docs/active-learning.md)")
+    p.add_argument("--after", type=v.existing, default=None, metavar="PATH",
+                   help="continue every image from the patches it already has: a results folder of an earlier "
+                        "round, a patch_ids.json, or a Label Studio JSON export (the patches its annotations cover "
+                        "half of); they are kept, and not counted in --budget")
     p.add_argument("--strategy", default="greedy", choices=sorted(available()), metavar="STRATEGY",
                    help=f"proposal strategy: {', '.join(available())} (default: greedy = KPP, exact; for datasets "
                         "ranked: on photos it never saw 11-14x faster than greedy on a CPU at a mean loss 3-5%% lower "
@@ -95,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     resources = {"address": args.address, "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
                  "gpus_per_worker": args.gpus_per_worker} if args.engine == "ray" else {}
     settings = run_settings(args.preset, None, args.count, args.resize)
+    if args.budget is not None or args.after is not None:
+        return _run_pool(args, options, settings)
     try:
         s = run_propose(args.paths, args.ratio, strategy=args.strategy, model=args.model, start=args.start,
                         device=args.device, out_dir=args.out, batch_size=args.batch_size, seed=args.seed,
@@ -104,6 +114,26 @@ def run(args: argparse.Namespace) -> int:
         _report(args, stop.summary, "interrupted: ")
         raise
     _report(args, s)
+    return 1 if s["failed"] == s["found"] else 0
+
+
+def _run_pool(args: argparse.Namespace, options: dict, settings) -> int:
+    """``--budget`` / ``--after``: one search over the whole pool (:func:`keypatch.batch.run_pool`)."""
+    from keypatch.batch import run_pool
+
+    if args.engine not in ("process", "local"):
+        raise ValueError("--budget and --after search the whole pool at once, in this process: not with --engine ray")
+    s = run_pool(args.paths, budget=args.budget, ratio=args.ratio, after=args.after, strategy=args.strategy,
+                 model=args.model, start=args.start, device=args.device, out_dir=args.out, seed=args.seed,
+                 progress=not args.quiet, preset=settings, **options)
+    start = f", start {s['start']}" if s["start"] else ""
+    amount = f"budget {s['budget']}: {s['spent']} patches spent" if s["budget"] is not None else \
+        f"ratio {s['ratio']:g} = {s['k']} patches each"
+    after = f", {s['after']} images continued from {args.after}" if args.after is not None else ""
+    mean = f", mean L {s['mean_loss']:.4f}" if s["mean_loss"] is not None else ""
+    report(args, s, f"{s['done']} new, {s['skipped']} already stored, {s['failed']} unreadable (of {s['found']}) "
+           f"-> {s.get('store')}  [model {s['model_id']}, {s['strategy']}{start}, {amount}{after}{mean}, "
+           f"{s['seconds']:.1f} s]")
     return 1 if s["failed"] == s["found"] else 0
 
 

@@ -183,3 +183,20 @@ def test_a_new_strategy_is_covered_without_editing_a_test(tmp_path):
     # one that breaks the contract (a repeated patch) fails it
     bad = _run_contract_with(tmp_path, "throwaway_bad", "patches[:, 1] = patches[:, 0]")
     assert bad.returncode == 1 and "test_k_distinct_patches_in_range[throwaway_bad]" in bad.stdout, bad.stdout[-2000:]
+
+
+@pytest.mark.parametrize("name", available())
+def test_a_strategy_that_takes_begin_keeps_it_and_one_that_does_not_says_so(name, toy_model, images):
+    """Continuing a round: the answer begins with the patches given, distinct, k in all; a strategy
+    that cannot continue (``takes_begin`` false) has no step-by-step form for a budget either."""
+    proposer = get_proposer(name)
+    begin = torch.tensor([[3, 9], [0, 15], [5, 6]])
+    if not proposer.takes_begin:
+        assert proposer.stepwise() is None
+        with pytest.raises(ValueError, match="cannot continue"):
+            keypatch.propose_pool(images, 6, name, toy_model)
+        return
+    patches, losses, _ = proposer.select(toy_model, images, 7, 5, begin=begin)
+    assert patches.shape == (3, 7)
+    assert torch.equal(patches[:, :2], begin)
+    assert all(len(set(row)) == 7 for row in patches.tolist()) and losses.shape == (3, 7)

@@ -1,0 +1,160 @@
+"""The patches images already have, from an earlier round: what ``--after PATH`` reads.
+
+Three kinds of file, told apart by what they are:
+
+* **a results folder** (or its ``results.sqlite``): the patches of each image's record, matched by
+  the image's content (sha256). An image with records of more than one setting there is an error
+  naming them (``keypatch export --format patch_ids`` with the setting's flags picks one);
+* **a** ``patch_ids.json`` (the KPP authors' format, a JSON object): matched by file name up to the
+  first dot, as their loader does;
+* **a Label Studio JSON export** (a list of tasks): the patches the annotations cover, matched by
+  the task image's file name without its suffix. The rule: a patch counts as annotated where at
+  least :data:`COVER` of its pixels carry a label (brush, polygon or rectangle, drawn as
+  ``keypatch labels`` draws them, on the image's own pixels; the grid laid over the whole image as
+  the model's resize squashes it onto the grid).
+
+Everything read is checked (:mod:`keypatch.untrusted`): patches inside the grid, distinct.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from keypatch.geometry import PatchGrid
+from keypatch.store import STORE_NAME, ResultStore
+from keypatch.untrusted import bounded, read_json, refuse
+
+__all__ = ["COVER", "Earlier", "match_earlier", "patches_covered", "read_earlier"]
+
+COVER = 0.5
+"""A patch counts as annotated where at least this share of its pixels carries a label."""
+
+MAX_EXPORT_BYTES = 1 << 30
+
+
+@dataclass
+class Earlier:
+    """Patches per image from an earlier round: ``by_sha256`` (a store) or ``by_name`` (a file
+    keyed by names), and what the file was (``kind``, ``source``)."""
+
+    kind: str
+    source: Path
+    by_sha256: dict[str, list[int]] = field(default_factory=dict)
+    by_name: dict[str, list[int]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.by_sha256) + len(self.by_name)
+
+
+def _checked(patches: object, n: int, *, file: Path, entry: str) -> list[int]:
+    if not isinstance(patches, list):
+        raise refuse(file, entry, "is not a list of patch indices")
+    out = [bounded(p, 0, n - 1, file=file, entry=f"{entry}: a patch") for p in patches]
+    if len(set(out)) != len(out):
+        raise refuse(file, entry, "holds a patch twice")
+    return out
+
+
+def read_earlier(path: str | Path, grid: PatchGrid, *, cover: float = COVER) -> Earlier:
+    """The patches an earlier round gave each image (this module's docstring says which files and
+    how they are matched); a :class:`~keypatch.untrusted.HostileFileError` (a ValueError) naming
+    the file and entry for anything that is not as it should be."""
+    path = Path(path)
+    if path.is_dir() or path.name == STORE_NAME:
+        return _from_store(path if path.is_dir() else path.parent, grid)
+    if not path.is_file():
+        raise FileNotFoundError(f"--after {path}: no such results folder or file")
+    data = read_json(path, max_bytes=MAX_EXPORT_BYTES)
+    if isinstance(data, dict):
+        from keypatch.exports.patch_ids import read_patch_ids
+
+        checked = read_patch_ids(path)
+        return Earlier("patch_ids.json", path, by_name={
+            name: _checked(item["patch"], grid.n, file=path, entry=f"entry {name[:80]!r}")
+            for name, item in checked.items()})
+    if isinstance(data, list):
+        return _from_label_studio(data, path, grid, cover)
+    raise refuse(path, "the file", "is neither a patch_ids.json (an object) nor a Label Studio JSON export (a list)")
+
+
+def _from_store(folder: Path, grid: PatchGrid) -> Earlier:
+    if not (folder / STORE_NAME).is_file():
+        raise FileNotFoundError(f"--after {folder}: no {STORE_NAME} there (not a results folder)")
+    with ResultStore(folder, create=False, read_only=True) as store:
+        records = store.records()
+    out = Earlier("results folder", folder)
+    settings: dict[str, set] = {}
+    for r in records:
+        settings.setdefault(r.sha256, set()).add(r.settings)
+        out.by_sha256[r.sha256] = _checked(list(r.patches), grid.n, file=folder / STORE_NAME,
+                                           entry=f"the record of {str(r.image_path)[:80]}")
+    many = {sha: s for sha, s in settings.items() if len(s) > 1}
+    if many:
+        sha, s = next(iter(many.items()))
+        flags = "; ".join(sorted(x.flags() for x in s))
+        raise ValueError(f"--after {folder}: {len(many)} images have records of more than one setting (image "
+                         f"{sha[:12]}: {flags}); write the round to continue with keypatch export {folder} "
+                         f"--format patch_ids and its flags, and pass that file")
+    return out
+
+
+def patches_covered(labelled: np.ndarray, grid: PatchGrid, cover: float = COVER) -> list[int]:
+    """The patches of ``grid`` of which at least ``cover`` of the pixels are True in ``labelled``
+    ``(H, W)`` (the grid laid over the whole image, as the model's resize squashes it), ascending."""
+    h, w = labelled.shape
+    rows = np.linspace(0, h, grid.rows + 1).round().astype(int)
+    cols = np.linspace(0, w, grid.cols + 1).round().astype(int)
+    total = np.pad(labelled.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    out = []
+    for r in range(grid.rows):
+        for c in range(grid.cols):
+            r0, r1, c0, c1 = rows[r], rows[r + 1], cols[c], cols[c + 1]
+            area = (r1 - r0) * (c1 - c0)
+            inside = total[r1, c1] - total[r0, c1] - total[r1, c0] + total[r0, c0]
+            if area and inside >= cover * area:
+                out.append(r * grid.cols + c)
+    return out
+
+
+def _from_label_studio(tasks: list, path: Path, grid: PatchGrid, cover: float) -> Earlier:
+    from PIL import Image
+
+    from keypatch.data.labels import IGNORE, write_label_masks
+
+    out = Earlier("Label Studio export", path)
+    with tempfile.TemporaryDirectory() as tmp:
+        masks = write_label_masks(tasks, tmp, source=path)
+        for stem, png in masks.masks.items():
+            with Image.open(png) as im:
+                labelled = np.asarray(im) != IGNORE
+            out.by_name[stem] = patches_covered(labelled, grid, cover)
+    return out
+
+
+def _names(path: Path) -> list[str]:
+    """The names an image file may be known by: its file name up to the first dot (patch_ids.json),
+    its stem (a Label Studio export's), its file name."""
+    return list(dict.fromkeys([path.name.split(".")[0], path.stem, path.name]))
+
+
+def match_earlier(earlier: Earlier, paths: Sequence[str | Path], digests: Sequence[str]) -> list[list[int]]:
+    """Each image's earlier patches (``[]`` where ``earlier`` has none), by content for a store and
+    by name otherwise. Two images of one name where ``earlier`` knows that name are an error."""
+    out: list[list[int]] = []
+    if earlier.by_sha256:
+        return [list(earlier.by_sha256.get(d, [])) for d in digests]
+    seen: dict[str, str] = {}
+    for p in map(Path, paths):
+        hit = next((n for n in _names(p) if n in earlier.by_name), None)
+        if hit is not None and hit in seen and seen[hit] != str(p):
+            raise ValueError(f"--after {earlier.source}: {seen[hit]} and {p} are both {hit!r} there; "
+                             f"give them different file names")
+        if hit is not None:
+            seen[hit] = str(p)
+        out.append(list(earlier.by_name.get(hit, [])) if hit is not None else [])
+    return out
