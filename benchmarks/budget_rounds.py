@@ -72,7 +72,7 @@ def main() -> None:
                   f"({(loss['round2'] / loss['double'] - 1) * 100:+.2f}%)")
             print(f"  patches: budget {count['budget']}, even {count['even']}, round 2 {count['round2']} "
                   f"(round-1 patches kept: {kept}), one round {count['double']}")
-            print(f"  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in sec.items()))
+            print("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in sec.items()))
             print("  per image (budget / round 2 / one round): " + ", ".join(
                 f"{f.stem[:14]} {len(p['budget'][f.name])}/{len(p['round2'][f.name])}/{len(p['double'][f.name])}"
                 for f in files), flush=True)

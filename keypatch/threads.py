@@ -1,6 +1,6 @@
-"""CPU threads that hold up on a shared machine: as many of torch's threads as the cores other work
-leaves free, read from the kernel's counters, or (where those cannot be read) all threads or one,
-by what each has been taking per scored set.
+"""CPU threads that hold up on a shared machine: at most as many of torch's threads as the cores other
+work leaves free, read from the kernel's counters, and among those all or one, by what each has been
+taking per scored set.
 
 On a quiet machine the model's passes run fastest on every core. When another process holds a
 core, OpenMP's threads wait for the one that is descheduled at every parallel region, and a pass
@@ -8,13 +8,15 @@ can take several times longer than on one thread (``benchmarks/bench_threads.py`
 most. The objective runs its CPU passes through :data:`TUNER` (every kind: losses, error maps, the
 ``ranked`` strategy's ranker net). On Linux, :class:`LoadMonitor` reads ``/proc/stat`` every
 :attr:`LoadMonitor.window` seconds: the CPU time of the cores this process may run on, less this
-process's own, is the work of others (other processes, a hypervisor's steal); each pass runs on the
-cores it leaves free, at most ``torch.get_num_threads()`` (whatever set it) and at least one. Nothing
-is timed and nothing probed, so a quiet machine pays nothing and a change of load is followed
-within a window or two. Where the counters do not describe this process's share of the machine (no
-``/proc/stat``, or a cgroup CPU quota, as in a container with a CPU limit), the tuner falls back to
-timing: for each kind and size of pass an estimate of the seconds per unit on all threads and on
-one, the faster run, the other re-measured every :attr:`ThreadTuner.probe_every` passes.
+process's own, is the work of others (other processes, a hypervisor's steal); a pass may use the
+cores it leaves free, at most ``torch.get_num_threads()`` (whatever set it). With one core free it
+runs on one thread, nothing timed or probed (on a busy machine a probe of all threads costs several
+passes); with more, the tuner times: for each kind and size of pass an estimate of the seconds per
+unit on the free cores and on one, the faster run, the other re-measured every
+:attr:`ThreadTuner.probe_every` passes (on a quiet machine the smallest passes, the ranker's, run
+faster on one thread). A change of load is followed within a window or two. Where the counters do
+not describe this process's share of the machine (no ``/proc/stat``, or a cgroup CPU quota, as in a
+container with a CPU limit), every pass is timed between all threads and one.
 
 Moving a pass between thread counts must not change a loss. PyTorch's CPU matrix products come
 from Intel MKL, whose products of few rows give different last bits on one thread and on several
@@ -202,15 +204,16 @@ class _Choice:
         self.rate: dict[int, float] = {}
         self.last: dict[int, int] = {}
         self.used: dict[int, int] = {}
+        self.timed: dict[int, int] = {}
         self.passes = 0
 
 
 class ThreadTuner:
     """Chooses, pass by pass, the torch thread count of the objective's CPU passes.
 
-    Where :class:`LoadMonitor` can read the machine's load (Linux, no cgroup CPU quota), a pass runs
-    on the cores that other work leaves free (at most the current ``torch.get_num_threads()``, at
-    least one). Elsewhere it chooses between the current count and one by timing: passes are told
+    Where :class:`LoadMonitor` can read the machine's load (Linux, no cgroup CPU quota), a pass may
+    use the cores that other work leaves free (at most the current ``torch.get_num_threads()``): one
+    free core, one thread. Otherwise it chooses between those cores and one by timing: passes are told
     apart by their kind (``"loss"``, ``"errors"``, ``"ranker"``...) and their size (units in powers
     of two): a pass of 4 sets is not a pass of 196 sets. Small passes lose the most to a busy core
     (a parallel region waits for its descheduled thread whatever the work in it), and are the ones a
@@ -286,13 +289,13 @@ class ThreadTuner:
         passes (three times as many when it was :attr:`clear`-ly slower)."""
         c = self.choices.setdefault(key, _Choice())
         options = (many, 1)
-        prior = self.prior(key) if len(c.rate) < 2 else None
+        prior = self.prior(key, many) if many not in c.rate or 1 not in c.rate else None
         if prior in options:  # a new kind or size: start where the nearest measured passes are faster
             other = 1 if prior == many else many
             return other if c.passes >= self.probe_every else prior
-        young = [t for t in options if c.used.get(t, 0) < 2]
+        young = [t for t in options if c.timed.get(t, 0) < 2]
         if young:
-            return min(young, key=lambda t: c.used.get(t, 0))
+            return min(young, key=lambda t: c.timed.get(t, 0))
         # one thread must be faster by ``prefer`` to be taken: a quiet machine's small passes time
         # too noisily to leave all threads on a near tie
         best = 1 if c.rate[1] * self.prefer < c.rate[many] else many
@@ -301,9 +304,9 @@ class ThreadTuner:
         return other if c.passes - c.last[other] >= every else best
 
     def run(self, fn: Callable[[], T], units: int, kind: str = "loss") -> T:
-        """``fn()`` on the thread count the load monitor gives, or (where it cannot read the load) the
-        count :meth:`choose` gives for a pass of ``kind`` and ``units`` units of work (sets scored,
-        images ranked), timed per unit.
+        """``fn()`` on one thread where the load monitor finds one core free, else on the count
+        :meth:`choose` gives among the free cores (all threads where the load cannot be read) for a
+        pass of ``kind`` and ``units`` units of work (sets scored, images ranked), timed per unit.
 
         With tuning off or one thread available, ``fn()`` runs as it is.
         """
@@ -323,50 +326,52 @@ class ThreadTuner:
         key = (kind, max(1, int(units)).bit_length())
         if self.load and self.monitor is None:
             self.monitor = LoadMonitor()
-        threads = self.monitor.threads(many) if self.load and self.monitor is not None else None
-        if threads is not None:  # the cores others leave free: nothing to time
+        free = self.monitor.threads(many) if self.load and self.monitor is not None else None
+        cap = many if free is None else free  # the threads a pass may have: what others leave free
+        after = cap if self.holding else many  # the count left set between passes
+        if self.holding:
+            self.applied = cap
+        if cap == 1:  # one core free: one thread, nothing to time or probe
             c = self.choices.setdefault(key, _Choice())
             c.passes += 1
-            c.used[threads] = c.used.get(threads, 0) + 1
-            if not self.holding:
-                return _on(threads, many, fn)
-            if threads != torch.get_num_threads():
-                torch.set_num_threads(threads)
-            self.applied = threads
-            return fn()
-        threads = self.choose(many, key)
+            c.used[1] = c.used.get(1, 0) + 1
+            return _run_on(1, after, fn)
+        threads = self.choose(cap, key)  # among the free cores: all of them or one, by timing
         c = self.choices[key]
         start = time.perf_counter()
-        out = _on(threads, many, fn)
+        out = _run_on(threads, after, fn)
         seconds = (time.perf_counter() - start) / max(1, units)
         if threads in c.rate and c.last[threads] == c.passes - 1:  # running on: smooth
             seconds = (1 - self.smoothing) * c.rate[threads] + self.smoothing * seconds
         c.rate[threads], c.last[threads] = seconds, c.passes  # after a gap the new measurement stands
         c.passes += 1
         c.used[threads] = c.used.get(threads, 0) + 1
+        c.timed[threads] = c.timed.get(threads, 0) + 1
         return out
 
-    def prior(self, key: tuple[str, int]) -> int | None:
-        """The faster thread count of the measured kind and size of pass nearest ``key`` (the nearest
-        size, of the same kind where there is a choice), or None before any is measured on both."""
+    def prior(self, key: tuple[str, int], many: int | None = None) -> int | None:
+        """The faster of ``many`` (default: the count in use) and one thread for the measured kind and
+        size of pass nearest ``key`` (the nearest size, of the same kind where there is a choice), or
+        None before any is measured on both."""
+        many = self.many if many is None else many
         known = [(abs(size - key[1]), k != key[0], k, size) for (k, size), c in self.choices.items()
-                 if len(c.rate) == 2 and (k, size) != key]
+                 if many in c.rate and 1 in c.rate and (k, size) != key]
         if not known:
             return None
         *_, kind, size = min(known)
         rate = self.choices[(kind, size)].rate
-        return 1 if rate[1] * self.prefer < rate[self.many] else self.many
+        return 1 if rate[1] * self.prefer < rate[many] else many
 
 
-def _on(threads: int, many: int, fn: Callable[[], T]) -> T:
-    """``fn()`` on ``threads`` torch threads, ``many`` given back afterwards."""
-    if threads == many:
-        return fn()
-    torch.set_num_threads(threads)
+def _run_on(threads: int, after: int, fn: Callable[[], T]) -> T:
+    """``fn()`` on ``threads`` torch threads, the count ``after`` set afterwards."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     try:
         return fn()
     finally:
-        torch.set_num_threads(many)
+        if torch.get_num_threads() != after:
+            torch.set_num_threads(after)
 
 
 TUNER = ThreadTuner()

@@ -34,10 +34,11 @@ def add_device(p: argparse.ArgumentParser, what: str = "where to compute") -> No
 
     p.add_argument("--device", choices=DEVICES, default="auto", help=f"{what} (default: auto = cuda if available)")
     p.add_argument("--threads", type=values.threads, default=None, metavar="auto|N",
-                   help="CPU threads (default: each pass on all of torch's threads or on one, whichever has been "
-                        "faster: one when another process holds a core; same losses either way, where MKL's strict "
-                        "mode is on, as import keypatch sets it); N fixes the count; auto tunes even without "
-                        "strict mode (losses may then differ in the last bits from run to run)")
+                   help="CPU threads (default: as many of torch's threads as the cores other processes leave free, "
+                        "read from /proc/stat every quarter second, or where that cannot be read all threads or one, "
+                        "whichever has been faster; the same losses on any count, where MKL's strict mode is on, as "
+                        "import keypatch sets it); N fixes the count; auto tunes even without strict mode (losses "
+                        "may then differ in the last bits from run to run)")
 
 
 def add_results(p: argparse.ArgumentParser) -> None:

@@ -167,7 +167,7 @@ def write_label_masks(export: str | Path | list, out: str | Path, *, classes: di
     -------
     LabelMasks
     """
-    file = Path(source or (export if not isinstance(export, list) else "the export"))
+    file: Any = source if source is not None else Path(export if not isinstance(export, list) else "the export")
     tasks = export if isinstance(export, list) else read_json(export, max_bytes=MAX_EXPORT_BYTES)
     if not isinstance(tasks, list):
         raise refuse(file, "the file", "is not a Label Studio JSON export (a list of tasks)")
@@ -253,6 +253,32 @@ def write_label_masks(export: str | Path | list, out: str | Path, *, classes: di
     for why, n in result.skipped.items():
         warnings.warn(f"{file}: {n} x {why}: not drawn", LabelsWarning, stacklevel=2)
     return result
+
+
+def fetch_export(url: str, api_key: str, project: int, *, timeout: float = 600.0) -> list:
+    """A project's annotated tasks from a running Label Studio (its JSON export, through
+    ``/api/projects/ID/export?exportType=JSON``), as :func:`write_label_masks` takes them.
+
+    The token goes to ``url``'s host only (a redirect elsewhere is followed without it); a personal
+    access token is exchanged for an access token first. The export may be at most 1 GiB.
+    """
+    from keypatch.serve.images import ImageFetchError, ImageSource
+
+    if isinstance(project, bool) or not isinstance(project, int) or project < 1:
+        raise ValueError(f"project must be a Label Studio project id (a positive integer), got {project!r}")
+    source = ImageSource(label_studio_url=url, api_key=api_key, max_bytes=MAX_EXPORT_BYTES, timeout=timeout)
+    where = f"{url.rstrip('/')}/api/projects/{project}/export"
+    try:
+        data = source.api(f"/api/projects/{project}/export?exportType=JSON")
+    except ImageFetchError as exc:
+        raise ValueError(f"could not read the export of project {project} from {url}: {exc}") from None
+    try:
+        tasks = json.loads(data)
+    except ValueError:
+        raise refuse(where, "the answer", "is not JSON") from None
+    if not isinstance(tasks, list):
+        raise refuse(where, "the answer", "is not a Label Studio JSON export (a list of tasks)")
+    return tasks
 
 
 class SparseLabels:

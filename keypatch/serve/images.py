@@ -298,6 +298,16 @@ class ImageSource:
             resp.close()
 
     # ------------------------------------------------------------------ one image
+    def api(self, path: str) -> bytes:
+        """GET ``path`` (``/api/...``) of the pinned Label Studio host with its token (an access token
+        renewed once when it answers 401), under this source's size limit and deadline."""
+        if not self._pinned or self._creds is None:
+            raise ImageFetchError("Label Studio's API is read only from a host given with its token "
+                                  "(--label-studio-url and --api-key)")
+        if not path.startswith("/api/"):
+            raise ImageFetchError(f"{path}: not a path of Label Studio's API")
+        return self._label_studio(self._creds, path)
+
     def get(self, ref: object) -> bytes:
         """The bytes of the image ``ref`` names; an :class:`ImageFetchError` saying why not."""
         if not isinstance(ref, str) or not ref:

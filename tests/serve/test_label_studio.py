@@ -131,3 +131,42 @@ def test_label_studio_gets_keypatch_predictions_equal_to_the_export(label_studio
         got = pred["result"][0]
         assert got["value"]["rle"] == want["value"]["rle"] and got["value"]["brushlabels"] == ["key_patch"]
         assert (got["original_width"], got["original_height"]) == Image.open(path).size
+
+
+RECTANGLES = ('<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
+              '<Label value="cat"/><Label value="dog"/></RectangleLabels></View>')
+
+
+def test_annotations_pulled_from_label_studio_are_masks_of_their_pixels(label_studio, tmp_path, capsys):
+    """``keypatch labels --label-studio-url URL --api-key KEY --project ID``: an annotation created
+    through Label Studio's API comes back as its class id on the pixels it covers, 255 elsewhere;
+    a task without annotations has no mask."""
+    import numpy as np
+
+    from keypatch.cli.main import main
+
+    url, docroot = label_studio
+    client = sdk.LabelStudio(base_url=url, api_key=TOKEN)
+    project = client.projects.create(title="labels back", label_config=RECTANGLES)
+    client.projects.import_tasks(id=project.id,
+                                 request=[{"image": f"/data/local-files/?d=photos/{n}.jpg"} for n in PHOTOS[:2]])
+    tasks = sorted(client.tasks.list(project=project.id), key=lambda t: t.id)
+    first = next(t for t in tasks if t.data["image"].endswith(f"{PHOTOS[0]}.jpg"))
+    w, h = Image.open(docroot / "photos" / f"{PHOTOS[0]}.jpg").size
+    client.annotations.create(id=first.id, result=[{
+        "from_name": "label", "to_name": "image", "type": "rectanglelabels", "original_width": w,
+        "original_height": h, "value": {"x": 0, "y": 0, "width": 50, "height": 50, "rotation": 0,
+                                         "rectanglelabels": ["dog"]}}])
+    out = tmp_path / "labels"
+    assert main(["labels", "--label-studio-url", url, "--api-key", TOKEN, "--project", str(project.id),
+                 "--out", str(out), "--quiet"]) == 0
+    classes = json.loads((out / "classes.json").read_text())
+    mask = np.array(Image.open(out / f"{PHOTOS[0]}.png"))
+    assert mask.shape == (h, w) and classes == {"dog": 0}
+    assert (mask[: h // 2 - 1, : w // 2 - 1] == 0).all()
+    assert (mask[h // 2 + 1:] == 255).all() and (mask[:, w // 2 + 1:] == 255).all()
+    assert not (out / f"{PHOTOS[1]}.png").exists()
+    # the same export with a wrong token: an error naming the project, nothing written
+    assert main(["labels", "--label-studio-url", url, "--api-key", "wrong-token", "--project", str(project.id),
+                 "--out", str(tmp_path / "no")]) == 2
+    assert f"project {project.id}" in capsys.readouterr().err and not (tmp_path / "no" / "classes.json").exists()
