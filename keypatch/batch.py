@@ -70,7 +70,7 @@ class Interrupted(KeyboardInterrupt):
 
 def run_propose(paths: str | Path | Sequence[str | Path], ratio: float, strategy: str | Proposer = "greedy",
                 model: Any = "default", start: str | int | tuple[int, int] | None = None, device: str = "auto",
-                out_dir: str | Path = DEFAULT_OUT, batch_size: int = 1, seed: int = 0, progress: bool = True,
+                out_dir: str | Path = DEFAULT_OUT, batch_size: int | str = "auto", seed: int = 0, progress: bool = True,
                 preset: str | RunSettings | None = None, engine: str | Engine = "process", claims: Claims | None = None,
                 **options: Any) -> dict[str, Any]:
     r"""Propose key patches for every image under ``paths`` and store one record per image.
@@ -91,8 +91,10 @@ def run_propose(paths: str | Path | Sequence[str | Path], ratio: float, strategy
         and the seed only for strategies whose answer depends on it.
     out_dir : str or Path
         Results folder; the store is ``out_dir / "results.sqlite"``.
-    batch_size : int
-        Images per MAE batch (they share MAE passes); the answers do not depend on it.
+    batch_size : int or "auto"
+        Images per MAE batch (they share MAE passes); the answers do not depend on it. ``"auto"``
+        (the default): 1 on a CPU, on a GPU as many as fill a pass sized from free memory
+        (:func:`keypatch.objective.auto_batch`); 8 for Ray actors with GPUs.
     progress : bool
         Show a tqdm progress bar (on stderr).
     preset : {"paper", "reference"} or RunSettings, optional
@@ -125,8 +127,8 @@ def run_propose(paths: str | Path | Sequence[str | Path], ratio: float, strategy
 
     t0 = time.perf_counter()
     ratio = _check_ratio(ratio)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
     seed = check_seed(seed)
     claims = claims or Claims()
     settings = preset if isinstance(preset, RunSettings) else run_settings(preset)
@@ -140,6 +142,10 @@ def run_propose(paths: str | Path | Sequence[str | Path], ratio: float, strategy
         raise ValueError(f"the results folder {out_dir} is a file")
     check_writable(out_dir / STORE_NAME)  # before the model loads
     mae = resolve_model(model, device)
+    if batch_size == "auto":
+        from keypatch.objective import auto_batch
+
+        batch_size = 8 if getattr(runner, "gpus_per_worker", 0) else auto_batch(mae)
     job = Job(mae, proposer, ratio, seed, claims.lease, len(files), settings,
               model_spec=model if isinstance(model, str) else mae)
     job.summary.update(runner.summary())

@@ -57,6 +57,15 @@ def auto_chunk(model: MAE) -> int:
     return int(min(16384, max(CPU_CHUNK, GPU_MEMORY_SHARE * free // per_set)))
 
 
+def auto_batch(model: MAE) -> int:
+    """Images per batch for ``model``'s device (``--batch-size auto``): 1 on CPUs (a step of one
+    image's candidates fills the cores, and a busy core hurts less); on GPUs as many images as a
+    step's candidates fill one pass of :func:`auto_chunk` sets, 1 to 256."""
+    if model.device.type != "cuda":
+        return 1
+    return int(min(256, max(1, auto_chunk(model) // model.grid.n)))
+
+
 class Step(NamedTuple):
     """One greedy step (:meth:`Objective.step`)."""
 

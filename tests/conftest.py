@@ -105,3 +105,15 @@ def interrupt_call(fn, at: int):
         return fn(*args, **kwargs)
 
     return wrapped
+
+
+def brush_patches(result: dict, grid) -> list[int]:
+    """The patches a brush result covers (at least half of their pixels)."""
+    import numpy as np
+
+    from keypatch.data.labels import decode_rle
+    from keypatch.rounds.after import patches_covered
+
+    w, h = result["original_width"], result["original_height"]
+    rgba = decode_rle(result["value"]["rle"], w * h * 4, file="test", entry="rle").reshape(h, w, 4)
+    return patches_covered(np.asarray(rgba[:, :, 3] >= 128), grid)

@@ -59,7 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model(p)
     add_device(p)
     add_results(p)
-    p.add_argument("--batch-size", type=v.positive_int, default=1, help="images per MAE batch (default: 1)")
+    p.add_argument("--batch-size", type=v.batch_size, default="auto", metavar="auto|N",
+                   help="images per MAE batch (default auto: 1 on a CPU; on a GPU as many as fill a pass sized "
+                        "from free memory; 8 for Ray actors with GPUs)")
     p.add_argument("--seed", type=v.seed, default=0,
                    help="seed for randomised strategies (random, stochastic, swap, attention's ties); each image "
                         "draws from the seed and its own pixels")

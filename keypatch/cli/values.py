@@ -103,6 +103,17 @@ def threads(text: str) -> int | str:
     return value
 
 
+@check(bad=["0", "-1", "x", "1.5"], good="auto")
+def batch_size(text: str) -> int | str:
+    """``auto`` or a number of images >= 1."""
+    if text == "auto":
+        return text
+    value = _number(text, int, "expected 'auto' or a number of images >= 1")
+    if value < 1:
+        _fail("expected 'auto' or a number of images >= 1", text)
+    return value
+
+
 @check(bad=["-1", "x", "7,", "a,b", "1,2,3", "1,-3"], good="center")
 def start(text: str) -> str:
     """``center``, ``none``, a patch index or ``ROW,COL`` (non-negative; the model's grid bounds them

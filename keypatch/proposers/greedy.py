@@ -39,6 +39,7 @@ class Greedy(SearchProposer):
     """
 
     name = "greedy"
+    takes_begin = True
     prefix_consistent = True
 
     @torch.no_grad()

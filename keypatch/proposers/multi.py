@@ -42,6 +42,7 @@ class MultiGreedy(SearchProposer):
     """
 
     name = "multi"
+    takes_begin = True
     options = {**SearchProposer.options, "per_step": int, "min_distance": int}
 
     def __init__(self, start: str = "center", per_step: int = 3, min_distance: int = 2,

@@ -73,6 +73,7 @@ class RankedGreedy(SearchProposer):
     """
 
     name = "ranked"
+    takes_begin = True
     start_rule = "moves"
     options = {**SearchProposer.options, "m": int, "errors": int, "keep": int, "rounds": int, "reach": int,
                "moves": int, "ranker": str}

@@ -65,6 +65,7 @@ class ScreenedGreedy(SearchProposer):
     """
 
     name = "screened"
+    takes_begin = True
     start_rule = "moves"
     options = {**SearchProposer.options, "m": int, "keep": int, "rounds": int, "reach": int, "batched": bool}
 

@@ -92,7 +92,6 @@ class SearchProposer(Proposer):
     """
 
     options = {"start": (str, int, tuple, list), "chunk_size": int, "precision": str}
-    takes_begin = True
 
     def __init__(self, start: str = "center", chunk_size: int = DEFAULT_CHUNK,
                  precision: str = DEFAULT_PRECISION) -> None:
@@ -112,6 +111,8 @@ class SearchProposer(Proposer):
         move only the patches added), their losses NaN but ``L`` of the whole ``begin`` set."""
         seeds = image_seeds(images, seed) if self.uses_seed else [int(seed)] * images.shape[0]
         objective = self.objective(model, images)
+        if begin is not None and not self.takes_begin:
+            raise ValueError(f"strategy {self.name!r} cannot continue from given patches (takes_begin is false)")
         if begin is not None:
             objective.begin = check_begin(begin, images.shape[0], k, objective.grid.n, objective.device)
         with TUNER.hold() if objective.device.type == "cpu" else contextlib.nullcontext():
@@ -216,6 +217,8 @@ class GainSearchProposer(SearchProposer):
     The gains are measured from ``L`` of the start set; with ``start="none"`` the empty set's ``L``
     is evaluated once for them.
     """
+
+    takes_begin = True  # they begin from start_state, which reads Objective.begin
 
     @torch.no_grad()
     def search(self, objective: Objective, k: int, seeds: list[int]):

@@ -44,6 +44,7 @@ class StochasticGreedy(SearchProposer):
     """
 
     name = "stochastic"
+    takes_begin = True
     uses_seed = True
     options = {**SearchProposer.options, "eps": float}
 

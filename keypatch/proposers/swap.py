@@ -62,6 +62,7 @@ class SwapRefine(SearchProposer):
     """
 
     name = "swap"
+    takes_begin = True
     start_rule = "moves"
     options = {"base": str, "rounds": int, "reach": int, **SearchProposer.options}
     options_pass_through = True  # the base strategy's own options; the base checks them

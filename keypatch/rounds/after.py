@@ -29,7 +29,7 @@ from keypatch.geometry import PatchGrid
 from keypatch.store import STORE_NAME, ResultStore
 from keypatch.untrusted import bounded, read_json, refuse
 
-__all__ = ["COVER", "Earlier", "match_earlier", "patches_covered", "read_earlier"]
+__all__ = ["COVER", "Earlier", "annotated_patches", "match_earlier", "patches_covered", "read_earlier"]
 
 COVER = 0.5
 """A patch counts as annotated where at least this share of its pixels carries a label."""
@@ -78,7 +78,7 @@ def read_earlier(path: str | Path, grid: PatchGrid, *, cover: float = COVER) -> 
             name: _checked(item["patch"], grid.n, file=path, entry=f"entry {name[:80]!r}")
             for name, item in checked.items()})
     if isinstance(data, list):
-        return _from_label_studio(data, path, grid, cover)
+        return annotated_patches(data, grid, source=path, cover=cover)
     raise refuse(path, "the file", "is neither a patch_ids.json (an object) nor a Label Studio JSON export (a list)")
 
 
@@ -121,14 +121,21 @@ def patches_covered(labelled: np.ndarray, grid: PatchGrid, cover: float = COVER)
     return out
 
 
-def _from_label_studio(tasks: list, path: Path, grid: PatchGrid, cover: float) -> Earlier:
+def annotated_patches(tasks: list, grid: PatchGrid, *, source: str | Path = "the export",
+                      cover: float = COVER) -> Earlier:
+    """The patches of ``grid`` that the annotations of Label Studio ``tasks`` (an export's list,
+    or tasks with their annotations as a webhook sends them) cover at least ``cover`` of, by the
+    task image's file stem (``by_name``); a task without drawn results has no entry."""
+    import warnings
+
     from PIL import Image
 
-    from keypatch.data.labels import IGNORE, write_label_masks
+    from keypatch.data.labels import IGNORE, LabelsWarning, write_label_masks
 
-    out = Earlier("Label Studio export", path)
-    with tempfile.TemporaryDirectory() as tmp:
-        masks = write_label_masks(tasks, tmp, source=path)
+    out = Earlier("Label Studio export", Path(source))
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", LabelsWarning)  # other result types: not drawn, so not covered
+        masks = write_label_masks(tasks, tmp, source=source)
         for stem, png in masks.masks.items():
             with Image.open(png) as im:
                 labelled = np.asarray(im) != IGNORE

@@ -40,6 +40,42 @@ from keypatch.store.sqlite import DEFAULT_LEASE
 
 log = logging.getLogger("keypatch.serve")
 
+ANNOTATED_NAME = "annotated.json"
+"""Beside the store: the patches each image's annotations cover, by image content and annotation id."""
+
+
+def read_annotated(path: Path, n: int) -> dict[str, dict[str, list[int]]]:
+    """``annotated.json`` checked (sha256 -> annotation id -> distinct patches of a grid of ``n``);
+    empty where there is none. Anything else is a :class:`~keypatch.untrusted.HostileFileError`."""
+    from keypatch.untrusted import bounded, read_json, refuse
+
+    if not path.exists():
+        return {}
+    data = read_json(path, max_bytes=256 << 20)
+    if not isinstance(data, dict):
+        raise refuse(path, "the file", "is not a JSON object")
+    out: dict[str, dict[str, list[int]]] = {}
+    for digest, per in data.items():
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not isinstance(per, dict):
+            raise refuse(path, f"entry {digest[:70]!r}", "is not a sha256 with its annotations")
+        out[digest] = {}
+        for aid, patches in per.items():
+            at = f"{digest[:12]} annotation {aid[:20]!r}"
+            if not aid.isdigit() or not isinstance(patches, list):
+                raise refuse(path, at, "is not an annotation id with a list of patches")
+            out[digest][aid] = sorted({bounded(p, 0, n - 1, file=path, entry=f"{at}: a patch") for p in patches})
+    return out
+
+
+def write_annotated(path: Path, data: dict[str, dict[str, list[int]]]) -> None:
+    """Write ``annotated.json`` whole, through a temporary file (a reader never sees half of it)."""
+    import json
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True))
+    os.replace(tmp, path)
+
 
 class _NoBar:
     def update(self, n: int = 1) -> None:
@@ -99,6 +135,10 @@ class Backend:
         self.stats = {"requests": 0, "tasks": 0, "computed": 0, "from_store": 0, "errors": 0, "batches": 0}
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._lock = threading.Lock()
+        self.annotated_path = Path(out) / ANNOTATED_NAME
+        self.annotated = read_annotated(self.annotated_path, self.mae.grid.n)
+        """Image sha256 -> annotation id -> the patches it covers (what the webhook recorded)."""
+        self._continued: dict[tuple[str, tuple[int, ...]], Record] = {}
         self._thread: threading.Thread | None = None
         if thread:
             self._thread = threading.Thread(target=self.serve_batches, name="keypatch-batches", daemon=True)
@@ -158,6 +198,49 @@ class Backend:
             except Exception as exc:  # noqa: BLE001 - each task's failure is its own result
                 out.append(self._error(exc))
         return out
+
+    def webhook(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Label Studio's webhook: an annotation created or updated records the patches it covers
+        (at least half of their pixels; :func:`keypatch.rounds.after.annotated_patches`) for its
+        task's image, by content, in ``OUT/annotated.json``; deleted annotations are forgotten. The
+        next ``/predict`` of an image with annotated patches proposes the patches after them (they
+        stay out of the prediction). Other events are acknowledged and ignored."""
+        action = payload.get("action")
+        if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+            task, annotation = payload.get("task"), payload.get("annotation")
+            if not isinstance(task, dict) or not isinstance(annotation, dict) or not isinstance(task.get("data"), dict):
+                raise ValueError(f"{action} without its task and annotation (send_payload must be on)")
+            aid = annotation.get("id")
+            if isinstance(aid, bool) or not isinstance(aid, int):
+                raise ValueError(f"{action}: the annotation has no integer id")
+            data = task["data"]
+            ref = data.get("image", next((v for v in data.values() if isinstance(v, str)), None))
+            digest = hashlib.sha256(self.source.get(ref)).hexdigest()
+            from keypatch.rounds.after import annotated_patches
+
+            found = annotated_patches([{"id": task.get("id", 0), "data": data, "annotations": [annotation]}],
+                                      self.mae.grid, source=f"the {action} of annotation {aid}")
+            patches = next(iter(found.by_name.values()), [])
+            with self._lock:
+                self.annotated.setdefault(digest, {})[str(aid)] = patches
+                write_annotated(self.annotated_path, self.annotated)
+                total = len(set().union(*self.annotated[digest].values()))
+            return {"status": "ok", "image": digest[:12], "annotation": aid, "patches": len(patches),
+                    "annotated": total}
+        if action == "ANNOTATIONS_DELETED":
+            gone = {str(a.get("id")) for a in payload.get("annotations") or [] if isinstance(a, dict)}
+            with self._lock:
+                for per in self.annotated.values():
+                    for aid in gone & set(per):
+                        del per[aid]
+                write_annotated(self.annotated_path, self.annotated)
+            return {"status": "ok", "forgotten": len(gone)}
+        return {"status": "ok", "note": f"{str(action)[:60]} is not an event key patches use"}
+
+    def _annotated(self, digest: str) -> list[int]:
+        with self._lock:
+            per = self.annotated.get(digest, {})
+            return sorted(set().union(*per.values())) if per else []
 
     def _error(self, exc: BaseException) -> dict[str, Any]:
         with self._lock:
@@ -222,6 +305,34 @@ class Backend:
                               options_json=s.options_json)
         return found[0] if found else None
 
+    def _continue(self, digest: str, item: _Item, after: list[int]) -> Record | None:
+        """The proposal after an image's annotated patches ``after``: the next ``k`` patches (the
+        annotated ones not among them), its loss ``L`` of all of them; None where the strategy
+        cannot continue from given patches (the image is then served as if not annotated)."""
+        from keypatch.rounds import check_budget, pool_proposals
+
+        key = (digest, tuple(after))
+        if key in self._continued:
+            return self._continued[key]
+        proposer = self.job.proposer
+        try:
+            check_budget(proposer)
+        except ValueError:
+            log.warning("%s cannot continue from annotated patches: %s is served as if none were", proposer.name,
+                        item.name)
+            return None
+        x = self._pixels(item)[None].to(self.mae.device)
+        k = min(self.mae.grid.n, len(after) + self.job.k)
+        with torch.no_grad():
+            p = pool_proposals(self.mae, x, proposer, k=k, after=[after], seed=self.job.seed)[0]
+        s = self.job.setting
+        record = Record(item.name, digest, s.model_id, s.strategy, s.ratio, s.start, p.patches[len(after):],
+                        p.losses[len(after):], {**s.options, "after": len(after)}, p.evaluations, p.seconds)
+        with self._lock:
+            self._continued[key] = record
+            self.stats["computed"] += 1
+        return record
+
     def _serve(self, store: ResultStore, batch: list[_Item]) -> None:
         """Serve one batch: duplicates dropped by content before anything is decoded; each content's
         size read from its header and checked, then looked up in the store; only the contents the
@@ -242,7 +353,13 @@ class Backend:
                     item.future.set_exception(exc)
             if not sized:
                 continue
-            record = self._stored(store, digest)
+            after = self._annotated(digest)
+            try:
+                record = self._continue(digest, sized[0][0], after) if after else self._stored(store, digest)
+            except Exception as exc:  # noqa: BLE001 - an image that cannot be continued is that task's error
+                for item, _, _ in sized:
+                    item.future.set_exception(exc)
+                continue
             if record is None:
                 first = sized[0][0]
                 try:

@@ -157,6 +157,11 @@ class App:
             return 200, {"results": backend.predict(tasks, payload.get("label_config"), self.request_timeout)}, []
         if path == "/setup":
             return 200, backend.setup(payload), []
+        if path == "/webhook":
+            try:
+                return 200, backend.webhook(payload), []
+            except Exception as exc:  # noqa: BLE001 - a bad event is its sender's error, never the server's
+                return 400, {"error": " ".join(str(exc).split())[:500] or type(exc).__name__}, []
         return 200, {"status": "ok", "note": "key patches do not learn from annotations"}, []
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from keypatch.exports.labelstudio import LABELSTUDIO_CONFIG, export_labelstudio
 from keypatch.serve import Backend, BackendServer, ImageSource, fit_config
 from keypatch.store import ResultStore
-from tests.conftest import photo_array
+from tests.conftest import brush_patches, photo_array
 
 
 def _post(url: str, body: dict | bytes, timeout: float = 120) -> tuple[int, dict]:
@@ -146,3 +146,35 @@ def test_config_fit_reads_names_and_refuses_configs_without_a_brush_on_an_image(
                           "</BrushLabels></View>", "not from a task field")]:
         with pytest.raises(ValueError, match=message):
             fit_config(bad)
+
+
+def test_the_webhook_records_annotated_patches_and_the_next_prediction_goes_past_them(server, images):
+    """Without Label Studio: the webhook's events as it sends them (toy model, 4x4 grid): an annotation
+    covering the left half of an image; the next prediction for it proposes k other patches; a deleted
+    annotation is forgotten; an event without its task is refused (400), the server goes on."""
+    import hashlib
+
+    grid = server.backend.mae.grid
+    ref = "rocket.jpg"
+    w, h = Image.open(images / ref).size
+    first = _post(server.url + "/predict", {"tasks": [_task(ref)]})[1]["results"][0]
+    annotation = {"id": 41, "result": [{"type": "rectanglelabels", "original_width": w, "original_height": h,
+                                        "from_name": "r", "to_name": "image",
+                                        "value": {"x": 0, "y": 0, "width": 50, "height": 100,
+                                                  "rectanglelabels": ["sky"]}}]}
+    event = {"action": "ANNOTATION_CREATED", "task": {"id": 9, "data": {"image": ref}}, "annotation": annotation}
+    status, body = _post(server.url + "/webhook", event)
+    assert status == 200 and body["patches"] == 8 and body["annotated"] == 8
+    left = [r * grid.cols + c for r in range(grid.rows) for c in range(2)]
+    digest = hashlib.sha256((images / ref).read_bytes()).hexdigest()
+    assert server.backend._annotated(digest) == left
+    second = _post(server.url + "/predict", {"tasks": [_task(ref)]})[1]["results"][0]
+    after = brush_patches(second["result"][0], grid)
+    assert len(after) == server.backend.job.k and not set(after) & set(left)
+    assert second["score"] < first["score"]
+    assert _post(server.url + "/webhook", {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 41}]})[0] == 200
+    assert server.backend._annotated(digest) == []
+    assert _post(server.url + "/predict", {"tasks": [_task(ref)]})[1]["results"][0]["result"] == first["result"]
+    status, body = _post(server.url + "/webhook", {"action": "ANNOTATION_CREATED", "annotation": annotation})
+    assert status == 400 and "task" in body["error"]
+    assert _post(server.url + "/webhook", {"action": "PROJECT_UPDATED"})[0] == 200

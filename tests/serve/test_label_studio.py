@@ -24,7 +24,7 @@ from PIL import Image
 from keypatch.exports.labelstudio import LABELSTUDIO_CONFIG, export_labelstudio
 from keypatch.serve import Backend, BackendServer, ImageFetchError, ImageSource
 from keypatch.store import ResultStore
-from tests.conftest import photo_array
+from tests.conftest import brush_patches, photo_array
 
 pytest.importorskip("label_studio")
 sdk = pytest.importorskip("label_studio_sdk")
@@ -170,3 +170,59 @@ def test_annotations_pulled_from_label_studio_are_masks_of_their_pixels(label_st
     assert main(["labels", "--label-studio-url", url, "--api-key", "wrong-token", "--project", str(project.id),
                  "--out", str(tmp_path / "no")]) == 2
     assert f"project {project.id}" in capsys.readouterr().err and not (tmp_path / "no" / "classes.json").exists()
+
+
+def test_after_its_patches_are_annotated_and_the_webhook_fires_the_next_prediction_avoids_them(label_studio,
+                                                                                              tmp_path):
+    """Label Studio's own webhook (made when the backend is added to a project; given the backend's
+    credentials as a header) reports an annotation of a task's proposed patches; the next prediction
+    for that task proposes as many patches again, none of them annotated."""
+    import base64
+
+    url, docroot = label_studio
+    backend = Backend(0.05, "greedy", "default", tmp_path / "results", device="cpu", batch_size=2)
+    server = BackendServer(backend, "127.0.0.1", _free_port(), auth=("keypatch-ls", "a pass phrase"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    basic = "Basic " + base64.b64encode(b"keypatch-ls:a pass phrase").decode()
+    try:
+        client = sdk.LabelStudio(base_url=url, api_key=TOKEN)
+        project = client.projects.create(title="rounds", label_config=LABELSTUDIO_CONFIG)
+        client.import_storage.local.create(project=project.id, path=str(docroot / "photos"), title="photos",
+                                           use_blob_urls=True)
+        client.ml.create(url=server.url, project=project.id, title="keypatch", auth_method="BASIC_AUTH",
+                         basic_auth_user="keypatch-ls", basic_auth_pass="a pass phrase")
+        hooks = [h for h in client.webhooks.list(project=project.id) if h.url.rstrip("/").endswith("/webhook")]
+        assert len(hooks) == 1  # Label Studio made it for the backend
+        req = urllib.request.Request(f"{url}/api/webhooks/{hooks[0].id}/", method="PATCH",
+                                     data=json.dumps({"headers": {"Authorization": basic}}).encode(),
+                                     headers={"Authorization": f"Token {TOKEN}", "Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=30).close()
+        client.projects.import_tasks(id=project.id, request=[{"image": f"/data/local-files/?d=photos/{PHOTOS[0]}.jpg"}])
+        task = next(iter(client.tasks.list(project=project.id, fields="all")))
+        body = {"tasks": [{"id": task.id, "data": task.data}], "label_config": LABELSTUDIO_CONFIG}
+
+        def predict() -> dict:
+            req = urllib.request.Request(f"{server.url}/predict", data=json.dumps(body).encode(), method="POST",
+                                         headers={"Authorization": basic, "Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=300) as r:
+                return json.loads(r.read())["results"][0]
+
+        first = predict()
+        proposed = brush_patches(first["result"][0], backend.mae.grid)
+        assert len(proposed) == backend.job.k
+        client.annotations.create(id=task.id, result=first["result"])  # the annotator labels those patches
+        end = time.monotonic() + 60
+        while not backend._annotated(hashlib.sha256((docroot / "photos" / f"{PHOTOS[0]}.jpg").read_bytes())
+                                     .hexdigest()) and time.monotonic() < end:
+            time.sleep(0.5)
+        second = predict()
+    finally:
+        server.shutdown()
+        server.server_close()
+        backend.close()
+    annotated = backend._annotated(hashlib.sha256((docroot / "photos" / f"{PHOTOS[0]}.jpg").read_bytes()).hexdigest())
+    assert annotated == sorted(proposed)  # the webhook came, and recorded exactly the annotated patches
+    after = brush_patches(second["result"][0], backend.mae.grid)
+    assert len(after) == backend.job.k and not set(after) & set(proposed)
+    assert second["score"] < first["score"]  # L of the annotated patches and the new ones together
+    assert json.loads((tmp_path / "results" / "annotated.json").read_text())  # kept beside the store
