@@ -159,7 +159,7 @@ def test_annotations_pulled_from_label_studio_are_masks_of_their_pixels(label_st
                                          "rectanglelabels": ["dog"]}}])
     out = tmp_path / "labels"
     assert main(["labels", "--label-studio-url", url, "--api-key", TOKEN, "--project", str(project.id),
-                 "--out", str(out), "--quiet"]) == 0
+                 "--out", str(out)]) == 0
     classes = json.loads((out / "classes.json").read_text())
     mask = np.array(Image.open(out / f"{PHOTOS[0]}.png"))
     assert mask.shape == (h, w) and classes == {"dog": 0}
