@@ -32,6 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device(p)
     add_results(p)
     p.add_argument("--seed", type=v.seed, default=0, help="seed for randomised strategies")
+    p.add_argument("--score", choices=["loss", "gain"], default="loss",
+                   help="a prediction's score: loss, L after the proposal (default; high: images the MAE rebuilds "
+                        "worst from their key patches); gain, what the proposed patches lower L by (from the "
+                        "annotated patches' L, or the empty set's): sort by it to label where the next patches "
+                        "help most")
     p.add_argument("--batch-size", type=v.positive_int, default=8, help="most images per model call (default 8)")
     p.add_argument("--label-studio-url", default=None, type=v.http_url,
                    help="Label Studio's address, for its /data/upload and /data/local-files URLs; given here, the "
@@ -89,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     backend = Backend(args.ratio, args.strategy, args.model, args.out, device=args.device, seed=args.seed,
-                      batch_size=args.batch_size, source=source, thread=False, **dict(args.option))
+                      batch_size=args.batch_size, source=source, thread=False, score=args.score,
+                      **dict(args.option))
     server = BackendServer(backend, args.host, args.port, int(args.max_request_mb * 2**20), auth=auth,
                            server_names=args.server_name, threads=args.max_in_flight,
                            request_timeout=args.request_timeout)

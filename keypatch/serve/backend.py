@@ -40,6 +40,10 @@ from keypatch.store.sqlite import DEFAULT_LEASE
 
 log = logging.getLogger("keypatch.serve")
 
+SCORES = ("loss", "gain")
+"""A prediction's score: ``loss``, ``L`` after the proposal; ``gain``, what the proposed patches lower ``L`` by
+(from the annotated patches' ``L``, or the empty set's for an image with none)."""
+
 ANNOTATED_NAME = "annotated.json"
 """Beside the store: the patches each image's annotations cover, by image content and annotation id."""
 
@@ -121,7 +125,10 @@ class Backend:
     def __init__(self, ratio: float, strategy: str = "greedy", model: Any = "default",
                  out: str | Path = "keypatch-results", *, device: str = "auto", seed: int = 0, batch_size: int = 8,
                  linger: float = 0.02, source: ImageSource | None = None, max_pixels: int = 64_000_000,
-                 preset: str | None = None, thread: bool = True, **options: Any) -> None:
+                 preset: str | None = None, thread: bool = True, score: str = "loss", **options: Any) -> None:
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+        self.score = score
         settings = run_settings(preset)
         proposer = api.build_proposer(strategy, settings, options, start_given=False)
         self.mae = api.resolve_model(model, device)
@@ -139,6 +146,7 @@ class Backend:
         self.annotated = read_annotated(self.annotated_path, self.mae.grid.n)
         """Image sha256 -> annotation id -> the patches it covers (what the webhook recorded)."""
         self._continued: dict[tuple[str, tuple[int, ...]], Record] = {}
+        self._before: dict[tuple[str, tuple[int, ...]], float] = {}  # L before a proposal (score "gain")
         self._thread: threading.Thread | None = None
         if thread:
             self._thread = threading.Thread(target=self.serve_batches, name="keypatch-batches", daemon=True)
@@ -188,9 +196,10 @@ class Backend:
                 continue
             try:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                record, width, height = p.future.result(timeout=left)
-                out.append(prediction(record, self.mae.grid, width, height, model_version=self.model_version,
-                                      from_name=fit.from_name, to_name=fit.to_name, label=fit.label))
+                record, width, height, score = p.future.result(timeout=left)
+                pred = prediction(record, self.mae.grid, width, height, model_version=self.model_version,
+                                  from_name=fit.from_name, to_name=fit.to_name, label=fit.label)
+                out.append({**pred, "score": score})
             except FutureTimeout:
                 out.append(self._error(TimeoutError(
                     f"{p.name}: not done within the request's {timeout:g} s; it is still being proposed, and "
@@ -326,12 +335,27 @@ class Backend:
         with torch.no_grad():
             p = pool_proposals(self.mae, x, proposer, k=k, after=[after], seed=self.job.seed)[0]
         s = self.job.setting
+        self._before[key] = float(p.losses[len(after) - 1])
         record = Record(item.name, digest, s.model_id, s.strategy, s.ratio, s.start, p.patches[len(after):],
                         p.losses[len(after):], {**s.options, "after": len(after)}, p.evaluations, p.seconds)
         with self._lock:
             self._continued[key] = record
             self.stats["computed"] += 1
         return record
+
+    def _score(self, digest: str, record: Record, item: _Item, after: tuple[int, ...]) -> float:
+        """The prediction's score (:data:`SCORES`): ``L`` after the proposal, or what it lowers ``L`` by."""
+        if self.score == "loss":
+            return float(record.loss)
+        key = (digest, after)
+        if key not in self._before:  # an image with nothing annotated: from the empty set's L (one pass, kept)
+            from keypatch.objective import Objective
+
+            x = self._pixels(item)[None].to(self.mae.device)
+            with torch.no_grad():
+                empty = torch.empty(1, 0, dtype=torch.long, device=self.mae.device)
+                self._before[key] = float(Objective(self.mae, x, precision="float32").score(empty)[0])
+        return self._before[key] - float(record.loss)
 
     def _serve(self, store: ResultStore, batch: list[_Item]) -> None:
         """Serve one batch: duplicates dropped by content before anything is decoded; each content's
@@ -343,6 +367,7 @@ class Backend:
         for item in batch:
             groups.setdefault(hashlib.sha256(item.data).hexdigest(), []).append(item)
         ready: dict[str, tuple[Record | None, list[tuple[_Item, int, int]]]] = {}
+        befores: dict[str, tuple[int, ...]] = {}
         todo: dict[str, tuple[str, torch.Tensor]] = {}
         for digest, items in groups.items():
             sized = []
@@ -369,6 +394,7 @@ class Backend:
                         item.future.set_exception(ValueError(str(exc).replace(first.name, item.name)))
                     continue
             ready[digest] = (record, sized)
+            befores[digest] = tuple(after)
         if todo:
             store.add_paths([(d, name) for d, (name, _) in todo.items()])
             images = torch.stack([x for _, x in todo.values()]).to(self.mae.device)
@@ -383,8 +409,16 @@ class Backend:
         for digest, (record, items) in ready.items():
             if record is None:
                 record = self._stored(store, digest)
+            score = None
+            if record is not None:
+                try:
+                    score = self._score(digest, record, items[0][0], befores.get(digest, ()))
+                except Exception as exc:  # noqa: BLE001 - an image that cannot be scored is that task's error
+                    for item, _, _ in items:
+                        item.future.set_exception(exc)
+                    continue
             for item, w, h in items:
                 if record is None:
                     item.future.set_exception(RuntimeError(f"{item.name}: no record was stored"))
                 else:
-                    item.future.set_result((record, w, h))
+                    item.future.set_result((record, w, h, score))

@@ -178,3 +178,41 @@ def test_the_webhook_records_annotated_patches_and_the_next_prediction_goes_past
     status, body = _post(server.url + "/webhook", {"action": "ANNOTATION_CREATED", "annotation": annotation})
     assert status == 400 and "task" in body["error"]
     assert _post(server.url + "/webhook", {"action": "PROJECT_UPDATED"})[0] == 200
+
+
+def test_a_gain_score_is_what_the_proposed_patches_lower_L_by(images, toy_model, tmp_path):
+    """``score="gain"``: from the empty set's L for an image with nothing annotated, from the annotated
+    patches' L after the webhook; both positive, and equal to those L less the prediction's."""
+    import hashlib
+
+    import torch
+
+    from keypatch.geometry import load_image
+    from keypatch.objective import Objective
+
+    backend = Backend(0.25, "greedy", toy_model, tmp_path / "gain", source=ImageSource(document_root=images),
+                      score="gain")
+    try:
+        ref = "camera.jpg"
+        first = backend.predict([_task(ref)])[0]
+        x = load_image(images / ref, toy_model.config.image_size)[None]
+        objective = Objective(toy_model, x, precision="float32")
+        empty = float(objective.score(torch.empty(1, 0, dtype=torch.long))[0])
+        with ResultStore(backend.store_path) as store:
+            record = store.records()[0]
+        assert first["score"] == pytest.approx(empty - record.loss, rel=1e-5) and first["score"] > 0
+        w, h = Image.open(images / ref).size
+        backend.webhook({"action": "ANNOTATION_CREATED", "task": {"id": 1, "data": {"image": ref}},
+                         "annotation": {"id": 5, "result": [{
+                             "type": "rectanglelabels", "original_width": w, "original_height": h,
+                             "value": {"x": 0, "y": 0, "width": 100, "height": 25, "rectanglelabels": ["a"]}}]}})
+        annotated = backend._annotated(hashlib.sha256((images / ref).read_bytes()).hexdigest())
+        second = backend.predict([_task(ref)])[0]
+        proposed = brush_patches(second["result"][0], toy_model.grid)
+        before = float(objective.score(torch.tensor([annotated]))[0])
+        after = float(objective.score(torch.tensor([annotated + proposed]))[0])
+        assert annotated == [0, 1, 2, 3] and second["score"] == pytest.approx(before - after, rel=1e-4, abs=1e-6)
+    finally:
+        backend.close()
+    with pytest.raises(ValueError, match="score must be one of"):
+        Backend(0.25, "greedy", toy_model, tmp_path / "x", score="best")
