@@ -91,3 +91,24 @@ def test_the_patches_a_label_studio_export_covers(tmp_path):
     labelled[:8, :16] = True  # half of patch 0
     labelled[16:23, 16:32] = True  # 7 of patch 5's 16 rows
     assert patches_covered(labelled, grid) == [0]
+
+
+def test_two_runs_of_one_pool_at_once_store_one_record_per_image(photo_dir, tmp_path):
+    """Two processes spend the same budget over the same pool into one store at the same time: both
+    finish, the store holds one record per image, and a third run computes nothing."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "shared"
+    cmd = [sys.executable, "-m", "keypatch", "propose", str(photo_dir), "--budget", "7", "--out", str(out), *TOY,
+           "--json"]
+    runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    done = [json.loads(r.communicate(timeout=300)[0]) for r in runs]
+    assert all(r.returncode == 0 for r in runs)
+    assert sum(d["done"] for d in done) == 3  # each image stored once, by one run or the other
+    records = _records(out)
+    assert len(records) == 3 and sum(len(r.patches) for r in records.values()) == 7
+    with ResultStore(out, create=False, read_only=True) as store:
+        assert len(store.records()) == 3
+    third = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    assert json.loads(third.stdout)["done"] == 0

@@ -1,0 +1,116 @@
+"""``python tools/labelstudio_rounds_screenshot.py --out docs/active_learning_round2.png``: round 2 in Label Studio.
+
+Starts a local Label Studio and ``keypatch serve`` (this process), makes a project whose brush
+control has two labels (``annotated`` for round 1, ``key_patch`` for keypatch's proposals), adds the
+backend as its model (Label Studio makes the webhook), imports one photo and retrieves round 1's
+prediction; an annotation of exactly those patches is created through Label Studio's API (its
+webhook tells the backend), round 2's prediction is retrieved, and a draft annotation holding
+round 1's annotation and round 2's proposal together is opened in headless Chromium and
+photographed: what an annotator opening the task in round 2 sees when the proposal is added to
+what is already labelled. Needs ``label-studio``, ``label-studio-sdk`` here, and Playwright with a
+Chromium (``--python`` names an interpreter that has Playwright).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from labelstudio_screenshot import EMAIL, PASSWORD, SHOT, TOKEN  # noqa: E402
+
+CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="tag" toName="image">
+    <Label value="key_patch" background="rgba(255, 0, 255, 0.7)"/>
+    <Label value="annotated" background="rgba(0, 200, 80, 0.7)"/>
+  </BrushLabels>
+</View>
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("docs/active_learning_round2.png"))
+    ap.add_argument("--photo", default="coffee", help="a test photo name (keypatch.experiments.photos)")
+    ap.add_argument("--ratio", type=float, default=0.05)
+    ap.add_argument("--python", default=sys.executable, help="an interpreter with Playwright")
+    ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--port", type=int, default=8098)
+    args = ap.parse_args()
+
+    from label_studio_sdk import LabelStudio
+
+    from keypatch.experiments.photos import load_test_photos
+    from keypatch.serve import Backend, BackendServer
+
+    work = Path(tempfile.mkdtemp(prefix="keypatch-ls-"))
+    (work / "files" / "photos").mkdir(parents=True)
+    Image.fromarray(load_test_photos([args.photo])[args.photo]).save(work / "files" / "photos" / f"{args.photo}.jpg",
+                                                                     quality=92)
+    env = {**os.environ, "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(work / "files"), "ML_BLOCK_LOCAL_IP": "false",
+           "USE_DEFAULT_BANNED_SUBNETS": "false"}
+    url = f"http://127.0.0.1:{args.port}"
+    ls = subprocess.Popen([sys.executable, "-m", "label_studio.server", "start", "--data-dir", str(work / "data"),
+                           "--port", str(args.port), "--no-browser", "--username", EMAIL, "--password", PASSWORD,
+                           "--user-token", TOKEN, "--enable-legacy-api-token"], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    backend = Backend(args.ratio, "greedy", "default", work / "results", device="cpu")
+    server = BackendServer(backend, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=5)
+                break
+            except OSError:
+                time.sleep(2)
+        client = LabelStudio(base_url=url, api_key=TOKEN)
+        project = client.projects.create(title="Key patches, round 2", label_config=CONFIG)
+        client.import_storage.local.create(project=project.id, path=str(work / "files" / "photos"), title="photos",
+                                           use_blob_urls=True)
+        ml = client.ml.create(url=server.url, project=project.id, title="keypatch")
+        ref = f"/data/local-files/?d=photos/{args.photo}.jpg"
+        client.projects.import_tasks(id=project.id, request=[{"image": ref}])
+        task = next(iter(client.tasks.list(project=project.id)))
+
+        def prediction() -> dict:
+            client.actions.create(id="retrieve_tasks_predictions", project=project.id,
+                                  selected_items={"all": True, "excluded": []})
+            preds = client.predictions.list(task=task.id)
+            pred = preds[-1]
+            return pred if isinstance(pred, dict) else pred.dict()
+
+        first = prediction()["result"][0]
+        labelled = {**first, "id": "round1", "value": {**first["value"], "brushlabels": ["annotated"]}}
+        client.annotations.create(id=task.id, result=[labelled])  # round 1 annotated; the webhook tells keypatch
+        time.sleep(2)
+        for p in client.predictions.list(task=task.id):
+            client.predictions.delete(id=p.id if not isinstance(p, dict) else p["id"])
+        second = prediction()["result"][0]
+        both = client.annotations.create(id=task.id, result=[labelled, {**second, "id": "round2"}])
+        page = f"{url}/projects/{project.id}/data?task={task.id}&annotation={both.id}"
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([args.python, "-c", SHOT, url, args.chromium, EMAIL, PASSWORD, page, str(args.out.resolve())],
+                       check=True)
+        print(f"wrote {args.out} (model {ml.id}, annotated {backend.annotated})")
+    finally:
+        server.shutdown()
+        backend.close()
+        ls.terminate()
+        ls.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
