@@ -109,14 +109,14 @@ def patches_covered(labelled: np.ndarray, grid: PatchGrid, cover: float = COVER)
     h, w = labelled.shape
     rows = np.linspace(0, h, grid.rows + 1).round().astype(int)
     cols = np.linspace(0, w, grid.cols + 1).round().astype(int)
-    total = np.pad(labelled.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    counts = np.zeros((grid.rows, w), dtype=np.int64)  # labelled pixels per band of rows, column by column
+    for r in range(grid.rows):
+        counts[r] = labelled[rows[r] : rows[r + 1]].sum(0, dtype=np.int64)
     out = []
     for r in range(grid.rows):
         for c in range(grid.cols):
-            r0, r1, c0, c1 = rows[r], rows[r + 1], cols[c], cols[c + 1]
-            area = (r1 - r0) * (c1 - c0)
-            inside = total[r1, c1] - total[r0, c1] - total[r1, c0] + total[r0, c0]
-            if area and inside >= cover * area:
+            area = (rows[r + 1] - rows[r]) * (cols[c + 1] - cols[c])
+            if area and counts[r, cols[c] : cols[c + 1]].sum() >= cover * area:
                 out.append(r * grid.cols + c)
     return out
 

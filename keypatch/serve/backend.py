@@ -224,7 +224,16 @@ class Backend:
                 raise ValueError(f"{action}: the annotation has no integer id")
             data = task["data"]
             ref = data.get("image", next((v for v in data.values() if isinstance(v, str)), None))
-            digest = hashlib.sha256(self.source.get(ref)).hexdigest()
+            item = _Item(str(ref), self.source.get(ref))
+            digest = hashlib.sha256(item.data).hexdigest()
+            size = self._size(item)  # within max_pixels, from the header: the annotation must be on this image
+            results = annotation.get("result") if isinstance(annotation.get("result"), list) else []
+            for res in results:
+                if isinstance(res, dict) and "original_width" in res and (
+                        res.get("original_width"), res.get("original_height")) != size:
+                    raise ValueError(f"{action}: a result of annotation {aid} is on a "
+                                     f"{str(res.get('original_width'))[:12]}x{str(res.get('original_height'))[:12]} "
+                                     f"image, not the task's {size[0]}x{size[1]}")
             from keypatch.rounds.after import annotated_patches
 
             found = annotated_patches([{"id": task.get("id", 0), "data": data, "annotations": [annotation]}],

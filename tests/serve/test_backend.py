@@ -216,3 +216,17 @@ def test_a_gain_score_is_what_the_proposed_patches_lower_L_by(images, toy_model,
         backend.close()
     with pytest.raises(ValueError, match="score must be one of"):
         Backend(0.25, "greedy", toy_model, tmp_path / "x", score="best")
+
+
+def test_a_webhook_whose_annotation_is_not_on_the_tasks_image_is_refused_before_drawing(server, images):
+    """A hostile caller's event claims a 32768x32768 image (a gigabyte mask to draw): refused from the
+    image's own header, the server goes on."""
+    w, h = Image.open(images / "coffee.jpg").size
+    for size in ((32768, 32768), (w + 1, h)):
+        event = {"action": "ANNOTATION_UPDATED", "task": {"id": 3, "data": {"image": "coffee.jpg"}},
+                 "annotation": {"id": 77, "result": [{
+                     "type": "rectanglelabels", "original_width": size[0], "original_height": size[1],
+                     "value": {"x": 0, "y": 0, "width": 100, "height": 100, "rectanglelabels": ["a"]}}]}}
+        status, body = _post(server.url + "/webhook", event)
+        assert status == 400 and f"not the task's {w}x{h}" in body["error"]
+    assert _post(server.url + "/health", b"")[0] in (200, 405)
