@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from keypatch.objective import Objective, prefix_losses
+from keypatch.proposers import available, get_proposer
 from keypatch.proposers.base import Proposal, Proposer
 from keypatch.proposers.search import start_patch
 from keypatch.reconstructors.mae import MAE
@@ -55,15 +56,14 @@ def check_budget(proposer: Proposer, budget: int | None = None) -> Proposer:
         raise ValueError(f"budget must be a positive number of patches, got {budget!r}")
     stepwise = proposer.stepwise()
     if stepwise is None:
-        from keypatch.proposers import available, get_proposer
-
-        ok = [name for name in available() if _takes(get_proposer, name)]
+        ok = [name for name in available() if _takes(name)]
         raise ValueError(f"strategy {proposer.name!r} cannot continue from given patches or spend a budget "
                          f"(its answer for k patches is not the first k of a longer one); these can: {', '.join(ok)}")
     return stepwise
 
 
-def _takes(get_proposer, name: str) -> bool:
+def _takes(name: str) -> bool:
+    """Whether strategy ``name`` with its defaults has a step-by-step form."""
     try:
         return get_proposer(name).stepwise() is not None
     except (ValueError, OSError):
@@ -129,12 +129,13 @@ def allocate(model: MAE, images: torch.Tensor, proposer: Proposer, *, budget: in
     head_loss = _head_losses(model, images, heads, evaluations)
     steps: list[list[tuple[int, float]]] = [[] for _ in range(b)]
 
-    def extend(rows: list[int], ahead: int) -> None:
+    def extend(rows: list[int], ahead: int, until: int = n) -> None:
+        """``ahead`` more steps for each image of ``rows``, up to ``until`` patches in all."""
         by_len: dict[int, list[int]] = {}
         for i in rows:
             by_len.setdefault(len(heads[i]) + len(steps[i]), []).append(i)
         for j, group in sorted(by_len.items()):
-            kk = min(n, j + ahead)
+            kk = min(until, j + ahead)
             if kk <= j:
                 continue
             prefix = torch.tensor([heads[i] + [p for p, _ in steps[i]] for i in group], dtype=torch.long,
@@ -147,7 +148,7 @@ def allocate(model: MAE, images: torch.Tensor, proposer: Proposer, *, budget: in
 
     taken = [0] * b
     if k is not None:
-        extend(list(range(b)), k)  # every image to k: no merge
+        extend(list(range(b)), k, until=k)  # every image to k: no merge
         taken = [k - len(heads[i]) for i in range(b)]
     else:
         left = budget - starts
