@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_vitb import describe, gemm_peak, sync  # noqa: E402
+from bench_vitb import describe, gemm_peak, run_greedy, sync  # noqa: E402
 from flops import greedy_flops  # noqa: E402
 
 from keypatch.experiments.photos import load_test_photos  # noqa: E402
@@ -63,23 +63,6 @@ def gemms(device: torch.device, seconds: float) -> dict[str, float]:
         finally:
             torch.backends.cuda.matmul.allow_tf32 = before
     return out
-
-
-def greedy(model, x: torch.Tensor, k: int, batch: int) -> tuple[torch.Tensor, float, int, int]:
-    """Picks, seconds per image, float32 re-scores and steps of exact greedy, ``batch`` images per pass."""
-    proposer = get_proposer("greedy")
-    proposer.select(model, x[:1], 2, 0)  # warm: kernels, the bfloat16 copy
-    sync(x.device)
-    picks, refined, steps = [], 0, 0
-    t0 = time.perf_counter()
-    for s in range(0, x.shape[0], batch):
-        objective = proposer.objective(model, x[s : s + batch])
-        p, _ = proposer.search(objective, k, [0] * objective.batch)
-        picks.append(p)
-        refined += objective.refined
-        steps += (k - 1) * objective.batch
-    sync(x.device)
-    return torch.cat(picks).cpu(), (time.perf_counter() - t0) / x.shape[0], refined, steps
 
 
 def ranked(model, x: torch.Tensor, k: int, batch: int) -> tuple[float, int | None]:
@@ -161,7 +144,8 @@ def main() -> None:
     flop = greedy_flops(model.config, k)
     for batch in args.batches:
         x = photos(model, batch)
-        picks, seconds, refined, steps = greedy(model, x, k, batch)
+        _, seconds, refined, _ = run_greedy(model, x, k, "auto", batch)  # the default precision
+        steps = (k - 1) * batch
         rate = flop / seconds / 1e12
         print(f"greedy, {batch} images per pass: {seconds:.3f} s/image, {rate:.2f} TFLOP/s, "
               f"{rate / peak['bfloat16'] * 100:.1f}% of the bf16 GEMM rate, {refined / max(1, steps):.1f} float32 "

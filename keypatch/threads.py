@@ -326,7 +326,7 @@ class ThreadTuner:
         key = (kind, max(1, int(units)).bit_length())
         if self.load and self.monitor is None:
             self.monitor = LoadMonitor()
-        free = self.monitor.threads(many) if self.load and self.monitor is not None else None
+        free = self.monitor.threads(many) if self.monitor is not None and self.load else None
         cap = many if free is None else free  # the threads a pass may have: what others leave free
         after = cap if self.holding else many  # the count left set between passes
         if self.holding:

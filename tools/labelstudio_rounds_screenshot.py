@@ -14,20 +14,14 @@ Chromium (``--python`` names an interpreter that has Playwright).
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
-
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from labelstudio_screenshot import EMAIL, PASSWORD, SHOT, TOKEN  # noqa: E402
+from labelstudio_screenshot import EMAIL, PASSWORD, SHOT, TOKEN, local_label_studio  # noqa: E402
 
 CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
@@ -51,31 +45,7 @@ def main() -> None:
 
     from label_studio_sdk import LabelStudio
 
-    from keypatch.experiments.photos import load_test_photos
-    from keypatch.serve import Backend, BackendServer
-
-    work = Path(tempfile.mkdtemp(prefix="keypatch-ls-"))
-    (work / "files" / "photos").mkdir(parents=True)
-    Image.fromarray(load_test_photos([args.photo])[args.photo]).save(work / "files" / "photos" / f"{args.photo}.jpg",
-                                                                     quality=92)
-    env = {**os.environ, "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(work / "files"), "ML_BLOCK_LOCAL_IP": "false",
-           "USE_DEFAULT_BANNED_SUBNETS": "false"}
-    url = f"http://127.0.0.1:{args.port}"
-    ls = subprocess.Popen([sys.executable, "-m", "label_studio.server", "start", "--data-dir", str(work / "data"),
-                           "--port", str(args.port), "--no-browser", "--username", EMAIL, "--password", PASSWORD,
-                           "--user-token", TOKEN, "--enable-legacy-api-token"], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    backend = Backend(args.ratio, "greedy", "default", work / "results", device="cpu")
-    server = BackendServer(backend, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=5)
-                break
-            except OSError:
-                time.sleep(2)
+    with local_label_studio(args.photo, args.ratio, args.port) as (url, backend, server, work):
         client = LabelStudio(base_url=url, api_key=TOKEN)
         project = client.projects.create(title="Key patches, round 2", label_config=CONFIG)
         client.import_storage.local.create(project=project.id, path=str(work / "files" / "photos"), title="photos",
@@ -105,11 +75,6 @@ def main() -> None:
         subprocess.run([args.python, "-c", SHOT, url, args.chromium, EMAIL, PASSWORD, page, str(args.out.resolve())],
                        check=True)
         print(f"wrote {args.out} (model {ml.id}, annotated {backend.annotated})")
-    finally:
-        server.shutdown()
-        backend.close()
-        ls.terminate()
-        ls.wait(timeout=30)
 
 
 if __name__ == "__main__":

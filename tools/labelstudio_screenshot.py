@@ -10,6 +10,7 @@ pre-annotated. Needs ``label-studio`` and ``label-studio-sdk`` here, and Playwri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -18,7 +19,9 @@ import textwrap
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -44,6 +47,43 @@ SHOT = textwrap.dedent("""
 """)
 
 
+@contextlib.contextmanager
+def local_label_studio(photo: str, ratio: float, port: int) -> Iterator[tuple[str, Any, Any, Path]]:
+    """A Label Studio on 127.0.0.1:``port`` (its own data folder) serving one test photo as local files
+    under ``photos/``, and ``keypatch serve`` (greedy, default model, ``ratio``) in this process:
+    yields ``(url, backend, server, work folder)``; both are stopped afterwards."""
+    from keypatch.experiments.photos import load_test_photos
+    from keypatch.serve import Backend, BackendServer
+
+    work = Path(tempfile.mkdtemp(prefix="keypatch-ls-"))
+    (work / "files" / "photos").mkdir(parents=True)
+    Image.fromarray(load_test_photos([photo])[photo]).save(work / "files" / "photos" / f"{photo}.jpg", quality=92)
+    env = {**os.environ, "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(work / "files"), "ML_BLOCK_LOCAL_IP": "false",
+           "USE_DEFAULT_BANNED_SUBNETS": "false"}
+    url = f"http://127.0.0.1:{port}"
+    ls = subprocess.Popen([sys.executable, "-m", "label_studio.server", "start", "--data-dir", str(work / "data"),
+                           "--port", str(port), "--no-browser", "--username", EMAIL, "--password", PASSWORD,
+                           "--user-token", TOKEN, "--enable-legacy-api-token"], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    backend = Backend(ratio, "greedy", "default", work / "results", device="cpu")
+    server = BackendServer(backend, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=5)
+                break
+            except OSError:
+                time.sleep(2)
+        yield url, backend, server, work
+    finally:
+        server.shutdown()
+        backend.close()
+        ls.terminate()
+        ls.wait(timeout=30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("docs/serve_labelstudio.png"))
@@ -56,31 +96,9 @@ def main() -> None:
 
     from label_studio_sdk import LabelStudio
 
-    from keypatch.experiments.photos import load_test_photos
-    from keypatch.serve import LABELSTUDIO_CONFIG, Backend, BackendServer
+    from keypatch.serve import LABELSTUDIO_CONFIG
 
-    work = Path(tempfile.mkdtemp(prefix="keypatch-ls-"))
-    (work / "files" / "photos").mkdir(parents=True)
-    Image.fromarray(load_test_photos([args.photo])[args.photo]).save(work / "files" / "photos" / f"{args.photo}.jpg",
-                                                                     quality=92)
-    env = {**os.environ, "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(work / "files"), "ML_BLOCK_LOCAL_IP": "false",
-           "USE_DEFAULT_BANNED_SUBNETS": "false"}
-    url = f"http://127.0.0.1:{args.port}"
-    ls = subprocess.Popen([sys.executable, "-m", "label_studio.server", "start", "--data-dir", str(work / "data"),
-                           "--port", str(args.port), "--no-browser", "--username", EMAIL, "--password", PASSWORD,
-                           "--user-token", TOKEN, "--enable-legacy-api-token"], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    backend = Backend(args.ratio, "greedy", "default", work / "results", device="cpu")
-    server = BackendServer(backend, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=5)
-                break
-            except OSError:
-                time.sleep(2)
+    with local_label_studio(args.photo, args.ratio, args.port) as (url, _, server, work):
         client = LabelStudio(base_url=url, api_key=TOKEN)
         project = client.projects.create(title="Key patches", label_config=LABELSTUDIO_CONFIG)
         client.import_storage.local.create(project=project.id, path=str(work / "files" / "photos"), title="photos",
@@ -96,11 +114,6 @@ def main() -> None:
         subprocess.run([args.python, "-c", SHOT, url, args.chromium, EMAIL, PASSWORD, page, str(args.out.resolve())],
                        check=True)
         print(f"wrote {args.out}")
-    finally:
-        server.shutdown()
-        backend.close()
-        ls.terminate()
-        ls.wait(timeout=30)
 
 
 if __name__ == "__main__":

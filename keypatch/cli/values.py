@@ -92,26 +92,24 @@ def codec(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-@check(bad=["0", "-2", "x"], good="auto")
-def threads(text: str) -> int | str:
-    """``auto`` or a number of threads >= 1."""
-    if text == "auto":
-        return text
-    value = _number(text, int, "expected 'auto' or a number of threads >= 1")
-    if value < 1:
-        _fail("expected 'auto' or a number of threads >= 1", text)
-    return value
+def _auto_or_count(name: str, what: str, bad: list[str]) -> Check:
+    """A check of ``auto`` or an integer >= 1 (a number of ``what``)."""
+    message = f"expected 'auto' or a number of {what} >= 1"
+
+    def fn(text: str) -> int | str:
+        if text == "auto":
+            return text
+        value = _number(text, int, message)
+        if value < 1:
+            _fail(message, text)
+        return value
+
+    fn.__name__, fn.__doc__ = name, f"``auto`` or a number of {what} >= 1."
+    return check(bad=bad, good="auto")(fn)
 
 
-@check(bad=["0", "-1", "x", "1.5"], good="auto")
-def batch_size(text: str) -> int | str:
-    """``auto`` or a number of images >= 1."""
-    if text == "auto":
-        return text
-    value = _number(text, int, "expected 'auto' or a number of images >= 1")
-    if value < 1:
-        _fail("expected 'auto' or a number of images >= 1", text)
-    return value
+threads = _auto_or_count("threads", "threads", ["0", "-2", "x"])
+batch_size = _auto_or_count("batch_size", "images", ["0", "-1", "x", "1.5"])
 
 
 @check(bad=["-1", "x", "7,", "a,b", "1,2,3", "1,-3"], good="center")

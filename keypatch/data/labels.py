@@ -40,6 +40,11 @@ class LabelsWarning(UserWarning):
     """Something in an export was left out of the masks (the message says what and why)."""
 
 
+def task_image(data: dict) -> Any:
+    """A task's image reference: its ``image`` field, else its first text field (None without one)."""
+    return data.get("image", next((v for v in data.values() if isinstance(v, str)), None))
+
+
 def image_name(source: Any, *, file: str | Path, entry: str) -> str:
     """The file name a task's image is known by: the last part of its path, of the ``d=`` path of a
     ``/data/local-files/?d=...`` URL, or of an uploaded file (``/data/upload/1/abc-NAME.jpg``).
@@ -180,7 +185,7 @@ def write_label_masks(export: str | Path | list, out: str | Path, *, classes: di
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             raise refuse(file, where, "is not a task with data")
         data = task["data"]
-        image = data.get("image", next((v for v in data.values() if isinstance(v, str)), None))
+        image = task_image(data)
         name = image_name(image, file=file, entry=f"{where} data.image")
         stem = Path(name).stem
         if stem in names:

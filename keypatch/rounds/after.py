@@ -69,17 +69,27 @@ def read_earlier(path: str | Path, grid: PatchGrid, *, cover: float = COVER) -> 
         return _from_store(path if path.is_dir() else path.parent, grid)
     if not path.is_file():
         raise FileNotFoundError(f"--after {path}: no such results folder or file")
-    data = read_json(path, max_bytes=MAX_EXPORT_BYTES)
-    if isinstance(data, dict):
+    if _first_char(path) == "{":  # an object: a patch_ids.json, read (once) by its own checked reader
         from keypatch.exports.patch_ids import read_patch_ids
 
         checked = read_patch_ids(path)
         return Earlier("patch_ids.json", path, by_name={
             name: _checked(item["patch"], grid.n, file=path, entry=f"entry {name[:80]!r}")
             for name, item in checked.items()})
+    data = read_json(path, max_bytes=MAX_EXPORT_BYTES)
     if isinstance(data, list):
         return annotated_patches(data, grid, source=path, cover=cover)
     raise refuse(path, "the file", "is neither a patch_ids.json (an object) nor a Label Studio JSON export (a list)")
+
+
+def _first_char(path: Path) -> str:
+    """The first character of a JSON file after white space and a byte-order mark ("" for none)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+        while head and not head.lstrip(b"\xef\xbb\xbf \t\r\n"):
+            head = f.read(4096)
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    return chr(text[0]) if text else ""
 
 
 def _from_store(folder: Path, grid: PatchGrid) -> Earlier:

@@ -26,6 +26,7 @@ import torch
 from PIL import UnidentifiedImageError
 
 from keypatch import api
+from keypatch.data.labels import task_image
 from keypatch.engines.job import Job
 from keypatch.exports.annotations import image_size
 from keypatch.exports.labelstudio import prediction
@@ -223,7 +224,7 @@ class Backend:
             if isinstance(aid, bool) or not isinstance(aid, int):
                 raise ValueError(f"{action}: the annotation has no integer id")
             data = task["data"]
-            ref = data.get("image", next((v for v in data.values() if isinstance(v, str)), None))
+            ref = task_image(data)
             item = _Item(str(ref), self.source.get(ref))
             digest = hashlib.sha256(item.data).hexdigest()
             size = self._size(item)  # within max_pixels, from the header: the annotation must be on this image
