@@ -52,6 +52,10 @@ class RankedGreedy(SearchProposer):
         Destinations tried per patch in a round of moves: the free neighbours the ranker scores
         highest as additions to the set without that patch (:meth:`Ranking.without_each`, once,
         from the set the greedy pass ends with); 0: every free neighbour, as ``swap``'s rounds.
+    within : int
+        From the second round of moves on, a patch is tried again only when a move since its last
+        try left from or landed within this Chebyshev distance of it (0: after any move in its
+        image, as ``swap``'s rounds; :func:`~keypatch.proposers.swap.refine`).
     ranker : str
         A ranker file (``keypatch ranker fit``, :func:`keypatch.ranker.save_ranker`); ``"default"``:
         the shipped one, fitted to the embedded default model. A ranker fitted to another model
@@ -62,9 +66,11 @@ class RankedGreedy(SearchProposer):
     Notes
     -----
     A step costs the ranker (negligible) and ``m + errors + keep`` scored sets, all images
-    batched; scored in float32, their error maps come with their ``L``, so the ranker reads the
-    chosen set's map without another pass (one more pass per image at the first step, and at
-    every step when the candidates are scored in bfloat16). The moves cost ``k`` passes per
+    batched; the float32 scores come with their error maps, so the ranker reads the chosen set's
+    map without another pass (one more pass per image at the first step, and at every step with
+    precision ``"bfloat16"``). With ``"mixed"`` the candidates are screened in bfloat16 and those
+    near each image's minimum re-scored in float32 with their maps (:meth:`Objective.step`):
+    float32's picks and maps. The moves cost ``k`` passes per
     image once (the error maps of the ``k`` sets without one patch, batched) and ``moves k`` per
     round (``8 k`` with ``moves=0``); an image whose round moved nothing is done. The ranker runs
     image by image and ties go to the lowest patch index, so the picks are deterministic and
@@ -76,17 +82,18 @@ class RankedGreedy(SearchProposer):
     takes_begin = True
     start_rule = "moves"
     options = {**SearchProposer.options, "m": int, "errors": int, "keep": int, "rounds": int, "reach": int,
-               "moves": int, "ranker": str}
+               "moves": int, "within": int, "ranker": str}
 
     def __init__(self, m: int = 4, errors: int = 2, keep: int = 0, rounds: int = 1, reach: int = 1, moves: int = 2,
-                 ranker: str = "default", start: str = "center", chunk_size: int = DEFAULT_CHUNK,
+                 within: int = 0, ranker: str = "default", start: str = "center", chunk_size: int = DEFAULT_CHUNK,
                  precision: str = DEFAULT_PRECISION) -> None:
         super().__init__(start, chunk_size, precision)
-        if m < 1 or min(errors, keep, rounds, moves) < 0 or reach < 1:
-            raise ValueError(f"m must be >= 1, errors, keep, rounds and moves >= 0 and reach >= 1, got m={m}, "
-                             f"errors={errors}, keep={keep}, rounds={rounds}, reach={reach}, moves={moves}")
+        if m < 1 or min(errors, keep, rounds, moves, within) < 0 or reach < 1:
+            raise ValueError(f"m must be >= 1, errors, keep, rounds, moves and within >= 0 and reach >= 1, got "
+                             f"m={m}, errors={errors}, keep={keep}, rounds={rounds}, reach={reach}, moves={moves}, "
+                             f"within={within}")
         self.m, self.errors, self.keep = int(m), int(errors), int(keep)
-        self.rounds, self.reach, self.moves = int(rounds), int(reach), int(moves)
+        self.rounds, self.reach, self.moves, self.within = int(rounds), int(reach), int(moves), int(within)
         self.ranker = str(ranker)
         load_ranker(self.ranker)  # a missing or foreign file fails here, before any MAE pass
 
@@ -133,4 +140,4 @@ class RankedGreedy(SearchProposer):
         if self.rounds == 0 or k >= n:
             return patches, losses
         return refine(objective, patches, losses[:, -1].to(dev, torch.float32), self.rounds, self.reach,
-                      rank.without_each, self.moves, fixed=begun(objective))
+                      rank.without_each, self.moves, fixed=begun(objective), within=self.within)

@@ -106,7 +106,7 @@ class SwapRefine(SearchProposer):
 
 def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, rounds: int,
            reach: int = 1, rank: Callable[[torch.Tensor], torch.Tensor] | None = None,
-           moves: int = 0, fixed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+           moves: int = 0, fixed: int = 0, within: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Move each patch of ``patches (B, k)`` to its best free neighbour within ``reach`` where that
     lowers ``L`` (``current (B,)`` is ``L(patches)``), ``rounds`` passes over the patches; an image
     whose last pass moved nothing is done. Returns the patches (moved in place of the originals)
@@ -122,7 +122,11 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
     A patch is tried again only when its image's set changed since its last try (a move of any
     patch, its own included): the same set would try the same moves with the same result. So an
     image whose pass moved nothing is done, and a later pass skips the patches that no move
-    followed. The first ``fixed`` patches stay (those an image began with, ``objective.begin``)."""
+    followed. With ``within > 0`` a patch is tried again only when a move since its last try left
+    from or landed within Chebyshev distance ``within`` of it (its own move included): the moves of
+    a patch far from every change are assumed to score as before (fewer sets; not a local optimum
+    in the strict sense). The first ``fixed`` patches stay (those an image began with,
+    ``objective.begin``)."""
     (b, k), n, dev = patches.shape, objective.grid.n, objective.device
     patches = patches.clone()
     dist = objective.grid.distances(dev)
@@ -130,11 +134,19 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
     score = rank(patches) if rank is not None and moves > 0 and rounds > 0 else None
     version = torch.zeros(b, dtype=torch.long, device=dev)  # moves made so far in each image
     tried = torch.full((b, k), -1, dtype=torch.long, device=dev)  # the version each patch's moves were last tried at
+    # within > 0: the version of the last move that left from or landed within `within` of each cell
+    stamp = torch.zeros(b, n, dtype=torch.long, device=dev) if within > 0 else None
+    close = (dist <= within) if within > 0 else None
+    rows_b = torch.arange(b, device=dev)
     for _ in range(rounds):
         moved = torch.zeros(b, dtype=torch.bool, device=dev)
         for i in range(fixed, k):
-            # a patch whose image has not changed since its last try would try the same sets again
-            changed = tried[:, i] != version
+            # a patch whose image (near it, with `within`) has not changed since its last try would
+            # try the same sets again
+            if stamp is None:
+                changed = tried[:, i] != version
+            else:
+                changed = stamp[rows_b, patches[:, i]] > tried[:, i]
             tried[:, i] = version
             free = torch.ones(b, n, dtype=torch.bool, device=dev).scatter_(1, patches, False)
             moves_i = near[patches[:, i]] & free & changed[:, None]  # (B, N): where patch i may go
@@ -149,6 +161,9 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
             scores[rows, dest] = objective.score(sets, rows, below=current[rows])  # exact where it could move
             best, where = scores.min(dim=1)  # first minimum: lowest index on ties
             better = best < current
+            if stamp is not None:  # mark the cells near the move's source and destination
+                touched = (close[patches[:, i]] | close[where]) & better[:, None]
+                stamp = torch.where(touched, (version + 1)[:, None], stamp)
             patches[better, i] = where[better]
             current = torch.where(better, best, current)
             version += better.long()

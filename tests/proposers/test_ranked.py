@@ -156,6 +156,27 @@ def test_ranked_moves_only_lower_the_loss_and_with_every_neighbour_are_plain_mov
     assert torch.equal(every, plain)
 
 
+def test_moves_retried_only_near_a_change_lower_the_loss_with_fewer_sets(tiny224, photos):
+    """``within``: a patch is retried only near the moves made since its last try; reaching the whole
+    grid it is the plain rule (any change in the image), exactly."""
+    start = torch.arange(20).expand(3, 20).clone()
+
+    def run(within):
+        objective = Objective(tiny224, photos)
+        current = objective.score(start)
+        patches, losses = refine(objective, start, current, 4, 1, within=within)
+        assert (losses[:, -1] < current).all()
+        assert torch.allclose(losses[:, -1], objective.score(patches), rtol=1e-6)
+        return patches, losses[:, -1], objective.evaluations
+
+    plain, plain_loss, plain_evals = run(0)
+    whole, whole_loss, whole_evals = run(13)  # every cell of the 14x14 grid lies within 13 of every other
+    assert torch.equal(whole, plain) and torch.equal(whole_loss, plain_loss) and torch.equal(whole_evals, plain_evals)
+    local, _, local_evals = run(1)
+    assert (local_evals <= plain_evals).all() and (local_evals < plain_evals).any()
+    assert not torch.equal(local, start)
+
+
 def test_moves_are_ranked_as_additions_to_the_set_without_the_patch(tiny224, photos):
     sets = torch.tensor([[97, 3, 150, 60], [0, 195, 14, 98], [5, 6, 7, 8]])
     objective = Objective(tiny224, photos)
@@ -180,5 +201,7 @@ def test_batch_equals_one_by_one_with_ranked_moves(tiny224, photos):
 def test_options_are_checked():
     with pytest.raises(ValueError, match="m must be >= 1"):
         get_proposer("ranked", m=0)
-    with pytest.raises(ValueError, match="errors, keep, rounds and moves >= 0"):
+    with pytest.raises(ValueError, match="errors, keep, rounds, moves and within >= 0"):
         get_proposer("ranked", moves=-1)
+    with pytest.raises(ValueError, match="within=-1"):
+        get_proposer("ranked", within=-1)
