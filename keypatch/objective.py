@@ -40,7 +40,12 @@ GPU_MEMORY_SHARE = 0.5
 """Share of a GPU's free memory the activations of one pass may take."""
 
 MIXED_REFINE = 8
-"""``precision="mixed"``: candidates per image always re-scored in float32 at a step (the lowest in bfloat16)."""
+"""``precision="mixed"``: candidates per image re-scored in float32 at a step (the lowest in bfloat16)
+until the image's bfloat16 error has been measured on this many sets."""
+MIXED_FLOOR = 2
+"""``precision="mixed"``: candidates per image always re-scored in float32 at a step once its
+bfloat16 error has been measured on :data:`MIXED_REFINE` sets (the lowest in bfloat16, besides every
+candidate within the margin)."""
 MIXED_SAFETY = 2.0
 """``precision="mixed"``: the margin is this many times the largest relative bfloat16 error seen."""
 
@@ -191,9 +196,11 @@ class Objective:
         -----
         The precision policy. ``"float32"``: every set exactly. ``"bfloat16"``: every set in
         bfloat16. ``"mixed"``: a ``(M, k)`` batch in float32 (bfloat16 with ``screen``); ``C``
-        alternatives per image, when ``C`` exceeds :data:`MIXED_REFINE`, in bfloat16 first, then
-        the :data:`MIXED_REFINE` lowest, and every alternative whose bfloat16 loss lies within
-        the margin of the bfloat16 minimum, re-scored in float32, so that the argmin, its ties and
+        alternatives per image in bfloat16 first, then the lowest few (:data:`MIXED_REFINE` until
+        the image's bfloat16 error has been measured on that many sets, :data:`MIXED_FLOOR` after)
+        and every alternative whose bfloat16 loss lies within the margin of the bfloat16 minimum,
+        re-scored in float32 (all of them at once where ``C`` is at most :data:`MIXED_FLOOR`), so
+        that the argmin, its ties and
         its loss are float32's (the others keep bfloat16 losses, all above that minimum). The
         margin is :data:`MIXED_SAFETY` times the image's largest relative bfloat16 error seen so
         far (this call included); if the re-scores show that an alternative outside them could
@@ -214,9 +221,9 @@ class Objective:
                 return loss.view(b, c), err.view(b, c, -1)
             if screen:
                 return self._screen(flat, ii).view(b, c)
-            if self.precision != "mixed" or c <= MIXED_REFINE:  # mixed re-scores that many in float32 anyway
+            if self.precision != "mixed" or c <= MIXED_FLOOR:  # mixed would re-score them all
                 return self._exact(flat, ii).view(b, c)
-            return self._refine(self._screen(flat, ii).view(b, c), sets)
+            return self._refine(self._screen(flat, ii).view(b, c), sets)[0]
         ii = torch.arange(self.batch, device=sets.device) if image_index is None else image_index
         if maps:
             return self._maps(sets, ii)
@@ -240,10 +247,11 @@ class Objective:
             ``(B, C)`` candidate patches per image (the same count for every image), in ascending
             index order so that ties go to the lowest patch index.
         maps : bool
-            Also give the error map of each image's new set (:attr:`Step.errors`) where that costs
-            no further passes: at most :data:`MIXED_REFINE` candidates per image, scored in float32
-            (precision ``"float32"`` or ``"mixed"``); ``L`` is then the mean of the masked
-            patches' errors. Otherwise ``errors`` is None.
+            Also give the error map of each image's new set (:attr:`Step.errors`, float32) where
+            that costs no further passes: with ``"float32"``, at most :data:`MIXED_REFINE`
+            candidates per image; with ``"mixed"``, any number (the candidates re-scored in
+            float32 are scored with their maps, the pick among them); the ``L`` of a set scored
+            with its map is the mean of its masked patches' errors. Otherwise ``errors`` is None.
 
         Returns
         -------
@@ -255,15 +263,27 @@ class Objective:
         """
         b, c = candidates.shape
         sets = with_each(chosen, candidates)
+        ar = torch.arange(b, device=candidates.device)
+        if maps and self.precision == "mixed" and c > MIXED_FLOOR:
+            flat = sets.reshape(b * c, -1)
+            screened = self._screen(flat, torch.arange(b, device=sets.device).repeat_interleave(c)).view(b, c)
+            scores, errors = self._refine(screened, sets, maps=True)
+            best = scores.argmin(dim=1)  # a float32 score: every other lies above the float32 minimum
+            return Step(candidates[ar, best], scores[ar, best], candidates, scores, errors)
         errors = None
         if maps and self.precision != "bfloat16" and c <= MIXED_REFINE:
             scores, errors = self.score(sets, maps=True)
         else:
             scores = self.score(sets)
-        ar = torch.arange(b, device=candidates.device)
         best = scores.argmin(dim=1)  # first minimum: lowest index on ties
         return Step(candidates[ar, best], scores[ar, best], candidates, scores,
                     None if errors is None else errors[ar, best])
+
+    def _floor(self) -> torch.Tensor:
+        """``(B,)``: candidates per image ``"mixed"`` re-scores at a step whatever the margin
+        (:data:`MIXED_REFINE` until the image's bfloat16 error is measured on that many sets, then
+        :data:`MIXED_FLOOR`)."""
+        return torch.where(self.compared < MIXED_REFINE, MIXED_REFINE, MIXED_FLOOR)
 
     def _exact(self, sets: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
         """``L`` of ``(M, k)`` sets in the scoring precision (float32 but with ``"bfloat16"``)."""
@@ -296,10 +316,12 @@ class Objective:
             out[s : s + size] = one(slice(s, s + size))
         return out
 
-    def _maps(self, sets: torch.Tensor, ii: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _maps(self, sets: torch.Tensor, ii: torch.Tensor, count: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """``(L (M,), errors (M, N))`` of ``(M, k)`` sets, in float32, one pass per set, on the scoring
-        fast path (:func:`~keypatch.reconstructors.scoring.context_patch_errors`)."""
-        self.evaluations.index_add_(0, ii, torch.ones_like(ii))
+        fast path (:func:`~keypatch.reconstructors.scoring.context_patch_errors`); counted in
+        :attr:`evaluations` unless ``count`` is false (sets already counted when screened)."""
+        if count:
+            self.evaluations.index_add_(0, ii, torch.ones_like(ii))
         cpu = sets.device.type == "cpu"
 
         def one(s: slice) -> torch.Tensor:
@@ -331,16 +353,21 @@ class Objective:
             out[rows] = exact
         return out
 
-    def _refine(self, screened: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
-        """``screened (B, C)`` bfloat16 scores with those near each minimum re-scored in float32."""
+    def _refine(self, screened: torch.Tensor, sets: torch.Tensor,
+                maps: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``screened (B, C)`` bfloat16 scores with those near each minimum re-scored in float32;
+        with ``maps`` re-scored with their error maps, and the map of each image's lowest
+        ``(B, N)`` returned beside the scores (else None)."""
         b, c = screened.shape
         order = screened.argsort(dim=1, stable=True)  # candidates of each image, lowest bf16 loss first
         rank = torch.arange(c, device=sets.device)
         out, done = screened.clone(), torch.zeros(b, dtype=torch.long, device=sets.device)
+        floor = self._floor()  # fixed for the call: the re-scores below measure the error
+        errors = torch.zeros(b, c, self.grid.n, device=sets.device) if maps else None
 
         def within(best: torch.Tensor) -> torch.Tensor:  # per image: candidates whose bf16 loss could hide best
             bound = best * (1.0 + MIXED_SAFETY * self.relative_error)
-            return (screened <= bound[:, None]).sum(1).clamp(MIXED_REFINE, c)
+            return torch.maximum((screened <= bound[:, None]).sum(1), floor).clamp(max=c)
 
         need = within(screened.amin(1) * (1.0 + MIXED_SAFETY * self.relative_error))
         while True:
@@ -350,13 +377,19 @@ class Objective:
                 break
             self.widened += bool(done.any())
             cand = order[img, pos]
-            exact = self._passes(self.model, self.context, sets[img, cand], img)
+            if maps:
+                exact, err = self._maps(sets[img, cand], img, count=False)
+                errors[img, cand] = err
+            else:
+                exact = self._passes(self.model, self.context, sets[img, cand], img)
             out[img, cand] = exact
             self._compare(screened[img, cand], exact, img)
             done = torch.maximum(done, need)
             fp32 = torch.where(rank < done[:, None], out.gather(1, order), torch.inf)
             need = torch.maximum(done, within(fp32.amin(1)))
-        return out
+        if errors is None:
+            return out, None
+        return out, errors[torch.arange(b, device=sets.device), out.argmin(dim=1)]
 
 
 def prefix_losses(objective: Objective, patches: torch.Tensor) -> torch.Tensor:

@@ -178,3 +178,40 @@ def test_chunk_size_on_cuda_follows_free_memory():
 
     chunk = auto_chunk(load_mae("random:base", device="cuda"))
     assert CPU_CHUNK <= chunk <= 16384
+
+
+def test_a_mixed_step_with_maps_rescores_a_few_in_float32_with_the_pick_s_map(photos):
+    """After its first re-scores measured the bfloat16 error, a step of few candidates with maps is
+    screened in bfloat16: float32 scores and the pick's float32 map, for fewer float32 passes."""
+    model = load_mae("default")
+    fp32 = Objective(model, photos, precision="float32")
+    mixed = Objective(model, photos, precision="mixed")
+    g = torch.Generator().manual_seed(3)
+    calibrated_steps = 0
+    for _ in range(5):
+        chosen = torch.stack([torch.randperm(196, generator=g)[:10] for _ in range(3)])
+        free = torch.ones(3, 196, dtype=torch.bool).scatter_(1, chosen, False)
+        cand = torch.stack([row.nonzero()[:6, 0] for row in free])
+        before, calibrated = mixed.refined, bool((mixed.compared >= objective_module.MIXED_REFINE).all())
+        got, want = mixed.step(chosen, cand, maps=True), fp32.step(chosen, cand, maps=True)
+        assert torch.equal(got.pick, want.pick) and torch.allclose(got.loss, want.loss, rtol=1e-6)
+        assert torch.allclose(got.errors, want.errors, rtol=1e-5, atol=1e-7)
+        if calibrated:  # the floor and the margin, not all six
+            assert objective_module.MIXED_FLOOR * 3 <= mixed.refined - before < 3 * 6
+            calibrated_steps += 1
+        else:  # the first steps measure the error: all re-scored
+            assert mixed.refined - before == 3 * 6
+    assert calibrated_steps == 3
+    assert mixed.evaluations.tolist() == [30] * 3  # a re-scored set counts once
+
+
+def test_ranked_in_mixed_picks_as_in_float32_with_fewer_float32_passes(photos):
+    model = load_mae("default")
+    got = {}
+    for prec in ("float32", "mixed"):
+        proposer = get_proposer("ranked", precision=prec)
+        objective = proposer.objective(model, photos)
+        got[prec] = proposer.search(objective, 20, [0] * 3)[0], objective
+    assert torch.equal(got["float32"][0], got["mixed"][0])
+    mixed = got["mixed"][1]
+    assert 0 < mixed.refined < 0.6 * int(mixed.evaluations.sum())  # steps and moves: float32 near the ties only
