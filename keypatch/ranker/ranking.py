@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from keypatch.objective import Objective
 from keypatch.ranker.net import PatchRanker, ranker_inputs, static_inputs
 from keypatch.threads import TUNER
+
+GPU_GROUP = 64
+"""Images per call of the ranker on a GPU. Every call holds exactly this many (the last group
+padded with zeros), so an image's scores never depend on how many images ran beside it: a
+convolution's bits may change with the batch size, not with an image's place in a batch of one
+size. On a CPU the ranker runs image by image (its cost there is the call, not the launches)."""
+
+
+def grouped(net: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, per: int, group: int) -> torch.Tensor:
+    """``net`` over ``inputs`` whose rows come ``per`` to an image, ``group`` images per call (the last
+    call padded with zero rows to the same shape): the rows' scores, the same whatever the number of
+    images."""
+    rows = per * group
+    out = []
+    for s in range(0, inputs.shape[0], rows):
+        part = inputs[s : s + rows]
+        if part.shape[0] < rows:
+            part = torch.cat([part, part.new_zeros(rows - part.shape[0], *part.shape[1:])])
+        out.append(net(part)[: min(rows, inputs.shape[0] - s)])
+    return torch.cat(out)
 
 
 class Ranking:
@@ -32,13 +54,15 @@ class Ranking:
         inputs = ranker_inputs(None, err, err if self.last is None else self.last, chosen,
                                self.grid.rows, self.grid.cols, self.static)
         self.last = err
-        # image by image: a convolution's result must not depend on the batch it ran in
-        return self._net(lambda: torch.cat([self.net(inputs[i : i + 1]) for i in range(inputs.shape[0])]),
-                         inputs.shape[0])
+        return self._net(inputs, 1)
 
-    def _net(self, fn, units: int) -> torch.Tensor:  # noqa: ANN001 - a closure over the net's calls
-        """The ranker's calls ``fn()``, on a CPU on the thread count :data:`~keypatch.threads.TUNER` chooses."""
-        return TUNER.run(fn, units, "ranker") if self.objective.device.type == "cpu" else fn()
+    def _net(self, inputs: torch.Tensor, per: int) -> torch.Tensor:
+        """The ranker on ``inputs``, ``per`` rows to an image, so that an image's scores do not depend
+        on the images beside it: image by image on a CPU (on the thread count
+        :data:`~keypatch.threads.TUNER` chooses), :data:`GPU_GROUP` images per call elsewhere."""
+        if self.objective.device.type != "cpu":
+            return grouped(self.net, inputs, per, GPU_GROUP)
+        return TUNER.run(lambda: grouped(self.net, inputs, per, 1), inputs.shape[0] // per, "ranker")
 
     def without_each(self, sets: torch.Tensor) -> torch.Tensor:
         """Where to move each chosen patch: ``sets (B, k)`` -> ``(B, k, N)``, row ``i`` the ranker's
@@ -53,6 +77,5 @@ class Ranking:
         err = self.objective.score(smaller, ii, maps=True)[1]
         chosen = torch.zeros_like(err, dtype=torch.bool).scatter_(1, smaller, True)
         inputs = ranker_inputs(None, err, err, chosen, self.grid.rows, self.grid.cols, self.static[ii])
-        # image by image (each image's k sets in one call): the same result alone as in a batch
-        return self._net(lambda: torch.cat([self.net(inputs[i * k : (i + 1) * k]) for i in range(b)]),
-                         b * k).view(b, k, -1)
+        # each image's k sets in one call (a group of images on a GPU): the same result alone as in a batch
+        return self._net(inputs, k).view(b, k, -1)

@@ -205,3 +205,20 @@ def test_options_are_checked():
         get_proposer("ranked", moves=-1)
     with pytest.raises(ValueError, match="within=-1"):
         get_proposer("ranked", within=-1)
+
+
+def test_the_ranker_in_fixed_groups_scores_an_image_alike_alone_and_beside_others():
+    """GPUs run the ranker on groups of GPU_GROUP images (the last padded): an image's scores are the
+    same bits whatever the number of images, as they are image by image on a CPU."""
+    from keypatch.ranker.ranking import grouped
+
+    net = load_ranker()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(11 * 3, 11, 14, 14, generator=g)  # 11 images, 3 rows each (the moves' k sets)
+    with torch.no_grad():
+        together = grouped(net, x, 3, 4)
+        for i in range(11):
+            alone = grouped(net, x[3 * i : 3 * i + 3], 3, 4)
+            assert torch.equal(alone, together[3 * i : 3 * i + 3])
+        assert together.shape == (33, 196)
+        assert torch.allclose(grouped(net, x, 3, 1), together, atol=1e-4)  # image by image: equal up to rounding

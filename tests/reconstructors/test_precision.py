@@ -215,3 +215,17 @@ def test_ranked_in_mixed_picks_as_in_float32_with_fewer_float32_passes(photos):
     assert torch.equal(got["float32"][0], got["mixed"][0])
     mixed = got["mixed"][1]
     assert 0 < mixed.refined < 0.6 * int(mixed.evaluations.sum())  # steps and moves: float32 near the ties only
+
+
+@pytest.mark.cuda
+def test_ranked_on_cuda_picks_alike_alone_in_a_batch_and_in_mixed(photos):
+    """On a GPU the ranker runs in groups (keypatch.ranker.ranking.GPU_GROUP) and mixed screens its
+    candidates in bfloat16: each image's picks alone equal its picks in the batch, and float32's."""
+    model = load_mae("default", device="cuda")
+    x = photos.cuda()
+    fp32, _, _ = get_proposer("ranked", precision="float32").select(model, x, 20, 0)
+    mixed, _, _ = get_proposer("ranked", precision="mixed").select(model, x, 20, 0)
+    assert torch.equal(mixed, fp32)
+    for i in range(x.shape[0]):
+        alone, _, _ = get_proposer("ranked", precision="float32").select(model, x[i : i + 1], 20, 0)
+        assert torch.equal(alone[0], fp32[i])
