@@ -146,6 +146,10 @@ class Objective:
         self.evaluations = torch.zeros(images.shape[0], dtype=torch.long, device=model.device)
         self.refined = self.widened = 0
         self.relative_error = torch.zeros(images.shape[0], device=model.device)
+        self.spread = torch.zeros(images.shape[0], device=model.device)
+        """``(B,)``, ``"mixed"``: per image, the largest deviation of a re-scored candidate's relative
+        bfloat16 error from the mean of its step's re-scored candidates (the part of the error that
+        can reorder a step's candidates; the mean shifts them all alike)."""
         self.compared = torch.zeros(images.shape[0], dtype=torch.long, device=model.device)
         """``(B,)``: sets whose bfloat16 and float32 ``L`` were both computed, per image."""
         self.begin: torch.Tensor | None = None
@@ -198,15 +202,17 @@ class Objective:
         bfloat16. ``"mixed"``: a ``(M, k)`` batch in float32 (bfloat16 with ``screen``); ``C``
         alternatives per image in bfloat16 first, then the lowest few (:data:`MIXED_REFINE` until
         the image's bfloat16 error has been measured on that many sets, :data:`MIXED_FLOOR` after)
-        and every alternative whose bfloat16 loss lies within the margin of the bfloat16 minimum,
-        re-scored in float32 (all of them at once where ``C`` is at most :data:`MIXED_FLOOR`), so
-        that the argmin, its ties and
-        its loss are float32's (the others keep bfloat16 losses, all above that minimum). The
-        margin is :data:`MIXED_SAFETY` times the image's largest relative bfloat16 error seen so
-        far (this call included); if the re-scores show that an alternative outside them could
-        still be the float32 minimum, more are re-scored (:attr:`widened` counts those calls).
-        This costs two host synchronisations per call. With ``below``: a set is re-scored in
-        float32 when its bfloat16 ``L`` lies within the same margin above its bound, and every set
+        and every alternative whose float32 loss could lie below the float32 minimum re-scored in
+        float32 (all of them at once where ``C`` is at most :data:`MIXED_FLOOR`), so that the
+        argmin, its ties and its loss are float32's (the others get their bfloat16 loss less the
+        step's offset, all above that minimum). The bfloat16 error of a step's sets is mostly an
+        offset they share: the rule reads the offset off the step's re-scores and allows
+        :data:`MIXED_SAFETY` times the largest deviation from it seen on the image
+        (:attr:`spread`; :meth:`_refine`); if the re-scores show that an alternative outside them
+        could still be the float32 minimum, more are re-scored (:attr:`widened` counts those
+        calls). This costs two host synchronisations per call or more. With ``below``: a set is
+        re-scored in float32 when its bfloat16 ``L`` lies within :data:`MIXED_SAFETY` times the
+        image's largest relative bfloat16 error above its bound, and every set
         of an image whose bfloat16 error has been measured on fewer than :data:`MIXED_REFINE`
         sets (the float32 re-scores measure it); one host synchronisation.
         """
@@ -357,19 +363,28 @@ class Objective:
                 maps: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``screened (B, C)`` bfloat16 scores with those near each minimum re-scored in float32;
         with ``maps`` re-scored with their error maps, and the map of each image's lowest
-        ``(B, N)`` returned beside the scores (else None)."""
-        b, c = screened.shape
-        order = screened.argsort(dim=1, stable=True)  # candidates of each image, lowest bf16 loss first
-        rank = torch.arange(c, device=sets.device)
-        out, done = screened.clone(), torch.zeros(b, dtype=torch.long, device=sets.device)
-        floor = self._floor()  # fixed for the call: the re-scores below measure the error
-        errors = torch.zeros(b, c, self.grid.n, device=sets.device) if maps else None
+        ``(B, N)`` returned beside the scores (else None).
 
-        def within(best: torch.Tensor) -> torch.Tensor:  # per image: candidates whose bf16 loss could hide best
-            bound = best * (1.0 + MIXED_SAFETY * self.relative_error)
+        A candidate ``c`` whose float32 ``L`` could lie below the best float32 ``L`` so far, ``b``,
+        is re-scored: ``bf16_c <= b (1 + e + MIXED_SAFETY * spread)``, where ``e`` is the mean
+        relative bfloat16 error of this step's re-scored candidates (an offset shared by the
+        step's sets) and :attr:`spread` the largest deviation from it seen on the image. The
+        others' scores are their bfloat16 ``L`` divided by ``1 + e``, all above that minimum."""
+        b, c = screened.shape
+        dev = sets.device
+        order = screened.argsort(dim=1, stable=True)  # candidates of each image, lowest bf16 loss first
+        rank = torch.arange(c, device=dev)
+        out, done = screened.clone(), torch.zeros(b, dtype=torch.long, device=dev)
+        floor = self._floor()  # fixed for the call: the re-scores below measure the error
+        errors = torch.zeros(b, c, self.grid.n, device=dev) if maps else None
+        rel = torch.zeros(b, c, device=dev)  # this step's relative bfloat16 errors, where re-scored
+        scored = torch.zeros(b, c, dtype=torch.bool, device=dev)
+
+        def within(bound: torch.Tensor) -> torch.Tensor:  # per image: candidates re-scored, lowest bf16 first
             return torch.maximum((screened <= bound[:, None]).sum(1), floor).clamp(max=c)
 
-        need = within(screened.amin(1) * (1.0 + MIXED_SAFETY * self.relative_error))
+        # before any re-score: the offset unknown, the float32 minimum about the bfloat16 one
+        need = within(screened.amin(1) * (1.0 + MIXED_SAFETY * self.spread))
         while True:
             new = (rank >= done[:, None]) & (rank < need[:, None])  # (B, C) in rank order
             img, pos = new.nonzero(as_tuple=True)  # host sync
@@ -384,12 +399,19 @@ class Objective:
                 exact = self._passes(self.model, self.context, sets[img, cand], img)
             out[img, cand] = exact
             self._compare(screened[img, cand], exact, img)
+            rel[img, cand] = (screened[img, cand] - exact) / exact.abs().clamp_min(1e-12)
+            scored[img, cand] = True
+            offset = torch.where(scored, rel, 0.0).sum(1) / scored.sum(1).clamp_min(1)
+            deviation = torch.where(scored, (rel - offset[:, None]).abs(), 0.0).amax(1)
+            self.spread = torch.maximum(self.spread, deviation)
             done = torch.maximum(done, need)
-            fp32 = torch.where(rank < done[:, None], out.gather(1, order), torch.inf)
-            need = torch.maximum(done, within(fp32.amin(1)))
+            best = torch.where(scored, out, torch.inf).amin(1)
+            need = torch.maximum(done, within(best * (1.0 + offset + MIXED_SAFETY * self.spread)))
+        # the others: their bfloat16 L less the step's offset, each above the float32 minimum
+        out = torch.where(scored, out, screened / (1.0 + offset[:, None]))
         if errors is None:
             return out, None
-        return out, errors[torch.arange(b, device=sets.device), out.argmin(dim=1)]
+        return out, errors[torch.arange(b, device=dev), out.argmin(dim=1)]
 
 
 def prefix_losses(objective: Objective, patches: torch.Tensor) -> torch.Tensor:

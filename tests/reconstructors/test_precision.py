@@ -64,8 +64,11 @@ def test_mixed_picks_equal_float32_picks(photos, model_name):
 
 
 def test_mixed_widens_its_margin_when_the_rescores_demand_it(photos, monkeypatch):
-    """With one candidate re-scored up front, the first step's errors force more re-scores."""
-    monkeypatch.setattr(objective_module, "MIXED_REFINE", 1)
+    """Two candidates re-scored up front, and a wide safety factor: the spread of their errors,
+    measured by those re-scores, forces more of them at the first step."""
+    monkeypatch.setattr(objective_module, "MIXED_REFINE", 2)
+    monkeypatch.setattr(objective_module, "MIXED_FLOOR", 2)
+    monkeypatch.setattr(objective_module, "MIXED_SAFETY", 50.0)
     model = load_mae("default")
     proposer = get_proposer("greedy", precision="mixed")
     objective = proposer.objective(model, photos)
