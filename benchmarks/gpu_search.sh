@@ -11,6 +11,6 @@ python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; pr
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 timeout 150 python3 -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tail -5
 timeout 400 python3 benchmarks/bench_search.py --ratios 0.1,0.25 --base-photos 8 \
-    --only "ranked (m=4 rounds=2 moves=2)" --only "ranked moves=3" --only "ranked moves=0 (every neighbour)" \
+    --only "ranked (m=4 errors=2 rounds=1 reach=2 moves=3)" --only "ranked reach=1 moves=2 (the former default)" --only "ranked moves=0 (every neighbour)" \
     --only "screened (m=6 keep=2 rounds=2)" --only "screened m=4" \
     2>&1 | grep -v "InputNote\|return torch.stack" | tee "$out/results_search_gpu_$(date +%F).txt"

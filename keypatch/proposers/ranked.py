@@ -84,7 +84,7 @@ class RankedGreedy(SearchProposer):
     options = {**SearchProposer.options, "m": int, "errors": int, "keep": int, "rounds": int, "reach": int,
                "moves": int, "within": int, "ranker": str}
 
-    def __init__(self, m: int = 4, errors: int = 2, keep: int = 0, rounds: int = 1, reach: int = 1, moves: int = 2,
+    def __init__(self, m: int = 4, errors: int = 2, keep: int = 0, rounds: int = 1, reach: int = 2, moves: int = 3,
                  within: int = 0, ranker: str = "default", start: str = "center", chunk_size: int = DEFAULT_CHUNK,
                  precision: str = DEFAULT_PRECISION) -> None:
         super().__init__(start, chunk_size, precision)
