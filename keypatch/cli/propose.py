@@ -42,8 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "half of); they are kept, and not counted in --budget")
     p.add_argument("--strategy", default="greedy", choices=sorted(available()), metavar="STRATEGY",
                    help=f"proposal strategy: {', '.join(available())} (default: greedy = KPP, exact; for datasets "
-                        "ranked: on photos it never saw 11-14x faster than greedy on a CPU at a mean loss 3-5%% lower "
-                        "at r = 0.1 and 0.25, the worst photo some 5-6%% above; docs/strategies.md)")
+                        "ranked: on 16 photos nothing was fitted or tuned on, 11-13x faster than greedy on a CPU at a "
+                        "mean loss 5-6%% lower at r = 0.1 and 0.25, no photo more than 2%% above its greedy loss; "
+                        "docs/strategies.md)")
     p.add_argument("--start", default=None, type=v.start, metavar="center|none|INDEX|ROW,COL",
                    help="greedy-like strategies: begin from the central patch (paper, default), from nothing "
                         "(ablation), or from a patch (98 or 7,0 in the KPP authors' code)")
