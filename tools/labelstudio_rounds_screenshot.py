@@ -13,15 +13,13 @@ Chromium (``--python`` names an interpreter that has Playwright).
 
 from __future__ import annotations
 
-import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from labelstudio_screenshot import EMAIL, PASSWORD, SHOT, TOKEN, local_label_studio  # noqa: E402
+from labelstudio_screenshot import TOKEN, arguments, local_label_studio, photograph, project_with_photo  # noqa: E402
 
 CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
@@ -34,26 +32,13 @@ CONFIG = """<View>
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("docs/active_learning_round2.png"))
-    ap.add_argument("--photo", default="coffee", help="a test photo name (keypatch.experiments.photos)")
-    ap.add_argument("--ratio", type=float, default=0.05)
-    ap.add_argument("--python", default=sys.executable, help="an interpreter with Playwright")
-    ap.add_argument("--chromium", default="/usr/bin/chromium")
-    ap.add_argument("--port", type=int, default=8098)
-    args = ap.parse_args()
+    args = arguments(__doc__, "docs/active_learning_round2.png", "coffee", 0.05, 8098)
 
     from label_studio_sdk import LabelStudio
 
     with local_label_studio(args.photo, args.ratio, args.port) as (url, backend, server, work):
         client = LabelStudio(base_url=url, api_key=TOKEN)
-        project = client.projects.create(title="Key patches, round 2", label_config=CONFIG)
-        client.import_storage.local.create(project=project.id, path=str(work / "files" / "photos"), title="photos",
-                                           use_blob_urls=True)
-        ml = client.ml.create(url=server.url, project=project.id, title="keypatch")
-        ref = f"/data/local-files/?d=photos/{args.photo}.jpg"
-        client.projects.import_tasks(id=project.id, request=[{"image": ref}])
-        task = next(iter(client.tasks.list(project=project.id)))
+        project, ml, task = project_with_photo(client, "Key patches, round 2", CONFIG, server, work, args.photo)
 
         def prediction() -> dict:
             client.actions.create(id="retrieve_tasks_predictions", project=project.id,
@@ -70,10 +55,7 @@ def main() -> None:
             client.predictions.delete(id=p.id if not isinstance(p, dict) else p["id"])
         second = prediction()["result"][0]
         both = client.annotations.create(id=task.id, result=[labelled, {**second, "id": "round2"}])
-        page = f"{url}/projects/{project.id}/data?task={task.id}&annotation={both.id}"
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([args.python, "-c", SHOT, url, args.chromium, EMAIL, PASSWORD, page, str(args.out.resolve())],
-                       check=True)
+        photograph(args, url, f"{url}/projects/{project.id}/data?task={task.id}&annotation={both.id}")
         print(f"wrote {args.out} (model {ml.id}, annotated {backend.annotated})")
 
 

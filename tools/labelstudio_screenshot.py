@@ -84,15 +84,38 @@ def local_label_studio(photo: str, ratio: float, port: int) -> Iterator[tuple[st
         ls.wait(timeout=30)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("docs/serve_labelstudio.png"))
-    ap.add_argument("--photo", default="chelsea", help="a test photo name (keypatch.experiments.photos)")
-    ap.add_argument("--ratio", type=float, default=0.1)
+def arguments(doc: str, out: str, photo: str, ratio: float, port: int) -> argparse.Namespace:
+    """The command line the screenshot tools share, with each tool's defaults."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path(out))
+    ap.add_argument("--photo", default=photo, help="a test photo name (keypatch.experiments.photos)")
+    ap.add_argument("--ratio", type=float, default=ratio)
     ap.add_argument("--python", default=sys.executable, help="an interpreter with Playwright")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
-    ap.add_argument("--port", type=int, default=8097)
-    args = ap.parse_args()
+    ap.add_argument("--port", type=int, default=port)
+    return ap.parse_args()
+
+
+def project_with_photo(client: Any, title: str, config: str, server: Any, work: Path, photo: str) -> tuple:
+    """A project on ``client`` with ``config``, the work folder's photos as local storage, the backend
+    ``server`` as its model and ``photo`` imported as its one task: ``(project, ml backend, task)``."""
+    project = client.projects.create(title=title, label_config=config)
+    client.import_storage.local.create(project=project.id, path=str(work / "files" / "photos"), title="photos",
+                                       use_blob_urls=True)
+    ml = client.ml.create(url=server.url, project=project.id, title="keypatch")
+    client.projects.import_tasks(id=project.id, request=[{"image": f"/data/local-files/?d=photos/{photo}.jpg"}])
+    return project, ml, next(iter(client.tasks.list(project=project.id)))
+
+
+def photograph(args: argparse.Namespace, url: str, page: str) -> None:
+    """Log in to Label Studio at ``url`` with headless Chromium and photograph ``page`` into ``args.out``."""
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([args.python, "-c", SHOT, url, args.chromium, EMAIL, PASSWORD, page, str(args.out.resolve())],
+                   check=True)
+
+
+def main() -> None:
+    args = arguments(__doc__, "docs/serve_labelstudio.png", "chelsea", 0.1, 8097)
 
     from label_studio_sdk import LabelStudio
 
@@ -100,19 +123,10 @@ def main() -> None:
 
     with local_label_studio(args.photo, args.ratio, args.port) as (url, _, server, work):
         client = LabelStudio(base_url=url, api_key=TOKEN)
-        project = client.projects.create(title="Key patches", label_config=LABELSTUDIO_CONFIG)
-        client.import_storage.local.create(project=project.id, path=str(work / "files" / "photos"), title="photos",
-                                           use_blob_urls=True)
-        client.ml.create(url=server.url, project=project.id, title="keypatch")
-        ref = f"/data/local-files/?d=photos/{args.photo}.jpg"
-        client.projects.import_tasks(id=project.id, request=[{"image": ref}])
+        project, _, task = project_with_photo(client, "Key patches", LABELSTUDIO_CONFIG, server, work, args.photo)
         client.actions.create(id="retrieve_tasks_predictions", project=project.id,
                               selected_items={"all": True, "excluded": []})
-        task = next(iter(client.tasks.list(project=project.id)))
-        page = f"{url}/projects/{project.id}/data?task={task.id}"
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([args.python, "-c", SHOT, url, args.chromium, EMAIL, PASSWORD, page, str(args.out.resolve())],
-                       check=True)
+        photograph(args, url, f"{url}/projects/{project.id}/data?task={task.id}")
         print(f"wrote {args.out}")
 
 
