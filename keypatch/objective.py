@@ -271,9 +271,7 @@ class Objective:
         sets = with_each(chosen, candidates)
         ar = torch.arange(b, device=candidates.device)
         if maps and self.precision == "mixed" and c > MIXED_FLOOR:
-            flat = sets.reshape(b * c, -1)
-            screened = self._screen(flat, torch.arange(b, device=sets.device).repeat_interleave(c)).view(b, c)
-            scores, errors = self._refine(screened, sets, maps=True)
+            scores, errors = self._refine(self.score(sets, screen=True), sets, maps=True)
             best = scores.argmin(dim=1)  # a float32 score: every other lies above the float32 minimum
             return Step(candidates[ar, best], scores[ar, best], candidates, scores, errors)
         errors = None
@@ -339,13 +337,15 @@ class Objective:
         err = torch.cat([one(slice(s, s + self.chunk_size)) for s in range(0, max(sets.shape[0], 1), self.chunk_size)])
         return err.sum(-1) / (self.grid.n - sets.shape[-1]), err
 
-    def _compare(self, screened: torch.Tensor, exact: torch.Tensor, img: torch.Tensor) -> None:
+    def _compare(self, screened: torch.Tensor, exact: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
         """Record sets re-scored in float32: ``refined``, ``compared`` and each image's largest
-        relative bfloat16 error (``screened`` against ``exact``, the sets' images ``img``)."""
+        relative bfloat16 error (``screened`` against ``exact``, the sets' images ``img``); returns
+        the sets' signed relative errors."""
         self.refined += img.numel()
-        err = (screened - exact).abs() / exact.abs().clamp_min(1e-12)
-        self.relative_error = self.relative_error.scatter_reduce(0, img, err, "amax")
+        rel = (screened - exact) / exact.abs().clamp_min(1e-12)
+        self.relative_error = self.relative_error.scatter_reduce(0, img, rel.abs(), "amax")
         self.compared.index_add_(0, img, torch.ones_like(img))
+        return rel
 
     def _below(self, sets: torch.Tensor, ii: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
         """``"mixed"``: ``L`` of ``(M, k)`` sets, float32's wherever it may lie below ``bound (M,)``."""
@@ -398,8 +398,7 @@ class Objective:
             else:
                 exact = self._passes(self.model, self.context, sets[img, cand], img)
             out[img, cand] = exact
-            self._compare(screened[img, cand], exact, img)
-            rel[img, cand] = (screened[img, cand] - exact) / exact.abs().clamp_min(1e-12)
+            rel[img, cand] = self._compare(screened[img, cand], exact, img)
             scored[img, cand] = True
             offset = torch.where(scored, rel, 0.0).sum(1) / scored.sum(1).clamp_min(1)
             deviation = torch.where(scored, (rel - offset[:, None]).abs(), 0.0).amax(1)

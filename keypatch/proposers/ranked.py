@@ -11,7 +11,7 @@ and pixel statistics), and ``keypatch ranker fit`` fits one to that model's own 
 Each step scores exactly the ``m`` best-ranked candidates and the ``keep`` best runners-up of the
 last step, adds the best of them, and ``rounds`` of neighbour moves
 (:func:`keypatch.proposers.swap.refine`) follow: each chosen patch tries the ``moves`` free
-neighbours the ranker puts first as additions to the set without that patch. The trade against
+patches within ``reach`` that the ranker puts first as additions to the set without that patch. The trade against
 exact greedy is measured by ``benchmarks/bench_search.py`` (``docs/results.md``).
 """
 
@@ -47,11 +47,11 @@ class RankedGreedy(SearchProposer):
     rounds : int
         Rounds of neighbour moves after the greedy pass (0: none), as ``swap``'s.
     reach : int
-        Chebyshev radius of those moves (1: the 8 neighbours).
+        Chebyshev radius of those moves (1: the 8 neighbours; 2: the 24 patches around it).
     moves : int
-        Destinations tried per patch in a round of moves: the free neighbours the ranker scores
+        Destinations tried per patch in a round of moves: the free patches within ``reach`` the ranker scores
         highest as additions to the set without that patch (:meth:`Ranking.without_each`, once,
-        from the set the greedy pass ends with); 0: every free neighbour, as ``swap``'s rounds.
+        from the set the greedy pass ends with); 0: every one, as ``swap``'s rounds.
     within : int
         From the second round of moves on, a patch is tried again only when a move since its last
         try left from or landed within this Chebyshev distance of it (0: after any move in its
@@ -72,9 +72,11 @@ class RankedGreedy(SearchProposer):
     near each image's minimum re-scored in float32 with their maps (:meth:`Objective.step`):
     float32's picks and maps. The moves cost ``k`` passes per
     image once (the error maps of the ``k`` sets without one patch, batched) and ``moves k`` per
-    round (``8 k`` with ``moves=0``); an image whose round moved nothing is done. The ranker runs
-    image by image and ties go to the lowest patch index, so the picks are deterministic and
-    the same alone as in a batch. With ``rounds > 0`` only the final ``L`` is known (shorter
+    round (with ``moves=0``, every free patch within ``reach``: up to ``24 k`` at ``reach=2``); an
+    image whose round moved nothing is done. An image's ranker scores do not depend on the images
+    beside it (image by image on a CPU, fixed groups on a GPU: :data:`~keypatch.ranker.ranking.GPU_GROUP`)
+    and ties go to the lowest patch index, so the picks are deterministic and the same alone as
+    in a batch. With ``rounds > 0`` only the final ``L`` is known (shorter
     prefixes NaN; the public API recomputes them).
     """
 

@@ -134,19 +134,17 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
     score = rank(patches) if rank is not None and moves > 0 and rounds > 0 else None
     version = torch.zeros(b, dtype=torch.long, device=dev)  # moves made so far in each image
     tried = torch.full((b, k), -1, dtype=torch.long, device=dev)  # the version each patch's moves were last tried at
-    # within > 0: the version of the last move that left from or landed within `within` of each cell
-    stamp = torch.zeros(b, n, dtype=torch.long, device=dev) if within > 0 else None
-    close = (dist <= within) if within > 0 else None
+    # the version of the last move that left from or landed near each cell: within `within`, or
+    # anywhere in the image (0: n exceeds every distance on the grid)
+    close = dist <= (within if within > 0 else n)
+    stamp = torch.zeros(b, n, dtype=torch.long, device=dev)
     rows_b = torch.arange(b, device=dev)
     for _ in range(rounds):
         moved = torch.zeros(b, dtype=torch.bool, device=dev)
         for i in range(fixed, k):
             # a patch whose image (near it, with `within`) has not changed since its last try would
             # try the same sets again
-            if stamp is None:
-                changed = tried[:, i] != version
-            else:
-                changed = stamp[rows_b, patches[:, i]] > tried[:, i]
+            changed = stamp[rows_b, patches[:, i]] > tried[:, i]
             tried[:, i] = version
             free = torch.ones(b, n, dtype=torch.bool, device=dev).scatter_(1, patches, False)
             moves_i = near[patches[:, i]] & free & changed[:, None]  # (B, N): where patch i may go
@@ -161,9 +159,8 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
             scores[rows, dest] = objective.score(sets, rows, below=current[rows])  # exact where it could move
             best, where = scores.min(dim=1)  # first minimum: lowest index on ties
             better = best < current
-            if stamp is not None:  # mark the cells near the move's source and destination
-                touched = (close[patches[:, i]] | close[where]) & better[:, None]
-                stamp = torch.where(touched, (version + 1)[:, None], stamp)
+            touched = (close[patches[:, i]] | close[where]) & better[:, None]  # near the move's source and destination
+            stamp = torch.where(touched, (version + 1)[:, None], stamp)
             patches[better, i] = where[better]
             current = torch.where(better, best, current)
             version += better.long()
