@@ -11,10 +11,16 @@ Sections, each a few lines of output:
    precision, ``mixed`` where bfloat16 is native): seconds per image, model TFLOP/s (the FLOPs of
    plain MAE evaluations, ``flops.py``), share of the bfloat16 peak, and ``mixed``'s float32
    re-scores per image and step; with ``--check N`` the picks of N images against float32's.
-3. **ranked** at ``--ranked-batches`` images per pass: images per second, and (CUDA) the host
-   synchronisations of one call (``torch.cuda.set_sync_debug_mode``).
+3. **ranked** on ``--ranked-model`` (the embedded default model, whose ranker it ships) at
+   ``--ranked-batches`` images per pass: images per second, the host synchronisations of one call
+   as the code makes them (:class:`keypatch.syncs.HostSyncs`, any device) and (CUDA) as CUDA counts
+   them (``torch.cuda.set_sync_debug_mode``); with ``--check N`` its picks against float32's.
 4. **SDPA backends** on a deep decoder's attention shapes: milliseconds per call of each backend
    that runs here.
+5. **torch.compile** of the scoring pass (``context_losses``, ``dynamic=True``) on one shape of
+   a greedy step (``--compile-sets`` sets of ``k`` patches, the default precision's screening
+   model): the start-up a run would pay per shape (the first two compiled calls) and the steady
+   pass against eager, with the largest relative difference of the losses. ``--no-compile`` skips it.
 
 Images are the test photos, repeated to fill a batch.
 """
@@ -37,9 +43,12 @@ from flops import greedy_flops  # noqa: E402
 
 from keypatch.experiments.photos import load_test_photos  # noqa: E402
 from keypatch.geometry import load_images  # noqa: E402
+from keypatch.objective import Objective  # noqa: E402
 from keypatch.proposers import get_proposer  # noqa: E402
 from keypatch.reconstructors import load_mae  # noqa: E402
 from keypatch.reconstructors.precision import resolve_precision  # noqa: E402
+from keypatch.reconstructors.scoring import context_losses  # noqa: E402
+from keypatch.syncs import HostSyncs  # noqa: E402
 
 
 def photos(model, count: int) -> torch.Tensor:
@@ -65,11 +74,12 @@ def gemms(device: torch.device, seconds: float) -> dict[str, float]:
     return out
 
 
-def ranked(model, x: torch.Tensor, k: int, batch: int) -> tuple[float, int | None]:
-    """Images per second of ``ranked``, ``batch`` images per pass, and (CUDA) the host syncs of one call."""
+def ranked(model, x: torch.Tensor, k: int, batch: int) -> tuple[float, int, int | None]:
+    """Images per second of ``ranked``, ``batch`` images per pass, and the host syncs of one call:
+    as the code makes them (:class:`HostSyncs`) and (CUDA) as CUDA counts them."""
     proposer = get_proposer("ranked")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the shipped ranker was fitted to another model: timing only
+        warnings.simplefilter("ignore")  # a ranker fitted to another model: timing only
         proposer.select(model, x[:batch], k, 0)  # warm
         sync(x.device)
         t0 = time.perf_counter()
@@ -77,6 +87,8 @@ def ranked(model, x: torch.Tensor, k: int, batch: int) -> tuple[float, int | Non
             proposer.select(model, x[s : s + batch], k, 0)
         sync(x.device)
         rate = x.shape[0] / (time.perf_counter() - t0)
+        with HostSyncs() as counted:
+            proposer.select(model, x[:batch], k, 0)
         syncs = None
         if x.device.type == "cuda":
             with warnings.catch_warnings(record=True) as caught:
@@ -87,7 +99,44 @@ def ranked(model, x: torch.Tensor, k: int, batch: int) -> tuple[float, int | Non
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
             syncs = sum("synchroniz" in str(w.message) for w in caught)
-    return rate, syncs
+    return rate, counted.count, syncs
+
+
+def same_picks(model, x: torch.Tensor, k: int, name: str) -> int:
+    """Images whose picks of ``name`` in the default precision are float32's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mixed = get_proposer(name).select(model, x, k, 0)[0].cpu()
+        exact = get_proposer(name, precision="float32").select(model, x, k, 0)[0].cpu()
+    return sum(torch.equal(a, b) for a, b in zip(mixed, exact, strict=True))
+
+
+def compiled(model, x: torch.Tensor, k: int, sets: int, reps: int) -> tuple[float, float, float, float]:
+    """torch.compile of the scoring pass on ``sets`` sets of ``k`` patches: (start-up s: the first two
+    compiled calls and one eager, eager s per pass, compiled s per pass, largest relative difference
+    of the losses)."""
+    objective = Objective(model, x)
+    net, ctx = objective.screen_model, objective.screen_context  # the screen: most of a step's passes
+    g = torch.Generator().manual_seed(0)
+    visible = torch.stack([torch.randperm(model.grid.n, generator=g)[:k] for _ in range(sets)]).to(x.device)
+    ii = (torch.arange(sets) % x.shape[0]).to(x.device)
+    fn = torch.compile(context_losses, dynamic=True)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        out = fn(net, ctx, visible, ii)
+        ref = context_losses(net, ctx, visible, ii)
+        fn(net, ctx, visible, ii)  # a second compile where the first call's guards do not hold after eager's
+        sync(x.device)
+        first = time.perf_counter() - t0
+        per = []
+        for f in (context_losses, fn):
+            sync(x.device)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                f(net, ctx, visible, ii)
+            sync(x.device)
+            per.append((time.perf_counter() - t0) / reps)
+    return first, per[0], per[1], float(((out - ref).abs() / ref.abs()).max())
 
 
 def sdpa(model, device: torch.device, sets: int, reps: int) -> dict[str, float]:
@@ -126,11 +175,14 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.1)
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--ranked-batches", type=int, nargs="+", default=[32, 256])
+    ap.add_argument("--ranked-model", default="default", help="the model ranked runs on (its ranker's own)")
+    ap.add_argument("--compile-sets", type=int, default=256, help="sets in the torch.compile section's pass")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile section")
     ap.add_argument("--check", type=int, default=8, help="images whose mixed picks are checked against float32's")
     ap.add_argument("--quick", action="store_true", help="small sizes (a CPU run of the same sections)")
     args = ap.parse_args()
     if args.quick:
-        args.batches, args.ranked_batches, args.check = [2], [2, 4], 1
+        args.batches, args.ranked_batches, args.check, args.compile_sets = [2], [2, 4], 1, 32
     device = torch.device(args.device)
     model = load_mae(args.model, device=device)
     k = model.grid.count(args.ratio)
@@ -151,18 +203,26 @@ def main() -> None:
               f"{rate / peak['bfloat16'] * 100:.1f}% of the bf16 GEMM rate, {refined / max(1, steps):.1f} float32 "
               f"re-scores per image and step", flush=True)
     if args.check:
-        x = photos(model, args.check)
-        mixed = get_proposer("greedy").select(model, x, k, 0)[0].cpu()
-        exact = get_proposer("greedy", precision="float32").select(model, x, k, 0)[0].cpu()
-        same = sum(torch.equal(a, b) for a, b in zip(mixed, exact, strict=True))
-        print(f"picks of the default precision = float32's on {same} of {args.check} images", flush=True)
+        same = same_picks(model, photos(model, args.check), k, "greedy")
+        print(f"greedy: picks of the default precision = float32's on {same} of {args.check} images", flush=True)
+    small = load_mae(args.ranked_model, device=device)
+    k_small = small.grid.count(args.ratio)
     for batch in args.ranked_batches:
-        rate, syncs = ranked(model, photos(model, batch), k, batch)
-        print(f"ranked, {batch} images per pass: {rate:.1f} images/s"
-              + (f", {syncs} host syncs per call" if syncs is not None else ""), flush=True)
+        rate, counted, syncs = ranked(small, photos(small, batch), k_small, batch)
+        print(f"ranked on {args.ranked_model}, k = {k_small}, {batch} images per pass: {rate:.1f} images/s, "
+              f"{counted} host syncs per call as the code makes them"
+              + (f", {syncs} as CUDA counts them" if syncs is not None else ""), flush=True)
+    if args.check:
+        same = same_picks(small, photos(small, args.check), k_small, "ranked")
+        print(f"ranked: picks of the default precision = float32's on {same} of {args.check} images", flush=True)
     times = sdpa(model, device, 64 if args.quick else 512, 3 if args.quick else 20)
     print("SDPA ms per call (decoder shapes): " + (", ".join(f"{n} {v:.2f}" for n, v in times.items()) or "none"),
           flush=True)
+    if not args.no_compile:
+        first, eager, fast, diff = compiled(model, photos(model, 2), k, args.compile_sets, 3 if args.quick else 10)
+        print(f"torch.compile of the scoring pass ({args.compile_sets} sets of {k}): start-up {first:.1f} s, "
+              f"eager {eager * 1e3:.1f} ms, compiled {fast * 1e3:.1f} ms per pass ({eager / fast:.2f}x), "
+              f"largest relative difference {diff:.1e}", flush=True)
 
 
 if __name__ == "__main__":

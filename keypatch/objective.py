@@ -113,9 +113,6 @@ class Objective:
         in bfloat16 and re-scored in float32 counts once).
     refined : int
         ``"mixed"``: alternatives re-scored in float32 (:meth:`score`, :meth:`step`), over all images.
-    widened : int
-        ``"mixed"``: steps at which the float32 re-scores showed a larger bfloat16 error than the
-        margin had assumed, so that more candidates had to be re-scored.
     relative_error : torch.Tensor
         ``(B,)``, ``"mixed"``: per image, the largest ``|L_bf16 - L_fp32| / L_fp32`` seen so far.
     begin : torch.Tensor or None
@@ -144,7 +141,8 @@ class Objective:
             self.screen_model = reduced_copy(model, torch.bfloat16)
             self.screen_context = reduced_context(self.context, torch.bfloat16)
         self.evaluations = torch.zeros(images.shape[0], dtype=torch.long, device=model.device)
-        self.refined = self.widened = 0
+        self.refined = 0
+        self._widened = torch.zeros((), dtype=torch.long, device=model.device)  # read only on request: no sync
         self.relative_error = torch.zeros(images.shape[0], device=model.device)
         self.spread = torch.zeros(images.shape[0], device=model.device)
         """``(B,)``, ``"mixed"``: per image, the largest deviation of a re-scored candidate's relative
@@ -153,6 +151,12 @@ class Objective:
         self.compared = torch.zeros(images.shape[0], dtype=torch.long, device=model.device)
         """``(B,)``: sets whose bfloat16 and float32 ``L`` were both computed, per image."""
         self.begin: torch.Tensor | None = None
+
+    @property
+    def widened(self) -> int:
+        """``"mixed"``: steps at which the float32 re-scores showed a larger bfloat16 error than the
+        margin had assumed, so that more candidates had to be re-scored (reading it synchronises)."""
+        return int(self._widened)
 
     @property
     def batch(self) -> int:
@@ -390,7 +394,7 @@ class Objective:
             img, pos = new.nonzero(as_tuple=True)  # host sync
             if img.numel() == 0:
                 break
-            self.widened += bool(done.any())
+            self._widened += done.any()
             cand = order[img, pos]
             if maps:
                 exact, err = self._maps(sets[img, cand], img, count=False)

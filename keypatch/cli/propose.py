@@ -68,8 +68,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "draws from the seed and its own pixels")
     p.add_argument("--precision", choices=["auto", "float32", "mixed", "bfloat16"], default=None,
                    help="MAE arithmetic of the search strategies: float32 (exact), mixed (bfloat16 screening, "
-                        "float32 re-scoring: float32's picks), bfloat16 (fastest, can change picks); default "
-                        "auto: mixed where bfloat16 is native (CUDA, AVX512-BF16/AMX CPUs), else float32")
+                        "float32 re-scoring: float32's picks; -v logs its re-scores per image and step), bfloat16 "
+                        "(fastest, can change picks); default auto: mixed where bfloat16 is native (CUDA, "
+                        "AVX512-BF16/AMX CPUs), else float32")
     ray = p.add_argument_group("engine", "where the job computes: this process, or a Ray cluster (pip install "
                                "'keypatch[ray]'; records stream back into the same store)")
     ray.add_argument("--engine", choices=engine_names(aliases=True), default="process",

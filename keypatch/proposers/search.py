@@ -8,6 +8,7 @@ the evaluations.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from abc import abstractmethod
 from typing import Any, NamedTuple
@@ -21,6 +22,8 @@ from keypatch.proposers.base import Proposer, image_seeds
 from keypatch.reconstructors.mae import MAE
 from keypatch.reconstructors.precision import DEFAULT_PRECISION, check_precision
 from keypatch.threads import TUNER
+
+log = logging.getLogger("keypatch.precision")
 
 STARTS = ("center", "none")
 """Where the greedy-like strategies begin, by name: the central patch (the paper) or nothing (its
@@ -117,6 +120,12 @@ class SearchProposer(Proposer):
             objective.begin = check_begin(begin, images.shape[0], k, objective.grid.n, objective.device)
         with TUNER.hold() if objective.device.type == "cpu" else contextlib.nullcontext():
             patches, losses = self.search(objective, k, seeds)
+        if objective.precision == "mixed" and log.isEnabledFor(logging.INFO):  # -v
+            steps = images.shape[0] * max(1, k - (0 if begin is None else begin.shape[1]))
+            log.info("%s, mixed precision: %.1f float32 re-scores per image and step (%d of %d sets scored), "
+                     "the margin widened %d times, largest relative bfloat16 error %.1e", self.name,
+                     objective.refined / steps, objective.refined, int(objective.evaluations.sum()),
+                     objective.widened, float(objective.relative_error.max()))
         return patches, losses, objective.evaluations.tolist()
 
     @abstractmethod

@@ -126,7 +126,13 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
     from or landed within Chebyshev distance ``within`` of it (its own move included): the moves of
     a patch far from every change are assumed to score as before (fewer sets; not a local optimum
     in the strict sense). The first ``fixed`` patches stay (those an image began with,
-    ``objective.begin``)."""
+    ``objective.begin``).
+
+    Host synchronisations: one per round (whether any image moved); in the first round with ``rank``,
+    none per patch in float32 (every image's ``moves`` sets are scored as they lie, a slot without a
+    free destination scoring the set itself), one with ``"mixed"`` (the float32 re-scores of
+    :meth:`Objective.score`'s ``below``); otherwise one more per patch, to score only the images
+    whose patch may move."""
     (b, k), n, dev = patches.shape, objective.grid.n, objective.device
     patches = patches.clone()
     dist = objective.grid.distances(dev)
@@ -139,7 +145,9 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
     close = dist <= (within if within > 0 else n)
     stamp = torch.zeros(b, n, dtype=torch.long, device=dev)
     rows_b = torch.arange(b, device=dev)
-    for _ in range(rounds):
+    # destinations a patch tries at most: the ranker's few, else every cell within reach
+    width = moves if score is not None else min((2 * reach + 1) ** 2 - 1, n - 1)
+    for r in range(rounds):
         moved = torch.zeros(b, dtype=torch.bool, device=dev)
         for i in range(fixed, k):
             # a patch whose image (near it, with `within`) has not changed since its last try would
@@ -150,18 +158,31 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
             moves_i = near[patches[:, i]] & free & changed[:, None]  # (B, N): where patch i may go
             if score is not None:
                 moves_i &= ranks(score[:, i], moves_i) < moves
-            rows, dest = moves_i.nonzero(as_tuple=True)  # ascending destination per image
-            if rows.numel() == 0:
-                continue
-            sets = patches[rows].clone()
-            sets[:, i] = dest
-            scores = torch.full((b, n), math.inf, device=dev)
-            scores[rows, dest] = objective.score(sets, rows, below=current[rows])  # exact where it could move
-            best, where = scores.min(dim=1)  # first minimum: lowest index on ties
+            # (B, width): its destinations ascending, then slots without a move, which score the set itself
+            key = (~moves_i).long() * n + torch.arange(n, device=dev)
+            first = key.sort(dim=1).values[:, :width]
+            valid = first < n
+            dest = torch.where(valid, first, patches[:, i : i + 1])
+            sets = patches[:, None, :].repeat(1, width, 1)
+            sets[:, :, i] = dest
+            if r == 0 and score is not None:
+                # every image tries its few ranked moves: scored as they lie, no host synchronisation
+                # (a slot without a move scores the set itself, never kept)
+                bound = torch.where(valid, current[:, None], -math.inf).view(-1)
+                scores = objective.score(sets.view(b * width, k), rows_b.repeat_interleave(width), below=bound)
+                scores = scores.view(b, width)
+            else:
+                rows, slot = valid.nonzero(as_tuple=True)  # only the images and patches that may move
+                if rows.numel() == 0:
+                    continue
+                scores = torch.full((b, width), math.inf, device=dev)
+                scores[rows, slot] = objective.score(sets[rows, slot], rows, below=current[rows])
+            best, at = scores.masked_fill(~valid, math.inf).min(dim=1)  # first minimum: lowest destination on ties
+            where = dest[rows_b, at]
             better = best < current
             touched = (close[patches[:, i]] | close[where]) & better[:, None]  # near the move's source and destination
             stamp = torch.where(touched, (version + 1)[:, None], stamp)
-            patches[better, i] = where[better]
+            patches[:, i] = torch.where(better, where, patches[:, i])
             current = torch.where(better, best, current)
             version += better.long()
             moved |= better

@@ -70,8 +70,8 @@ class Ranking:
         ranker was fitted to answer). One MAE pass per patch of each set (``k`` per image, batched);
         the error maps' changes read as 0. Does not change :attr:`last`."""
         b, k = sets.shape
-        idx = torch.arange(k, device=sets.device)
-        others = idx.expand(k, k)[idx[None, :] != idx[:, None]].view(k, k - 1)  # row i: every index but i
+        j = torch.arange(k - 1, device=sets.device)
+        others = j + (j[None, :] >= torch.arange(k, device=sets.device)[:, None]).long()  # row i: every index but i
         smaller = sets[:, others].reshape(b * k, k - 1)
         ii = torch.arange(b, device=sets.device).repeat_interleave(k)
         err = self.objective.score(smaller, ii, maps=True)[1]
