@@ -82,3 +82,21 @@ def test_a_mixed_search_waits_at_most_twice_a_step_and_once_a_move(tiny224, imag
     moves = k if name == "ranked" else 0
     assert s.count <= 2 * steps + objective.widened + moves + 1, dict(s.calls)
     assert s.calls["nonzero"] >= steps  # the re-scores' rows are read: the count is not vacuous
+
+
+@pytest.mark.cuda
+def test_on_cuda_float32_scores_and_steps_run_under_cuda_s_sync_check(images):
+    """CUDA's own check (``set_sync_debug_mode("error")``) agrees: a float32 step never waits."""
+    from keypatch.reconstructors import load_mae
+
+    model = load_mae("default", device="cuda")
+    objective = Objective(model, images.cuda(), precision="float32")
+    chosen = torch.tensor([[90, 3], [7, 100]], device="cuda")
+    candidates = torch.tensor([[1, 2, 4, 5, 6], [0, 1, 2, 3, 4]], device="cuda")
+    objective.step(chosen, candidates, maps=True)  # lazy set-up (workspaces, kernels) outside the check
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        objective.score(with_each(chosen, candidates))
+        objective.step(chosen, candidates, maps=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
