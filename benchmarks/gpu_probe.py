@@ -14,7 +14,8 @@ Sections, each a few lines of output:
 3. **ranked** on ``--ranked-model`` (the embedded default model, whose ranker it ships) at
    ``--ranked-batches`` images per pass: images per second, the host synchronisations of one call
    as the code makes them (:class:`keypatch.syncs.HostSyncs`, any device) and (CUDA) as CUDA counts
-   them (``torch.cuda.set_sync_debug_mode``); with ``--check N`` its picks against float32's.
+   them (``torch.cuda.set_sync_debug_mode``), in the default precision (float32 for that narrow
+   model); with ``--check N`` its picks under ``mixed`` against float32's.
 4. **SDPA backends** on a deep decoder's attention shapes: milliseconds per call of each backend
    that runs here.
 5. **torch.compile** of the scoring pass (``context_losses``, ``dynamic=True``) on one shape of
@@ -103,10 +104,11 @@ def ranked(model, x: torch.Tensor, k: int, batch: int) -> tuple[float, int, int 
 
 
 def same_picks(model, x: torch.Tensor, k: int, name: str) -> int:
-    """Images whose picks of ``name`` in the default precision are float32's."""
+    """Images whose picks of ``name`` under ``mixed`` are float32's (``mixed`` named: ``auto`` is float32
+    for a narrow model such as the default one, where the check would compare float32 with itself)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mixed = get_proposer(name).select(model, x, k, 0)[0].cpu()
+        mixed = get_proposer(name, precision="mixed").select(model, x, k, 0)[0].cpu()
         exact = get_proposer(name, precision="float32").select(model, x, k, 0)[0].cpu()
     return sum(torch.equal(a, b) for a, b in zip(mixed, exact, strict=True))
 
@@ -204,17 +206,18 @@ def main() -> None:
               f"re-scores per image and step", flush=True)
     if args.check:
         same = same_picks(model, photos(model, args.check), k, "greedy")
-        print(f"greedy: picks of the default precision = float32's on {same} of {args.check} images", flush=True)
+        print(f"greedy: picks of mixed = float32's on {same} of {args.check} images", flush=True)
     small = load_mae(args.ranked_model, device=device)
     k_small = small.grid.count(args.ratio)
     for batch in args.ranked_batches:
         rate, counted, syncs = ranked(small, photos(small, batch), k_small, batch)
-        print(f"ranked on {args.ranked_model}, k = {k_small}, {batch} images per pass: {rate:.1f} images/s, "
+        print(f"ranked on {args.ranked_model} ({resolve_precision('auto', device, small.config.embed_dim)}), "
+              f"k = {k_small}, {batch} images per pass: {rate:.1f} images/s, "
               f"{counted} host syncs per call as the code makes them"
               + (f", {syncs} as CUDA counts them" if syncs is not None else ""), flush=True)
     if args.check:
         same = same_picks(small, photos(small, args.check), k_small, "ranked")
-        print(f"ranked: picks of the default precision = float32's on {same} of {args.check} images", flush=True)
+        print(f"ranked: picks of mixed = float32's on {same} of {args.check} images", flush=True)
     times = sdpa(model, device, 64 if args.quick else 512, 3 if args.quick else 20)
     print("SDPA ms per call (decoder shapes): " + (", ".join(f"{n} {v:.2f}" for n, v in times.items()) or "none"),
           flush=True)

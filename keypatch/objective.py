@@ -355,7 +355,8 @@ class Objective:
         """``"mixed"``: ``L`` of ``(M, k)`` sets, float32's wherever it may lie below ``bound (M,)``."""
         out = self._screen(sets, ii)
         margin = 1.0 + MIXED_SAFETY * self.relative_error[ii]
-        unsure = (out <= bound * margin) | (self.compared[ii] < MIXED_REFINE)
+        # a set with bound -inf is kept by no caller (a padded slot): not re-scored to measure the error either
+        unsure = (out <= bound * margin) | ((self.compared[ii] < MIXED_REFINE) & bound.isfinite())
         rows = unsure.nonzero(as_tuple=True)[0]  # host sync
         if rows.numel():
             exact = self._passes(self.model, self.context, sets[rows], ii[rows])

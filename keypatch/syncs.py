@@ -31,9 +31,21 @@ from torch.overrides import TorchFunctionMode
 
 WAITS = frozenset({"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "numpy", "nonzero",
                    "argwhere", "masked_select", "unique", "unique_consecutive", "bincount", "__repr__",
-                   "__format__"})
+                   "__format__", "equal", "allclose", "is_nonzero", "__contains__", "one_hot"})
 """Tensor methods and torch functions that always read device values on the host (others only with
 some arguments: :meth:`HostSyncs.waits`)."""
+
+
+def _is_cpu(where: Any) -> bool:
+    """Whether a ``to`` argument names the host: ``"cpu"``, ``"cpu:0"``, a CPU device or a CPU tensor."""
+    if isinstance(where, torch.Tensor):
+        return where.device.type == "cpu"
+    if isinstance(where, (str, torch.device)):
+        try:
+            return torch.device(where).type == "cpu"
+        except RuntimeError:  # a dtype name or other string
+            return False
+    return False
 
 
 def _is_mask(index: Any) -> bool:
@@ -55,9 +67,12 @@ class HostSyncs(TorchFunctionMode):
     -----
     Counted: a tensor's truth value, ``item``, ``tolist``, ``int()``/``float()``/``operator.index``
     of a tensor, ``numpy``, ``nonzero`` (also ``torch.where`` with one argument), ``argwhere``,
-    ``masked_select``, ``unique``, ``bincount``, ``repeat_interleave`` with tensor repeats and no
-    ``output_size``, reading or writing through a boolean mask, printing a tensor, and copying a
-    device's tensor to the host (``cpu()``, ``to("cpu")``). A call counts as a wait on a CPU too
+    ``masked_select``, ``unique``, ``bincount``, ``equal``, ``allclose``, ``is_nonzero``, ``in``,
+    ``one_hot``, ``repeat_interleave`` with tensor repeats and no ``output_size``, a size or fill
+    value given as a tensor (``full``, ``arange``, ...), reading or writing through a boolean mask
+    (writing a Python number through one, a ``masked_fill_`` on CUDA that does not wait, counts
+    too), printing a tensor, and copying a device's tensor to the host (``cpu()``, ``to`` a CPU
+    device or tensor, ``copy_`` into a CPU tensor). A call counts as a wait on a CPU too
     (where it costs nothing), so the count describes the code, not the device; the one exception is
     a copy to the host, which a CPU tensor does not make. Code that torch runs below Python (inside
     one operator) is not seen.
@@ -80,12 +95,23 @@ class HostSyncs(TorchFunctionMode):
             return f"{name} (mask)"
         if name == "where" and len(args) + len(kwargs) == 1:
             return "where (one argument)"
-        if name == "repeat_interleave" and len(args) > 1 and isinstance(args[1], torch.Tensor) \
-                and args[1].numel() > 1 and kwargs.get("output_size") is None:
-            return name
-        if name in ("cpu", "to") and isinstance(args[0], torch.Tensor) and args[0].device.type != "cpu" and (
-                name == "cpu" or any(str(a) == "cpu" for a in (*args[1:], kwargs.get("device")))):
-            return f"{name} (to the host)"
+        if name == "repeat_interleave" and kwargs.get("output_size") is None:
+            repeats = args[1] if len(args) > 1 else kwargs.get("repeats", args[0] if len(args) == 1 else None)
+            if isinstance(repeats, torch.Tensor):  # counts read on the host (one-argument form included)
+                return name
+        if name in ("full", "arange", "zeros", "ones", "empty") and any(
+                isinstance(a, torch.Tensor) for a in args if not isinstance(a, (tuple, list))):
+            return f"{name} (size or value from a tensor)"
+        if name in ("cpu", "to", "copy_") and isinstance(args[0], torch.Tensor):
+            source, target = (args[1], args[0]) if name == "copy_" else (args[0], None)
+            if name == "cpu":
+                to_host = True
+            elif name == "copy_":
+                to_host = isinstance(source, torch.Tensor) and target.device.type == "cpu"
+            else:
+                to_host = any(_is_cpu(a) for a in (*args[1:], kwargs.get("device")))
+            if to_host and isinstance(source, torch.Tensor) and source.device.type != "cpu":
+                return f"{name} (to the host)"
         return name if name in WAITS else None
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:

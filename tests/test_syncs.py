@@ -16,7 +16,8 @@ def test_the_counter_counts_the_reads_of_device_values_and_nothing_else():
     with HostSyncs() as s:
         _ = (t * 2 + 1).sum(0)  # device work only
         _ = torch.where(t > 2, t, 0)
-        _ = t.to("cpu"), t.cpu()  # a CPU tensor is on the host already
+        _ = t.to("cpu"), t.to("cpu:0"), t.cpu(), t.to(t)  # a CPU tensor is on the host already
+        _ = torch.empty(6, dtype=torch.long).copy_(t)
         _ = t.repeat_interleave(2)
     assert s.count == 0
     with HostSyncs() as s:
@@ -30,9 +31,12 @@ def test_the_counter_counts_the_reads_of_device_values_and_nothing_else():
         t2[t2 > 3] = 0
         _ = t.repeat_interleave(t)
         _ = int(t[0])
+        _ = torch.equal(t, t), 3 in t
+        _ = torch.full((2,), t[0])
     assert dict(s.calls) == {"__bool__": 1, "item": 1, "tolist": 1, "nonzero": 1, "where (one argument)": 1,
-                             "__getitem__ (mask)": 1, "__setitem__ (mask)": 1, "repeat_interleave": 1, "__int__": 1}
-    assert s.count == 9
+                             "__getitem__ (mask)": 1, "__setitem__ (mask)": 1, "repeat_interleave": 1, "__int__": 1,
+                             "equal": 1, "__contains__": 1, "full (size or value from a tensor)": 1}
+    assert s.count == 12
 
 
 @pytest.fixture(scope="module")

@@ -121,8 +121,10 @@ class SearchProposer(Proposer):
         with TUNER.hold() if objective.device.type == "cpu" else contextlib.nullcontext():
             patches, losses = self.search(objective, k, seeds)
         if objective.precision == "mixed" and log.isEnabledFor(logging.INFO):  # -v
-            steps = images.shape[0] * max(1, k - (0 if begin is None else begin.shape[1]))
-            log.info("%s, mixed precision: %.1f float32 re-scores per image and step (%d of %d sets scored), "
+            first = begin.shape[1] if begin is not None else int(start_patch(self.start, model.grid) is not None)
+            steps = images.shape[0] * max(1, k - first)  # greedy steps after the first patch, as the benchmarks count
+            log.info("%s, mixed precision: %.1f float32 re-scores per image and step, moves included (%d of %d sets "
+                     "scored), "
                      "the margin widened %d times, largest relative bfloat16 error %.1e", self.name,
                      objective.refined / steps, objective.refined, int(objective.evaluations.sum()),
                      objective.widened, float(objective.relative_error.max()))

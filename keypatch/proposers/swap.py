@@ -146,7 +146,7 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
     stamp = torch.zeros(b, n, dtype=torch.long, device=dev)
     rows_b = torch.arange(b, device=dev)
     # destinations a patch tries at most: the ranker's few, else every cell within reach
-    width = moves if score is not None else min((2 * reach + 1) ** 2 - 1, n - 1)
+    width = min(moves if score is not None else n, (2 * reach + 1) ** 2 - 1, n - 1)
     for r in range(rounds):
         moved = torch.zeros(b, dtype=torch.bool, device=dev)
         for i in range(fixed, k):
@@ -167,7 +167,8 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
             sets[:, :, i] = dest
             if r == 0 and score is not None:
                 # every image tries its few ranked moves: scored as they lie, no host synchronisation
-                # (a slot without a move scores the set itself, never kept)
+                # (a slot without a move scores the set itself, never kept, and counts in evaluations:
+                # the pass is spent)
                 bound = torch.where(valid, current[:, None], -math.inf).view(-1)
                 scores = objective.score(sets.view(b * width, k), rows_b.repeat_interleave(width), below=bound)
                 scores = scores.view(b, width)

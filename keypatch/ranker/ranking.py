@@ -8,6 +8,7 @@ import torch
 
 from keypatch.objective import Objective
 from keypatch.ranker.net import PatchRanker, ranker_inputs, static_inputs
+from keypatch.reconstructors.precision import ieee_convolutions
 from keypatch.threads import TUNER
 
 GPU_GROUP = 64
@@ -61,7 +62,8 @@ class Ranking:
         on the images beside it: image by image on a CPU (on the thread count
         :data:`~keypatch.threads.TUNER` chooses), :data:`GPU_GROUP` images per call elsewhere."""
         if self.objective.device.type != "cpu":
-            return grouped(self.net, inputs, per, GPU_GROUP)
+            with ieee_convolutions(self.objective.device):  # its float32 convolutions not in TF32
+                return grouped(self.net, inputs, per, GPU_GROUP)
         return TUNER.run(lambda: grouped(self.net, inputs, per, 1), inputs.shape[0] // per, "ranker")
 
     def without_each(self, sets: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from torch import nn
 
 from keypatch.geometry import PatchGrid, patchify, unpatchify
 from keypatch.reconstructors.config import MAEConfig
+from keypatch.reconstructors.precision import ieee_convolutions
 
 
 def sincos_pos_embed(dim: int, grid_size: int, cls_token: bool = True) -> torch.Tensor:
@@ -185,8 +186,10 @@ class MAE(nn.Module):
 
     # ------------------------------------------------------------------ pieces
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch tokens with position embeddings, ``(B, N, D)``; computed once per image."""
-        return self.patch_embed(images) + self.pos_embed[:, 1:]
+        """Patch tokens with position embeddings, ``(B, N, D)``; computed once per image (a float32
+        convolution in full float32 on a GPU too: :func:`~keypatch.reconstructors.precision.ieee_convolutions`)."""
+        with ieee_convolutions(images.device):
+            return self.patch_embed(images) + self.pos_embed[:, 1:]
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised pixels per patch, ``(B, N, p*p*3)``: what the decoder must predict."""

@@ -14,7 +14,8 @@ from __future__ import annotations
 import copy
 import functools
 import weakref
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -103,3 +104,33 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     if check_precision(precision) == "float32":
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@contextmanager
+def ieee_convolutions(device: torch.device) -> Iterator[None]:
+    """float32 convolutions in full float32 on ``device`` for the block (and the setting as it was after).
+
+    PyTorch lets cuDNN run float32 convolutions in TF32 by default on Ampere and later GPUs (10 of
+    float32's 23 mantissa bits); keypatch's float32 is IEEE float32 (``docs/precision.md``), so the
+    patch embedding and the ranker run under this. Uses the per-operator setting
+    (``torch.backends.cudnn.conv.fp32_precision``) where the torch has it, so that a program's
+    own TF32 settings, legacy or new, read the same afterwards. Nothing on other devices.
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        before = conv.fp32_precision
+        conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = before
+        return
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before

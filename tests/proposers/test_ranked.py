@@ -198,6 +198,15 @@ def test_batch_equals_one_by_one_with_ranked_moves(tiny224, photos):
         assert alone.patches == p.patches and alone.loss == p.loss
 
 
+def test_more_ranked_moves_than_cells_within_reach_are_every_cell(toy_model):
+    """``moves`` above the cells within ``reach`` (or the grid) tries each free one once, as ``moves=0``."""
+    x = smooth_images(2, 64, seed=5)
+    for k in (3, 9, 14):
+        every = get_proposer("ranked", moves=0, reach=1).select(toy_model, x, k, 0)
+        many = get_proposer("ranked", moves=30, reach=1).select(toy_model, x, k, 0)
+        assert torch.equal(many[0], every[0]) and torch.equal(many[1][:, -1], every[1][:, -1])
+
+
 def test_options_are_checked():
     with pytest.raises(ValueError, match="m must be >= 1"):
         get_proposer("ranked", m=0)

@@ -232,3 +232,23 @@ def test_ranked_on_cuda_picks_alike_alone_in_a_batch_and_in_mixed(photos):
     for i in range(x.shape[0]):
         alone, _, _ = get_proposer("ranked", precision="float32").select(model, x[i : i + 1], 20, 0)
         assert torch.equal(alone[0], fp32[i])
+
+
+def test_float32_convolutions_on_a_gpu_are_ieee_for_the_block_and_as_before_after():
+    """cuDNN may run float32 convolutions in TF32 by default; the patch embedding and the ranker run
+    under ieee_convolutions. The flags are only set (no GPU needed to check them)."""
+    from keypatch.reconstructors.precision import ieee_convolutions
+
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    for setting in ("tf32", "ieee"):
+        conv.fp32_precision = setting
+        try:
+            with ieee_convolutions(torch.device("cuda")):
+                assert conv.fp32_precision == "ieee"
+            assert conv.fp32_precision == setting
+            with ieee_convolutions(torch.device("cpu")):
+                assert conv.fp32_precision == setting  # nothing on other devices
+        finally:
+            conv.fp32_precision = before
+    _ = torch.backends.cudnn.allow_tf32  # the legacy flag reads: no mix of the two APIs left behind
