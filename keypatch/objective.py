@@ -426,7 +426,9 @@ def prefix_losses(objective: Objective, patches: torch.Tensor) -> torch.Tensor:
 def remaining_count(remaining: torch.Tensor, count: int) -> torch.Tensor:
     """``(B, N)`` bool with ``count`` True entries per row -> ``(B, count)`` their indices, ascending.
 
-    A sort instead of boolean indexing, so that it needs no host synchronisation on a GPU.
+    A sort instead of boolean indexing, so that it needs no host synchronisation on a GPU. A row
+    with fewer True entries is filled up with values ``>= N`` (``N`` plus the index of a False
+    entry), so that ``out < N`` marks its True ones.
     """
     n = remaining.shape[1]
     key = (~remaining).long() * n + torch.arange(n, device=remaining.device)

@@ -103,11 +103,11 @@ class HostSyncs(TorchFunctionMode):
                 isinstance(a, torch.Tensor) for a in args if not isinstance(a, (tuple, list))):
             return f"{name} (size or value from a tensor)"
         if name in ("cpu", "to", "copy_") and isinstance(args[0], torch.Tensor):
-            source, target = (args[1], args[0]) if name == "copy_" else (args[0], None)
+            source = args[1] if name == "copy_" else args[0]  # copy_ copies into its first argument
             if name == "cpu":
                 to_host = True
             elif name == "copy_":
-                to_host = isinstance(source, torch.Tensor) and target.device.type == "cpu"
+                to_host = args[0].device.type == "cpu"
             else:
                 to_host = any(_is_cpu(a) for a in (*args[1:], kwargs.get("device")))
             if to_host and isinstance(source, torch.Tensor) and source.device.type != "cpu":

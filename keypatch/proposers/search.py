@@ -124,8 +124,7 @@ class SearchProposer(Proposer):
             first = begin.shape[1] if begin is not None else int(start_patch(self.start, model.grid) is not None)
             steps = images.shape[0] * max(1, k - first)  # greedy steps after the first patch, as the benchmarks count
             log.info("%s, mixed precision: %.1f float32 re-scores per image and step, moves included (%d of %d sets "
-                     "scored), "
-                     "the margin widened %d times, largest relative bfloat16 error %.1e", self.name,
+                     "scored), the margin widened %d times, largest relative bfloat16 error %.1e", self.name,
                      objective.refined / steps, objective.refined, int(objective.evaluations.sum()),
                      objective.widened, float(objective.relative_error.max()))
         return patches, losses, objective.evaluations.tolist()

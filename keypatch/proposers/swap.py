@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from keypatch.objective import DEFAULT_CHUNK, Objective, ranks
+from keypatch.objective import DEFAULT_CHUNK, Objective, ranks, remaining_count
 from keypatch.proposers.base import get_proposer, register
 from keypatch.proposers.search import SearchProposer, begun
 from keypatch.reconstructors.precision import DEFAULT_PRECISION
@@ -159,8 +159,7 @@ def refine(objective: Objective, patches: torch.Tensor, current: torch.Tensor, r
             if score is not None:
                 moves_i &= ranks(score[:, i], moves_i) < moves
             # (B, width): its destinations ascending, then slots without a move, which score the set itself
-            key = (~moves_i).long() * n + torch.arange(n, device=dev)
-            first = key.sort(dim=1).values[:, :width]
+            first = remaining_count(moves_i, width)
             valid = first < n
             dest = torch.where(valid, first, patches[:, i : i + 1])
             sets = patches[:, None, :].repeat(1, width, 1)
